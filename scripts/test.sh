@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Everything the tests need, then the tests: venv + install, local SLURM cluster, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash .ci/setup
+. .venv/bin/activate
+if [ -f slurm/cluster-up.sh ]; then bash slurm/cluster-up.sh; fi
+export WANDB_MODE=offline MPLBACKEND=Agg
+python -m pytest -q -x --timeout=1500 "$@"
