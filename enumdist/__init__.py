@@ -4,9 +4,20 @@ The public API is deliberately tiny:
 
 - :class:`EnumELBO` -- a drop-in for ``pyro.infer.TraceEnum_ELBO`` (optionally sharded over ranks);
 - :func:`infer_discrete` -- a drop-in for ``pyro.infer.infer_discrete`` (MAP or posterior samples).
+
+Both are imported lazily so that ``import enumdist.data`` stays light.
 """
 
-from enumdist.engine.elbo import EnumELBO
-from enumdist.engine.discrete import infer_discrete
-
 __all__ = ["EnumELBO", "infer_discrete"]
+
+
+def __getattr__(name):
+    if name == "EnumELBO":
+        from enumdist.engine.elbo import EnumELBO
+
+        return EnumELBO
+    if name == "infer_discrete":
+        from enumdist.engine.discrete import infer_discrete
+
+        return infer_discrete
+    raise AttributeError(f"module 'enumdist' has no attribute {name!r}")
