@@ -1,0 +1,134 @@
+"""Small real tabular data sets bundled with scikit-learn (offline), for mixture models and
+semi-supervised classifiers.
+
+- :func:`load_tabular` -- one split of iris / wine / digits / breast_cancer, standardized with the
+  *training* split's mean and standard deviation (so no statistic leaks from valid/test).
+  Use it for a Gaussian mixture (``load_tabular("iris", "train")``: 4 features, 3 classes).
+- :func:`load_semisupervised` -- the same rows cut into labeled / unlabeled / valid / test for a
+  semi-supervised classifier (default digits: 64 features, 10 classes, ~10% of training rows
+  labeled).
+
+Splits: row ``i`` of data set ``name`` goes to train/valid/test by SHA-256 of ``"name/i"``
+(~70/15/15, :mod:`enumdist.data.splits`); within train, a row is labeled iff a second hash with
+another salt falls below ``labeled_fraction``. Both are deterministic and need no seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from enumdist.data.splits import SPLITS, check_split, unit_hash, assign_split
+
+_LOADERS = ("iris", "wine", "digits", "breast_cancer")
+UNLABELED = -1
+
+
+@dataclass(frozen=True)
+class TabularData:
+    """Rows of one split.
+
+    Attributes:
+        features: [N, D] standardized features (train mean 0, train std 1; constant columns are
+            only centred).
+        labels: long [N] class ids in ``0..len(class_names)-1``, or ``UNLABELED`` (-1) where the
+            label is withheld (the unlabeled part of a semi-supervised split).
+        feature_names: D names.
+        class_names: the classes' names.
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    feature_names: list[str]
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class SemiSupervisedSplits:
+    """``labeled`` and ``unlabeled`` partition the training split; ``unlabeled.labels`` are all
+    ``UNLABELED``; ``valid`` and ``test`` carry their labels, for model selection and reporting."""
+
+    labeled: TabularData
+    unlabeled: TabularData
+    valid: TabularData
+    test: TabularData
+
+
+def _raw(name: str):
+    """(features float64 [N, D], labels [N], feature names, class names) of a bundled set."""
+    import sklearn.datasets
+
+    if name not in _LOADERS:
+        raise ValueError(f"unknown tabular data set {name!r}; choose one of {', '.join(_LOADERS)}")
+    bunch = getattr(sklearn.datasets, f"load_{name}")()
+    feature_names = [str(f) for f in getattr(bunch, "feature_names", range(bunch.data.shape[1]))]
+    class_names = [str(c) for c in bunch.target_names]
+    return bunch.data.astype(np.float64), bunch.target.astype(np.int64), feature_names, class_names
+
+
+def _split_rows(name: str, num_rows: int) -> dict[str, np.ndarray]:
+    assigned = np.array([assign_split(f"{name}/{i}", salt="tabular") for i in range(num_rows)])
+    return {split: np.nonzero(assigned == split)[0] for split in SPLITS}
+
+
+def _standardize(features: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
+    mean = features[train_rows].mean(axis=0)
+    std = features[train_rows].std(axis=0)
+    # Constant columns (e.g. the always-blank corner pixels of digits) would divide by zero.
+    std = np.where(std > 0, std, 1.0)
+    return (features - mean) / std
+
+
+def _as_tabular(features, labels, rows, feature_names, class_names, dtype) -> TabularData:
+    return TabularData(
+        features=torch.as_tensor(features[rows], dtype=dtype),
+        labels=torch.as_tensor(labels[rows], dtype=torch.long),
+        feature_names=feature_names,
+        class_names=class_names,
+    )
+
+
+def load_tabular(name: str, split: str, *, dtype: torch.dtype = torch.float32) -> TabularData:
+    """Split ``split`` of scikit-learn's bundled data set ``name`` (iris, wine, digits,
+    breast_cancer), standardized with training statistics, features cast to ``dtype``."""
+    check_split(split)
+    features, labels, feature_names, class_names = _raw(name)
+    rows = _split_rows(name, len(labels))
+    features = _standardize(features, rows["train"])
+    return _as_tabular(features, labels, rows[split], feature_names, class_names, dtype)
+
+
+def load_semisupervised(
+    name: str = "digits", *, labeled_fraction: float = 0.1, dtype: torch.dtype = torch.float32
+) -> SemiSupervisedSplits:
+    """Labeled / unlabeled / valid / test splits of ``name`` for a semi-supervised classifier;
+    about ``labeled_fraction`` of the training rows keep their labels."""
+    if not 0 < labeled_fraction <= 1:
+        raise ValueError(f"labeled_fraction must lie in (0, 1], got {labeled_fraction}")
+    features, labels, feature_names, class_names = _raw(name)
+    rows = _split_rows(name, len(labels))
+    features = _standardize(features, rows["train"])
+    is_labeled = np.array([unit_hash(f"{name}/{i}", "labeled") < labeled_fraction for i in rows["train"]])
+    labeled_rows, unlabeled_rows = rows["train"][is_labeled], rows["train"][~is_labeled]
+    missing = sorted(set(range(len(class_names))) - set(labels[labeled_rows].tolist()))
+    if missing:
+        raise ValueError(
+            f"{name}: with labeled_fraction={labeled_fraction} no labeled row of classes "
+            f"{[class_names[c] for c in missing]} remains; raise labeled_fraction"
+        )
+    withheld = np.full_like(labels, UNLABELED)
+    return SemiSupervisedSplits(
+        labeled=_as_tabular(features, labels, labeled_rows, feature_names, class_names, dtype),
+        unlabeled=_as_tabular(features, withheld, unlabeled_rows, feature_names, class_names, dtype),
+        valid=_as_tabular(features, labels, rows["valid"], feature_names, class_names, dtype),
+        test=_as_tabular(features, labels, rows["test"], feature_names, class_names, dtype),
+    )
