@@ -1,0 +1,73 @@
+"""Early, explicit checks of a composed config: each error names the config key and the fix."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+def instantiate_group(cfg: DictConfig, key: str, **kwargs) -> Any:
+    """``hydra.utils.instantiate(cfg[key])`` with an error that names ``key`` and its ``_target_``."""
+    node = cfg.get(key)
+    if node is None or "_target_" not in node:
+        raise ConfigError(f"{key}: no config with a _target_ (choose one of conf/{key}/*.yaml)")
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        raise ConfigError(f"{key}: cannot instantiate {key}._target_={node._target_!r}: {error}") from error
+
+
+def slurm_tasks_per_node(environ: dict[str, str] | None = None) -> int | None:
+    """Tasks per node of the SLURM job step we run in, or ``None`` outside ``srun``/SLURM tasks."""
+    environ = os.environ if environ is None else environ
+    if "SLURM_NTASKS" not in environ or environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None
+    per_node = environ.get("SLURM_NTASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE")
+    if per_node:
+        return int(per_node.split("(")[0].split(",")[0])  # "2(x3)" -> 2
+    return int(environ["SLURM_NTASKS"]) // int(environ.get("SLURM_NNODES", environ.get("SLURM_JOB_NUM_NODES", "1")))
+
+
+def check_slurm_devices(cfg: DictConfig, environ: dict[str, str] | None = None) -> None:
+    """Lightning needs one SLURM task per device; say so before Lightning fails obscurely."""
+    per_node = slurm_tasks_per_node(environ)
+    if per_node is not None and per_node != int(cfg.trainer.devices):
+        raise ConfigError(
+            f"trainer.devices={cfg.trainer.devices} but this SLURM job runs {per_node} task(s) per node: "
+            f"set trainer.devices={per_node} or submit with --ntasks-per-node={cfg.trainer.devices}"
+        )
+
+
+def check_decoding(cfg: DictConfig) -> None:
+    if cfg.get("decode", {}).get("enabled", False):
+        try:
+            from enumdist.decoding import run_decoding  # noqa: F401
+        except ImportError as error:
+            raise ConfigError(
+                "decode.enabled=true but enumdist.decoding.run_decoding is not available "
+                f"({error}); run with decode.enabled=false"
+            ) from error
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | os.PathLike) -> str | None:
+    """``"last"``: the newest of ``<run_dir>/checkpoints/last.ckpt`` and SLURM's
+    ``<run_dir>/hpc_ckpt_*.ckpt``, or ``None`` (fresh start) when there is none; a path must exist."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        candidates = glob.glob(os.path.join(run_dir, "hpc_ckpt_*.ckpt"))
+        candidates += glob.glob(os.path.join(run_dir, "checkpoints", "last.ckpt"))
+        return max(candidates, key=os.path.getmtime) if candidates else None
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r} does not exist (use ckpt_path=last to resume a run directory)")
+    return str(ckpt_path)

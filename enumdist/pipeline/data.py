@@ -1,0 +1,212 @@
+"""DataModules that give every rank its own shard of the data plate.
+
+A split is loaded once as a table of per-item tensors (every tensor's first dim is the item).
+A batch is a dict ``{"index": LongTensor[B], "num_total": int, <field>: Tensor[B, ...]}``:
+``index`` are the items' positions in the full split and ``num_total`` the split's size, which
+is exactly what a zoo model's ``pyro.plate(shard_plate, num_total, subsample=index)`` needs.
+
+Sharding: each step draws one *global* batch (the whole split, or a minibatch of
+``batch_size * world_size`` items from a seeded permutation) and splits it into ``world_size``
+disjoint, nearly equal shards; rank ``r`` gets shard ``r``. Unlike ``DistributedSampler`` no item
+is ever repeated to even the shards out, so the union of the shards is the global batch and a
+sharded exact ELBO equals the single-process one. Every rank sees the same number of steps.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+SPLITS = ("train", "valid", "test")
+
+
+def as_item_table(loaded: Any, where: str) -> dict[str, torch.Tensor]:
+    """Turn what a loader returned (dataclass or mapping) into ``{field: Tensor[N, ...]}``.
+
+    Only tensors whose first dim is the number of items are kept (metadata is dropped).
+    Raises ``ValueError`` naming ``where`` if nothing usable is found or sizes disagree.
+    """
+    if is_dataclass(loaded):
+        items = {f.name: getattr(loaded, f.name) for f in fields(loaded)}
+    elif isinstance(loaded, Mapping):
+        items = dict(loaded)
+    else:
+        raise ValueError(f"{where}: expected a dataclass or a dict of tensors, got {type(loaded).__name__}")
+    tensors = {k: torch.as_tensor(v) for k, v in items.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"{where}: no tensor fields in {sorted(items)}")
+    sizes = {k: t.shape[0] for k, t in tensors.items() if t.dim() > 0}
+    num_items = max(sizes.values(), default=0)
+    if num_items == 0:
+        raise ValueError(f"{where}: the split is empty (fields {sizes})")
+    table = {k: t for k, t in tensors.items() if t.dim() > 0 and t.shape[0] == num_items}
+    for key, t in table.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{where}: field {key!r} holds NaN or infinite values")
+    if "lengths" in table:
+        lengths = table["lengths"]
+        seq_fields = [k for k, t in table.items() if k != "lengths" and t.dim() >= 2]
+        for key in seq_fields:
+            if int(lengths.max()) > table[key].shape[1] or int(lengths.min()) < 0:
+                raise ValueError(
+                    f"{where}: 'lengths' range [{int(lengths.min())}, {int(lengths.max())}] does not "
+                    f"fit field {key!r} of shape {tuple(table[key].shape)}"
+                )
+    return table
+
+
+class ItemTable(Dataset):
+    """Items of one split; ``dataset[i]`` is ``(i, {field: Tensor[...]})``."""
+
+    def __init__(self, table: dict[str, torch.Tensor]):
+        self.table = table
+        self.num_items = next(iter(table.values())).shape[0]
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def __getitem__(self, i: int) -> tuple[int, dict[str, torch.Tensor]]:
+        return i, {k: t[i] for k, t in self.table.items()}
+
+
+def collate_items(items: list[tuple[int, dict[str, torch.Tensor]]], num_total: int) -> dict[str, Any]:
+    """Stack items into a batch; if a ``lengths`` field exists, sequence fields (dim >= 1 per
+    item) are cut to the longest sequence in the batch (they are stored zero-padded)."""
+    index = torch.tensor([i for i, _ in items], dtype=torch.long)
+    batch: dict[str, Any] = {k: torch.stack([item[k] for _, item in items]) for k in items[0][1]}
+    if "lengths" in batch:
+        max_length = max(int(batch["lengths"].max()), 1)
+        for key, value in batch.items():
+            if key != "lengths" and value.dim() >= 2:
+                batch[key] = value[:, :max_length]
+    batch["index"] = index
+    batch["num_total"] = num_total
+    return batch
+
+
+class ShardSampler(Sampler[list[int]]):
+    """Yields, per step, this rank's shard of a global batch (see module docstring).
+
+    ``batch_size=None`` means full batch (one step per epoch). With minibatches the global batch
+    holds ``batch_size * world_size`` items of a permutation seeded by ``seed + epoch``; a last
+    global batch with fewer items than ranks is dropped so that no rank gets an empty shard.
+    """
+
+    def __init__(self, num_items: int, rank: int, world_size: int, batch_size: int | None,
+                 shuffle: bool, seed: int):
+        if num_items < world_size:
+            raise ValueError(f"{num_items} items cannot be sharded over {world_size} ranks")
+        self.num_items, self.rank, self.world_size = num_items, rank, world_size
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[torch.Tensor]:
+        if self.shuffle and self.batch_size is not None:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_items, generator=generator)
+        else:
+            order = torch.arange(self.num_items)
+        size = self.num_items if self.batch_size is None else self.batch_size * self.world_size
+        return [b for b in order.split(size) if len(b) >= self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for global_batch in self._global_batches():
+            yield global_batch.tensor_split(self.world_size)[self.rank].tolist()
+
+    def __len__(self) -> int:
+        return len(self._global_batches())
+
+
+class ShardedDataModule(pl.LightningDataModule):
+    """Loads ``train``/``valid``/``test`` with ``load(split)`` and serves per-rank shards.
+
+    Args:
+        load: ``split -> dataclass | dict`` of per-item tensors (e.g. a partial of
+            ``enumdist.data.load_chorales``).
+        batch_size: items per rank per step; ``None`` = full batch.
+        max_items: keep only the first ``max_items`` items of every split (quick runs).
+        eval_batch_size: items per rank for valid/test; ``None`` = full split.
+        seed: base seed of the minibatch permutation (epoch ``e`` uses ``seed + e``).
+    """
+
+    def __init__(self, load: Callable[[str], Any], batch_size: int | None = None,
+                 max_items: int | None = None, eval_batch_size: int | None = None,
+                 shuffle: bool = True, seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.load, self.batch_size, self.max_items = load, batch_size, max_items
+        self.eval_batch_size, self.shuffle, self.seed = eval_batch_size, shuffle, seed
+        self.num_workers = num_workers
+        self.splits: dict[str, ItemTable] = {}
+
+    def prepare_data(self) -> None:
+        # rank 0 only: fill caches (e.g. parse the chorales once) before other ranks load
+        self._load_split("train")
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in SPLITS:
+            if split not in self.splits:
+                self.splits[split] = self._load_split(split)
+
+    def _load_split(self, split: str) -> ItemTable:
+        function = getattr(self.load, "func", self.load)  # unwrap functools.partial
+        where = f"data.load ({getattr(function, '__qualname__', function)}) split {split!r}"
+        try:
+            loaded = self.load(split)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{where}: data not found: {error}. Check the data config's paths.") from error
+        table = as_item_table(loaded, where)
+        if self.max_items is not None:
+            table = {k: t[: self.max_items] for k, t in table.items()}
+        return ItemTable(table)
+
+    def full_batch(self, split: str = "train") -> dict[str, Any]:
+        """The whole split as one batch (no sharding): for oracles and one-off passes."""
+        self.setup()
+        dataset = self.splits[split]
+        return collate_items([dataset[i] for i in range(len(dataset))], len(dataset))
+
+    def _loader(self, split: str, batch_size: int | None, shuffle: bool) -> DataLoader:
+        dataset = self.splits[split]
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        sampler = ShardSampler(len(dataset), rank, world_size, batch_size, shuffle, self.seed)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=_Collate(len(dataset)))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", self.eval_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, False)
+
+
+class _Collate:
+    """Picklable ``collate_fn`` (workers and ``ddp_spawn`` pickle it)."""
+
+    def __init__(self, num_total: int):
+        self.num_total = num_total
+
+    def __call__(self, items):
+        return collate_items(items, self.num_total)
+
+
+def load_saved_split(split: str, path: str) -> dict[str, torch.Tensor]:
+    """Load ``<path>/<split>.pt`` (a dict of per-item tensors saved with ``torch.save``)."""
+    file = os.path.join(path, f"{split}.pt")
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"{file} does not exist")
+    try:
+        return torch.load(file, weights_only=True)
+    except Exception as error:  # pickle errors come in many types
+        raise ValueError(f"{file} is not a torch.save'd dict of tensors: {error}") from error

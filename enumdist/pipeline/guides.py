@@ -1,0 +1,71 @@
+"""Guides built from config for zoo models that do not define their own ``guide``.
+
+Each factory takes the zoo model and returns a module ``guide(batch)``. Autoguides see the
+model with enumerated and observed sites hidden, so they cover exactly the continuous
+(non-enumerated) latents. Their parameters are created lazily on the first call; the
+LightningModule calls the guide once in ``setup()`` so that they exist before DDP wraps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro.infer.autoguide as autoguide
+from pyro import poutine
+from pyro.nn import PyroModule
+
+from enumdist.models.base import EnumModel
+
+
+def _is_enumerated_or_observed(msg: dict) -> bool:
+    return msg["type"] == "sample" and (msg["is_observed"] or msg["infer"].get("enumerate") is not None)
+
+
+class EmptyGuide(PyroModule):
+    """Guide of a model whose latents are all enumerated: samples nothing."""
+
+    def forward(self, batch) -> None:
+        return None
+
+
+class ModelGuide(PyroModule):
+    """Wraps a zoo model's own ``guide`` method (its parameters stay under ``model.``)."""
+
+    def __init__(self, model: EnumModel):
+        super().__init__()
+        self._model = (model,)  # a tuple, so the model is not registered twice
+
+    def forward(self, batch) -> None:
+        return self._model[0].guide(batch)
+
+
+def auto(model: EnumModel, kind: str = "AutoDelta", **kwargs) -> PyroModule:
+    """``pyro.infer.autoguide.<kind>`` over the model's ``global_latents``.
+
+    Follows the zoo's convention (:mod:`enumdist.models`): the autoguide traces
+    ``model.guide_model`` (the model with enumerated sites hidden) and starts from
+    ``model.init_loc_fn`` when the model has one. A model with its own ``guide`` keeps it; a
+    model without ``global_latents`` (all latents enumerated) gets :class:`EmptyGuide`.
+    """
+    if getattr(model, "guide", None) is not None:
+        return ModelGuide(model)
+    if not getattr(model, "global_latents", ()):
+        return EmptyGuide()
+    if not hasattr(autoguide, kind):
+        raise ValueError(f"guide.kind={kind!r} is not a pyro.infer.autoguide class")
+    guide_model = getattr(model, "guide_model", None)
+    if guide_model is None:
+        guide_model = poutine.block(model.model, hide_fn=_is_enumerated_or_observed)
+    if hasattr(model, "init_loc_fn"):
+        kwargs.setdefault("init_loc_fn", model.init_loc_fn)
+    return getattr(autoguide, kind)(guide_model, **kwargs)
+
+
+def empty(model: EnumModel) -> PyroModule:
+    """No guide (all latents enumerated), or the model's own guide if it has one."""
+    if getattr(model, "guide", None) is not None:
+        return ModelGuide(model)
+    return EmptyGuide()
+
+
+GuideFactory = Callable[[EnumModel], PyroModule]

@@ -1,0 +1,169 @@
+"""The LightningModule: a zoo model, its guide and an enumeration ELBO.
+
+The objective is the ELBO loss of the *full* training split divided by a constant, the number of
+observations in that split (computed once in ``setup``), so that learning rates and gradient
+clipping do not depend on the data size. With ``EnumELBO(shard_plates=[model.shard_plate])``
+each rank feeds its own shard and gets the exact full-data loss; autograd through the engine's
+all-reduce sums gradients over ranks and DDP's averaging then leaves exactly the single-process
+full-data gradient. (With ``pyro.infer.TraceEnum_ELBO``, an oracle, use one process.)
+
+Pyro state: parameters live on the modules (``pyro.settings.module_local_params``), never in the
+global param store, so checkpoints, optimisers and DDP see all of them. Settings are applied in
+``setup()`` because that also runs in processes started by ``ddp_spawn``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import pytorch_lightning as pl
+import torch
+from pyro import poutine
+
+from enumdist.models.base import EnumModel
+from enumdist.pipeline.guides import GuideFactory, empty
+
+
+# PyroModules read this when they are *constructed*, so it is set on import: before any zoo model
+# is built here, and in every process that unpickles this module (ddp_spawn, submitit).
+pyro.settings.set(module_local_params=True)
+
+
+def apply_pyro_settings(validate: bool) -> None:
+    """Process-wide Pyro settings every training process needs (idempotent)."""
+    pyro.settings.set(module_local_params=True)
+    pyro.enable_validation(validate)
+    pyro.clear_param_store()
+
+
+def build_elbo(elbo_factory: Callable[..., Any], model: EnumModel) -> Any:
+    """``elbo_factory(max_plate_nesting=..., [shard_plates=[model.shard_plate]])``.
+
+    ``shard_plates`` is passed only to ELBOs that accept it (``enumdist.EnumELBO``).
+    """
+    target = getattr(elbo_factory, "func", elbo_factory)
+    kwargs: dict[str, Any] = {"max_plate_nesting": model.max_plate_nesting}
+    if "shard_plates" in inspect.signature(target).parameters:
+        kwargs["shard_plates"] = [model.shard_plate]
+    return elbo_factory(**kwargs)
+
+
+def plates_of(model: EnumModel, batch: dict) -> set[str]:
+    """Names of all plates the model opens on ``batch``."""
+    with poutine.block():
+        trace = poutine.trace(model.model).get_trace(batch)
+    return {frame.name for site in trace.nodes.values() for frame in site.get("cond_indep_stack", ())}
+
+
+class EnumModule(pl.LightningModule):
+    """Trains ``model`` (a zoo :class:`~enumdist.models.base.EnumModel`) by an enumeration ELBO.
+
+    Args:
+        model: the zoo model; its parameters end up under ``model.`` in the ``state_dict``.
+        guide: factory ``model -> guide module``; parameters under ``guide.``.
+        elbo: factory for the ELBO (``TraceEnum_ELBO`` kwargs), called in ``setup()``.
+        optimizer: factory ``params -> torch.optim.Optimizer``.
+        scheduler: optional factory ``optimizer -> LRScheduler``; stepped every ``scheduler_interval``.
+        validate: ``pyro.enable_validation``.
+        hparams: plain-container config stored in checkpoints (must be weights-only loadable).
+    """
+
+    def __init__(self, model: EnumModel, elbo: Callable[..., Any], optimizer: Callable[..., torch.optim.Optimizer],
+                 guide: GuideFactory = empty, scheduler: Callable[..., Any] | None = None,
+                 scheduler_interval: str = "step", validate: bool = True, hparams: dict | None = None):
+        super().__init__()
+        if not isinstance(model, EnumModel):
+            raise TypeError(f"model: expected an enumdist.models.base.EnumModel, got {type(model).__name__}")
+        self.model = model
+        self.guide = guide(model)
+        self.elbo_factory, self.optimizer_factory = elbo, optimizer
+        self.scheduler_factory, self.scheduler_interval = scheduler, scheduler_interval
+        self.validate = validate
+        self.elbo = None
+        self.train_observations: int | None = None
+        self.last_observations = 0  # observations in the last global training batch (all ranks)
+        self.save_hyperparameters(hparams or {}, logger=False)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        apply_pyro_settings(self.validate)
+        self.elbo = build_elbo(self.elbo_factory, self.model)
+        datamodule = self.trainer.datamodule
+        full = datamodule.full_batch("train")
+        plates = plates_of(self.model, full)
+        if self.model.shard_plate not in plates:
+            raise ValueError(
+                f"model.shard_plate={self.model.shard_plate!r} ({type(self.model).__name__}) is not a plate "
+                f"of the model; its plates are {sorted(plates)}. Set shard_plate to the data plate."
+            )
+        self.train_observations = int(self.model.num_observations(full))
+        if self.train_observations <= 0:
+            raise ValueError("data: the training split holds no observations")
+        # create lazily-initialised (autoguide) parameters before DDP wraps the module
+        with torch.no_grad(), poutine.block():
+            self.guide(full)
+
+    # -- steps ------------------------------------------------------------------------------
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(full-data loss estimate, loss per observation of the split the batch comes from).
+
+        Differentiable while training; evaluation (under ``no_grad``) uses ``elbo.loss``.
+        """
+        if torch.is_grad_enabled():
+            loss = self.elbo.differentiable_loss(self.model.model, self.guide, batch)
+        else:
+            loss = torch.as_tensor(self.elbo.loss(self.model.model, self.guide, batch), dtype=torch.float64)
+        counts = torch.tensor([float(self.model.num_observations(batch)), float(len(batch["index"]))],
+                              dtype=torch.float64, device=loss.device)
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum") if self.trainer.world_size > 1 else counts
+        observations, items = counts.tolist()
+        self.last_observations = int(observations)
+        # estimated observations in the whole split = observations per item * items in the split
+        per_observation = loss.detach() * items / (observations * batch["num_total"])
+        return loss, per_observation
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, per_observation = self._loss(batch)
+        self.log("train/loss_per_obs", per_observation, prog_bar=True, rank_zero_only=True,
+                 batch_size=len(batch["index"]))
+        return loss / self.train_observations
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        _, per_observation = self._loss(batch)
+        self.log("valid/loss_per_obs", per_observation, prog_bar=True, rank_zero_only=True,
+                 batch_size=len(batch["index"]))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        _, per_observation = self._loss(batch)
+        self.log("test/loss_per_obs", per_observation, rank_zero_only=True, batch_size=len(batch["index"]))
+
+    # -- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint of another model with a message naming what differs."""
+        saved_target = (checkpoint.get("hyper_parameters") or {}).get("model", {}).get("_target_")
+        target = (self.hparams.get("model") or {}).get("_target_")
+        if saved_target and target and saved_target != target:
+            raise ValueError(f"ckpt_path: the checkpoint holds model._target_={saved_target!r}, "
+                             f"but this run's model._target_ is {target!r}")
+        own = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+        if own != saved:
+            missing = sorted(set(own) - set(saved))
+            unexpected = sorted(set(saved) - set(own))
+            reshaped = sorted(k for k in set(own) & set(saved) if own[k] != saved[k])
+            raise ValueError(
+                "ckpt_path: the checkpoint is from a different model "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                f"different shapes {[(k, saved[k], own[k]) for k in reshaped[:5]]})"
+            )

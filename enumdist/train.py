@@ -1,0 +1,96 @@
+"""Train a zoo model with an enumeration ELBO: ``python -m enumdist.train experiment=<name> [overrides]``.
+
+Reads top to bottom: seed -> data -> model -> guide -> elbo -> module -> callbacks -> loggers ->
+trainer -> fit -> test -> (decode). Every config group is one ``hydra.utils.instantiate``.
+The run directory holds ``.hydra/config.yaml``, ``checkpoints/last.ckpt``, ``train_history.csv``
+(+ ``.png``), ``wandb/`` and, with ``decode.enabled=true``, the decoding stage's outputs.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("WANDB_MODE", "offline")  # never talk to the network unless asked to
+
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from enumdist.pipeline.callbacks import AtomicCheckpointIO  # noqa: E402
+from enumdist.pipeline.checks import (check_decoding, check_slurm_devices,  # noqa: E402
+                                      instantiate_group, resolve_ckpt_path)
+from enumdist.pipeline.module import EnumModule  # noqa: E402
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one experiment from a composed config; returns the test metrics (rank 0 prints them)."""
+    check_slurm_devices(cfg)
+    check_decoding(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate_group(cfg, "data")
+    model = instantiate_group(cfg, "model")
+    guide = instantiate_group(cfg, "guide")  # a factory: model -> guide module
+    elbo = instantiate_group(cfg, "elbo")  # a factory: built per process in EnumModule.setup
+    module = EnumModule(
+        model, elbo=elbo, guide=guide,
+        optimizer=instantiate(cfg.optim.optimizer),
+        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+        scheduler_interval=cfg.optim.scheduler_interval,
+        validate=cfg.validate,
+        hparams=OmegaConf.to_container(cfg, resolve=True),  # plain containers: weights-only loadable
+    )
+
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      plugins=[AtomicCheckpointIO()])
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.test:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    if not trainer.is_global_zero:
+        return metrics
+    pictures = sorted(str(p) for p in run_dir.glob("*.png"))
+    if cfg.decode.enabled:
+        from enumdist.decoding import run_decoding
+
+        run_decoding(str(run_dir), cfg)
+        decoded = sorted(str(p) for p in run_dir.rglob("*.png") if str(p) not in pictures)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image") and decoded:
+                logger.log_image(key="decoding", images=decoded)
+        pictures += decoded
+    report(metrics, run_dir, pictures)
+    return metrics
+
+
+def report(metrics: dict[str, float], run_dir: Path, pictures: list[str]) -> None:
+    for key in ("train/loss_per_obs", "valid/loss_per_obs", "test/loss_per_obs"):
+        if key in metrics:
+            print(f"{key.replace('/', ' ').replace('_per_obs', ' per observation'):<32} {metrics[key]:.5f}")
+    print(f"run directory: {run_dir}")
+    for name in ("checkpoints/last.ckpt", "train_history.csv", "wandb", ".hydra/config.yaml"):
+        if (run_dir / name).exists():
+            print(f"  {name:<22} {run_dir / name}")
+    for picture in pictures:
+        print(f"  picture                {picture}")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("test/loss_per_obs")
+
+
+if __name__ == "__main__":
+    main()
