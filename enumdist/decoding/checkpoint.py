@@ -1,0 +1,96 @@
+"""Rebuild a trained run: its composed config, the zoo model and guide, and their weights.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain containers only,
+never arbitrary pickled objects. The LightningModule stores the zoo model's parameters under
+``model.`` and the guide's under ``guide.``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pyro import poutine
+
+from enumdist.models.base import EnumModel
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's parameters do not fit the model the run's config builds."""
+
+
+def load_run_config(run_dir: str | Path) -> DictConfig:
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run_dir={run_dir} is not a training run "
+                                "directory (expected the composed Hydra config there)")
+    return OmegaConf.load(path)
+
+
+def find_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
+    path = Path(checkpoint) if checkpoint else Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: train the run first, or pass "
+                                "checkpoint=<path to a .ckpt>")
+    return path
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors come in many types
+        raise ValueError(f"{path} is not a weights-only Lightning checkpoint: {error}") from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} holds no 'state_dict' (not a Lightning checkpoint)")
+    return checkpoint["state_dict"]
+
+
+def select_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], *, what: str,
+                 source: Path) -> None:
+    """``module.load_state_dict(weights)`` with a message naming every key that does not fit."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    reshaped = sorted(f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
+                      for k, v in expected.items() if k in weights and weights[k].shape != v.shape)
+    if missing or unexpected or reshaped:
+        raise CheckpointMismatchError(
+            f"checkpoint {source} is not from this {what}: missing keys {missing}, unexpected "
+            f"keys {unexpected}, shape mismatches {reshaped}. Decode with the run's own "
+            "checkpoint, or fix the model config to the one it was trained with.")
+    module.load_state_dict(weights)
+
+
+def build_model(cfg: DictConfig, state_dict: dict[str, torch.Tensor], source: Path) -> EnumModel:
+    model = instantiate(cfg.model)
+    if not isinstance(model, EnumModel):
+        raise TypeError(f"model._target_={cfg.model.get('_target_')} is not an EnumModel")
+    load_weights(model, select_prefix(state_dict, "model."),
+                 what=f"model {cfg.model.get('_target_', type(model).__name__)}", source=source)
+    return model.eval()
+
+
+def build_guide(cfg: DictConfig, model: EnumModel, batch: dict,
+                state_dict: dict[str, torch.Tensor], source: Path):
+    """The run's guide with its trained weights, or ``None`` when it has no latents to cover.
+
+    Autoguides create their parameters on their first call, so the guide runs once on ``batch``
+    (any batch of the decoded split) before its weights are loaded.
+    """
+    weights = select_prefix(state_dict, "guide.")
+    if "guide" not in cfg or cfg.guide is None:
+        if weights:
+            raise CheckpointMismatchError(f"{source} holds guide weights but the config has no guide")
+        return None
+    guide = instantiate(cfg.guide)(model)
+    with torch.no_grad():
+        first_run = poutine.trace(guide).get_trace(batch)
+    load_weights(guide, weights, what=f"guide {cfg.guide.get('_target_')}", source=source)
+    samples_latents = any(site["type"] == "sample" for site in first_run.nodes.values())
+    return guide.eval() if samples_latents else None

@@ -1,0 +1,83 @@
+"""Decode one batch: MAP (temperature 0) or posterior samples (temperature 1) of the enumerated
+sites with ``enumdist.infer_discrete``, optionally posterior marginals with
+``enumdist.EnumELBO.compute_marginals``, gathered per hidden state and per position.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import torch
+from pyro import poutine
+
+import enumdist
+from enumdist.models.base import EnumModel
+
+
+def gather_states(sites: dict[str, list[str]], values: dict[str, torch.Tensor], batch_size: int,
+                  event_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Stack each state's sites (in order) into ``[B, positions]`` (values) or
+    ``[B, positions, event_size]`` (marginal probabilities)."""
+    gathered = {}
+    for state, names in sites.items():
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise KeyError(f"state {state!r}: sites {missing[:5]} were not decoded; does the "
+                           "model's state_sites(batch) match its sample site names?")
+        parts = []
+        for name in names:
+            value = values[name]
+            shape = (batch_size, -1) if event_size is None else (batch_size, -1, event_size)
+            if value.numel() % (batch_size * (event_size or 1)):
+                raise ValueError(f"site {name!r}: shape {tuple(value.shape)} does not hold "
+                                 f"{batch_size} items")
+            parts.append(value.reshape(shape))
+        gathered[state] = torch.cat(parts, dim=1)
+    return gathered
+
+
+def _probs(marginal) -> torch.Tensor:
+    return marginal.probs if hasattr(marginal, "probs") else marginal
+
+
+@torch.no_grad()
+def decode_batch(model: EnumModel, guide, batch: dict, *, temperature: int = 0,
+                 marginals: bool = False, shard_plates: list[str] | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """-> ``{state: LongTensor[B, positions]}`` plus ``{f"{state}_marginals": [B, positions, D]}``.
+
+    ``guide`` (or ``None``) supplies the non-enumerated latents, which the decoded model replays.
+    """
+    batch_size = len(batch["index"])
+    model_fn = model.model
+    if guide is not None:
+        model_fn = poutine.replay(model_fn, trace=poutine.trace(guide).get_trace(batch))
+    decoded = enumdist.infer_discrete(model_fn, first_available_dim=-1 - model.max_plate_nesting,
+                                      temperature=temperature, shard_plates=shard_plates)
+    trace = poutine.trace(decoded).get_trace(batch)
+    values = {name: site["value"] for name, site in trace.nodes.items()
+              if site["type"] == "sample" and not site["is_observed"]}
+    sites = model.state_sites(batch)
+    out = {k: v.long() for k, v in gather_states(sites, values, batch_size).items()}
+    if marginals:
+        elbo = enumdist.EnumELBO(max_plate_nesting=model.max_plate_nesting,
+                                 **({"shard_plates": shard_plates} if shard_plates else {}))
+        probs = {k: _probs(v) for k, v in elbo.compute_marginals(
+            model.model, guide or (lambda batch: None), batch).items()}
+        for state, names in sites.items():
+            event_size = probs[names[0]].shape[-1]
+            out[f"{state}_marginals"] = gather_states(
+                {state: names}, probs, batch_size, event_size)[state].float()
+    return out
+
+
+def to_table(batch: dict, decoded: dict[str, torch.Tensor]) -> pa.Table:
+    """One row per item: ``index``, ``length`` and one list column per decoded tensor, cut to
+    the item's ``lengths`` when the batch has them (padding is not decoded output)."""
+    index = batch["index"].tolist()
+    positions = next(iter(decoded.values())).shape[1] if decoded else 0
+    lengths = batch["lengths"].tolist() if "lengths" in batch else [positions] * len(index)
+    columns = {"index": pa.array(index, pa.int64()), "length": pa.array(lengths, pa.int64())}
+    for name, tensor in decoded.items():
+        rows = [row[:length].tolist() for row, length in zip(tensor, lengths)]
+        columns[name] = pa.array(rows)
+    return pa.table(columns)

@@ -1,0 +1,199 @@
+"""The decoding stage: decode a whole split of a trained run into Parquet files and pictures.
+
+Layout under ``<run_dir>/decoded/<split>-temperature<t>/``:
+
+``chunks/items-<start>-<stop>.parquet``  one file per rank's shard of one global step; it exists
+                                         complete or not at all (temp file + ``os.replace``), so a
+                                         rerun skips exactly the finished chunks;
+``decoded.parquet``                       all chunks in item order (written last, by rank 0);
+``manifest.json``                         options, chunk list and outputs (written last).
+
+Pictures go to the run dir: ``piano_roll_states.png``, ``transitions.png``, ``loss_curve.png``.
+Under torch.distributed every rank decodes its own shard of each global step with
+``infer_discrete(..., shard_plates=[model.shard_plate])`` (a collective call), so all ranks walk
+the same steps; which steps remain is decided once, by rank 0, before anyone writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pyro
+import torch
+import torch.distributed as dist
+from hydra.utils import instantiate
+from tqdm.auto import tqdm
+
+from enumdist.data.piano_roll import validate_piano_roll
+from enumdist.decoding import checkpoint as ckpt
+from enumdist.decoding import pictures
+from enumdist.decoding.decoder import decode_batch, to_table
+from enumdist.decoding.files import write_json, write_parquet
+from enumdist.pipeline.data import collate_items
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+    split: str = "test"
+    temperature: int = 0
+    marginals: bool = False
+    decode_batch_size: int = 32
+    checkpoint: str | None = None  # default <run_dir>/checkpoints/last.ckpt
+    seed: int = 0                  # temperature=1: step s samples under seed + s
+    pictures: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.temperature not in (0, 1):
+            raise ValueError(f"temperature must be 0 (MAP) or 1 (posterior sample), "
+                             f"got {self.temperature}")
+        if self.decode_batch_size < 1:
+            raise ValueError(f"decode_batch_size must be >= 1, got {self.decode_batch_size}")
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any] | None) -> DecodeOptions:
+        """Accepts options, a training config (its ``decode`` group is used) or ``None``."""
+        if options is None or isinstance(options, DecodeOptions):
+            return options or cls()
+        options = dict(options)
+        if "decode" in options:  # the training config: use its decode group
+            options = dict(options["decode"] or {})
+        options.pop("enabled", None)
+        options.pop("run_dir", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown decode option(s) {unknown}; valid: {sorted(known)}")
+        return cls(**options)
+
+
+def distributed_layout() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def plan_steps(num_items: int, decode_batch_size: int, world_size: int) -> list[list[range]]:
+    """Global steps, each a list of ``world_size`` contiguous, non-empty item ranges."""
+    if num_items < world_size:
+        raise ValueError(f"the split has {num_items} item(s), fewer than the {world_size} ranks")
+    num_steps = math.ceil(num_items / (decode_batch_size * world_size))
+    steps = []
+    for step_items in torch.arange(num_items).tensor_split(num_steps):
+        shards = step_items.tensor_split(world_size)
+        steps.append([range(int(s[0]), int(s[-1]) + 1) for s in shards])
+    return steps
+
+
+def chunk_path(directory: Path, items: range) -> Path:
+    return directory / "chunks" / f"items-{items.start:07d}-{items.stop:07d}.parquet"
+
+
+def write_chunk(path: Path, table: pa.Table) -> Path:
+    """Write one finished chunk atomically (a seam for crash tests)."""
+    return write_parquet(table, path)
+
+
+def check_items(model, batch: dict, split: str) -> None:
+    """Clear errors for malformed piano rolls before any decoding."""
+    if "sequences" not in batch or not hasattr(model, "num_keys"):
+        return
+    for row, (roll, length) in enumerate(zip(batch["sequences"], batch["lengths"])):
+        validate_piano_roll(roll[: int(length)], num_keys=model.num_keys,
+                            name=f"split {split!r} item {int(batch['index'][row])}")
+
+
+def _broadcast(obj):
+    rank, world_size = distributed_layout()
+    if world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions | None = None
+                 ) -> dict[str, Path]:
+    """Decode ``options.split`` of the trained run in ``run_dir``; -> ``{output: path}``.
+
+    ``options`` may be :class:`DecodeOptions`, a mapping of its fields, or the training config
+    (its ``decode`` group). Every rank returns the paths; only rank 0 writes merged outputs.
+    """
+    options = DecodeOptions.from_mapping(options)
+    run_dir = Path(run_dir)
+    rank, world_size = distributed_layout()
+    cfg = ckpt.load_run_config(run_dir)
+    checkpoint = ckpt.find_checkpoint(run_dir, options.checkpoint)
+    state_dict = ckpt.load_state_dict(checkpoint)
+    model = ckpt.build_model(cfg, state_dict, checkpoint)
+
+    datamodule = instantiate(cfg.data)
+    load_split = getattr(datamodule, "load_split", None) or datamodule._load_split
+    table = load_split(options.split).table  # raises on empty splits and NaN fields
+    num_items = next(iter(table.values())).shape[0]
+    if num_items == 0:
+        raise ValueError(f"split {options.split!r} of run {run_dir} is empty: nothing to decode")
+    items_of = lambda r: collate_items(  # noqa: E731
+        [(i, {k: t[i] for k, t in table.items()}) for i in r], num_items)
+    check_items(model, items_of(range(num_items)), options.split)
+    guide = ckpt.build_guide(cfg, model, items_of(range(min(num_items, 2))), state_dict, checkpoint)
+
+    out_dir = run_dir / "decoded" / f"{options.split}-temperature{options.temperature}"
+    steps = plan_steps(num_items, options.decode_batch_size, world_size)
+    pending = _broadcast([s for s, shards in enumerate(steps)
+                          if not all(chunk_path(out_dir, r).exists() for r in shards)]
+                         if rank == 0 else None)
+    shard_plates = [model.shard_plate] if world_size > 1 else None
+    for step in tqdm(pending, desc=f"decoding {options.split}", unit="chunk",
+                     disable=rank != 0 or not options.progress):
+        items = steps[step][rank]
+        batch = items_of(items)
+        pyro.set_rng_seed(options.seed + step)
+        decoded = decode_batch(model, guide, batch, temperature=options.temperature,
+                               marginals=options.marginals, shard_plates=shard_plates)
+        write_chunk(chunk_path(out_dir, items), to_table(batch, decoded))
+    if world_size > 1:
+        dist.barrier()
+
+    outputs = {"decoded": out_dir / "decoded.parquet", "manifest": out_dir / "manifest.json"}
+    if options.pictures:
+        outputs.update(loss_curve=run_dir / "loss_curve.png")
+        if hasattr(model, "transition_matrices") and model.transition_matrices():
+            outputs.update(transitions=run_dir / "transitions.png",
+                           piano_roll=run_dir / "piano_roll_states.png")
+    if rank == 0:
+        chunks = [chunk_path(out_dir, r) for shards in steps for r in shards]
+        merged = pa.concat_tables([pq.read_table(p) for p in chunks])
+        write_parquet(merged, outputs["decoded"])
+        if options.pictures:
+            _draw(run_dir, model, table, merged, outputs)
+        write_json({"options": dataclasses.asdict(options), "run_dir": str(run_dir),
+                    "checkpoint": str(checkpoint), "model": cfg.model.get("_target_"),
+                    "num_items": num_items, "world_size": world_size,
+                    "chunks": [str(p.relative_to(out_dir)) for p in chunks],
+                    "outputs": {k: str(v) for k, v in outputs.items()}}, outputs["manifest"])
+    if world_size > 1:
+        dist.barrier()
+    return outputs
+
+
+def _draw(run_dir: Path, model, table: dict, merged: pa.Table, outputs: dict) -> None:
+    history = run_dir / "train_history.csv"
+    if "loss_curve" in outputs:
+        if history.is_file():
+            pictures.loss_curve(history, outputs["loss_curve"])
+        else:
+            outputs.pop("loss_curve")
+    if "transitions" in outputs:
+        pictures.transition_heatmaps(model.transition_matrices(), outputs["transitions"])
+        first = merged.slice(0, 1).to_pylist()[0]
+        roll = table["sequences"][first["index"], : first["length"]]
+        states = {c: torch.tensor(first[c]) for c in model.chains}
+        pictures.piano_roll_with_states(roll, states, outputs["piano_roll"],
+                                        title=f"item {first['index']}: decoded hidden states")
