@@ -49,7 +49,7 @@ def validate_piano_roll(array, *, num_keys: int = NUM_PIANO_KEYS, name: str = "p
     if bad.any():
         steps, keys = np.nonzero(bad)
         raise ValueError(
-            f"{name}: values must be 0 or 1, found {values[steps[0], keys[0]]!r} at step {steps[0]}, "
+            f"{name}: values must be 0 or 1, found {values[steps[0], keys[0]].item()!r} at step {steps[0]}, "
             f"key {keys[0]} ({steps.size} such value(s)); binarise the roll (e.g. roll > 0)"
         )
 
