@@ -31,16 +31,16 @@ def parse(argv: list[str]) -> tuple[str, dict]:
 def main(argv: list[str] | None = None) -> dict:
     run_dir, options = parse(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(int(os.environ.get("ENUMDIST_NUM_THREADS", torch.get_num_threads())))
-    started = False
+    started, rank = False, 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        started = True
+        started, rank = True, dist.get_rank()
     try:
         outputs = run_decoding(run_dir, options)
     finally:
         if started:
             dist.destroy_process_group()
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if rank == 0:
         for name, path in outputs.items():
             print(f"{name}: {path}")
     return outputs
