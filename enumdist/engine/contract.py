@@ -1,0 +1,106 @@
+"""Contract stage: execute an elimination :class:`~enumdist.engine.plan.Plan`.
+
+One routine, :func:`contract`, runs every plan. What it computes is set by two plug-ins:
+
+* a :mod:`semiring <enumdist.engine.semiring>` -- how a variable is summed out (log-sum-exp for
+  likelihoods and marginals, max for MAP);
+* a *plate back end* -- how a product over a plate is taken: :class:`LocalPlates` sums the plate
+  dim on this process; ``enumdist.engine.sharding.ShardedPlates`` also adds the partial sums of
+  the other ranks (all-reduce), which makes a plate split across processes exact.
+
+With ``tape=[]`` the forward pass records each product tensor, and :func:`backtrack` walks the
+tape backwards to choose a value for every eliminated variable (Viterbi / forward-filtering
+backward-sampling on chains, their plated generalisation elsewhere).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from enumdist.engine.factors import align
+from enumdist.engine.plan import Plan, SumStep
+
+
+class LocalPlates:
+    """Products over plates on a single process."""
+
+    def prepare(self, problem) -> None:
+        """Hook run once the problem is traced (the sharded back end checks ranks here)."""
+
+    def guarded(self, fn):
+        """Run the tracing function ``fn`` (the sharded back end syncs failures across ranks)."""
+        return fn()
+
+    def plate_sum(self, x: torch.Tensor, positions, absent_count: int, plates) -> torch.Tensor:
+        out = x.sum(dim=positions) if positions else x
+        return out * absent_count if absent_count != 1 else out
+
+    def sum_terms(self, local: torch.Tensor, sharded: torch.Tensor) -> torch.Tensor:
+        """Total of terms inside (``sharded``) and outside (``local``) any sharded plate."""
+        return local + sharded
+
+    def touches_shard(self, plates) -> bool:
+        return False
+
+    def broadcast_decision(self, value: torch.Tensor, dims) -> torch.Tensor:
+        return value
+
+
+LOCAL = LocalPlates()
+
+
+def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
+    """Run ``plan`` on input ``tensors`` (ordered as the plan's structure).
+
+    Returns the plan's output terms as ``(tensor, dims, ordinal)``; appends ``(step, product)``
+    to ``tape`` for every eliminated variable when a list is given.
+    """
+    slots = list(tensors) + [None] * (plan.num_slots - len(tensors))
+    for step in plan.steps:
+        if isinstance(step, SumStep):
+            x = None
+            for slot, dims in zip(step.inputs, step.input_dims):
+                term = align(slots[slot], dims, step.all_dims)
+                x = term if x is None else x + term
+                if tape is None:
+                    slots[slot] = None  # free intermediates as soon as they are used
+            if tape is not None:
+                tape.append((step, x))
+            out = semiring.eliminate(x, (step.all_dims.index(step.var),))
+        else:
+            positions = tuple(step.input_dims.index(p) for p in step.plates)
+            reduced = step.ordinal - step.target
+            out = plates.plate_sum(slots[step.input], positions, step.absent_count, reduced)
+        slots[step.out] = out
+    return [(slots[slot], dims, ordinal) for slot, dims, ordinal in plan.outputs]
+
+
+def _with_plates(x, dims, plate_names, sizes):
+    missing = [p for p in sorted(plate_names) if p not in dims]
+    if not missing:
+        return x, dims
+    x = x.reshape(x.shape + (1,) * len(missing)).expand(x.shape + tuple(sizes[p] for p in missing))
+    return x, dims + tuple(missing)
+
+
+def backtrack(tape, semiring, sizes, plates=LOCAL, generator=None):
+    """Choose every eliminated variable, last eliminated first.
+
+    Returns ``{var: (index, dims)}`` where ``index`` is a LongTensor over the plates ``dims`` of
+    the variable (one choice per plate element).
+    """
+    decided: dict[str, tuple[torch.Tensor, tuple[str, ...]]] = {}
+    for step, x in reversed(tape):
+        x, dims = _with_plates(x.detach(), step.all_dims, step.ordinal, sizes)
+        for other in [d for d in dims if d in decided]:
+            index, index_dims = decided[other]
+            axis = dims.index(other)
+            index = align(index, index_dims, dims)
+            index = index.expand(tuple(1 if d == other else s for d, s in zip(dims, x.shape)))
+            x = x.gather(axis, index).squeeze(axis)
+            dims = dims[:axis] + dims[axis + 1 :]
+        axis = dims.index(step.var)
+        out_dims = dims[:axis] + dims[axis + 1 :]
+        value = semiring.choose(x.movedim(axis, -1), generator)
+        decided[step.var] = (plates.broadcast_decision(value, out_dims), out_dims)
+    return decided

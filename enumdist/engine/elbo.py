@@ -1,0 +1,196 @@
+"""``EnumELBO``: a drop-in for ``pyro.infer.TraceEnum_ELBO`` -- same numbers, own elimination.
+
+It takes ``TraceEnum_ELBO``'s keyword arguments and offers ``loss``, ``differentiable_loss`` and
+``loss_and_grads`` (so it is the ``loss`` of ``pyro.infer.SVI`` unchanged), plus
+``compute_marginals``. With ``shard_plates=[...]`` and ``torch.distributed`` initialised, each
+rank passes its own slice of those plates and every rank gets the full-data loss (see
+:mod:`enumdist.engine.sharding` for how that composes with DDP).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+from pyro.infer.elbo import ELBO
+
+from enumdist.engine import loss as loss_stage
+from enumdist.engine import trace as trace_stage
+from enumdist.engine.contract import LOCAL
+from enumdist.engine.sequential import model_sequential_sites, sequential_elbo
+
+
+def default_memory_budget() -> int:
+    """Half of this machine's physical memory: a refusal beats an out-of-memory kill."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - exotic platforms
+        return 8 * 2**30
+
+
+class EnumELBO(ELBO):
+    """Exact enumeration ELBO, optionally sharded across ranks.
+
+    :param max_plate_nesting: as in Pyro; enumeration dims start left of it.
+    :param shard_plates: names of plates whose data is split across the ranks of
+        ``process_group``; plate products over them are all-reduced.
+    :param process_group: the ``torch.distributed`` group to shard over (default: world).
+    :param memory_budget: bytes; an elimination that would build a larger tensor is refused
+        before it allocates (default: half the physical memory).
+    :param validate: check observations (NaN, support) and enumeration requests.
+    """
+
+    def __init__(
+        self,
+        num_particles=1,
+        max_plate_nesting=float("inf"),
+        max_iarange_nesting=None,
+        vectorize_particles=False,
+        strict_enumeration_warning=True,
+        ignore_jit_warnings=False,
+        jit_options=None,
+        retain_graph=None,
+        tail_adaptive_beta=-1.0,
+        *,
+        shard_plates=(),
+        process_group=None,
+        memory_budget=None,
+        validate=True,
+    ):
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            max_iarange_nesting=max_iarange_nesting,
+            vectorize_particles=vectorize_particles,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
+            jit_options=jit_options,
+            retain_graph=retain_graph,
+            tail_adaptive_beta=tail_adaptive_beta,
+        )
+        self.shard_plates = tuple(shard_plates)
+        self.process_group = process_group
+        self.memory_budget = default_memory_budget() if memory_budget is None else memory_budget
+        self.validate = validate
+        self.last_problem = None
+        #: bytes all-reduced by the last call (messages, and gradients in loss_and_grads)
+        self.last_comm_bytes = 0
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _get_trace(self, model, guide, args, kwargs):
+        """Pyro's ELBO hook (used by its max_plate_nesting guess): the enumerated traces."""
+        return trace_stage.run_traces(model, guide, args, kwargs, self.max_plate_nesting)
+
+    def _plates_backend(self):
+        if not self.shard_plates:
+            return LOCAL
+        from enumdist.engine.sharding import ShardedPlates
+
+        return ShardedPlates(self.shard_plates, self.process_group)
+
+    def _prepare(self, model, guide, args, kwargs):
+        if self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+        if self.vectorize_particles:
+            guide = self._vectorized_num_particles(guide)
+            model = self._vectorized_num_particles(model)
+        return model, guide
+
+    def trace_problem(self, model, guide, args, kwargs, traces=None):
+        """Trace stage: run guide and model, return the :class:`EnumProblem`."""
+        model_trace, guide_trace = traces or trace_stage.run_traces(
+            model, guide, args, kwargs, self.max_plate_nesting
+        )
+        if self.validate:
+            trace_stage.check_enumeration_requests(model_trace, guide_trace)
+        self._warn_if_nothing_enumerated(model_trace, guide_trace)
+        problem = trace_stage.build_problem(
+            model_trace,
+            guide_trace,
+            self.max_plate_nesting,
+            validate=self.validate,
+            memory_budget=self.memory_budget,
+        )
+        return problem
+
+    def _warn_if_nothing_enumerated(self, model_trace, guide_trace):
+        if not self.strict_enumeration_warning:
+            return
+        for trace in (guide_trace, model_trace):
+            for site in trace.nodes.values():
+                if site["type"] == "sample" and site["infer"].get("enumerate"):
+                    return
+        warnings.warn(
+            "EnumELBO found no sample sites configured for enumeration. Mark discrete sites "
+            "with infer={'enumerate': 'parallel'} (or @config_enumerate), or use Trace_ELBO."
+        )
+
+    def _particle_elbo(self, model, guide, args, kwargs):
+        plates = self._plates_backend()
+
+        def trace():
+            traces = trace_stage.run_traces(model, guide, args, kwargs, self.max_plate_nesting)
+            sequential = model_sequential_sites(*traces)
+            if sequential and self.shard_plates:
+                raise NotImplementedError(
+                    f"model sites {sequential} use sequential enumeration, which is not "
+                    "supported together with shard_plates; use infer={'enumerate': 'parallel'}."
+                )
+            if sequential:
+                return sequential, traces
+            return self.trace_problem(model, guide, args, kwargs, traces)
+
+        traced = plates.guarded(trace)
+        if isinstance(traced, tuple):
+            sequential, traces = traced
+            return sequential_elbo(self, model, guide, args, kwargs, sequential, traces)
+        plates.prepare(traced)
+        self.last_problem = traced
+        self.last_comm_bytes = getattr(plates, "bytes_reduced", 0)
+        return loss_stage.elbo(traced, plates, self.memory_budget)
+
+    def _elbo(self, model, guide, args, kwargs):
+        model, guide = self._prepare(model, guide, args, kwargs)
+        total = 0.0
+        for _ in range(1 if self.vectorize_particles else self.num_particles):
+            total = total + self._particle_elbo(model, guide, args, kwargs)
+        return total / self.num_particles if self.num_particles != 1 else total
+
+    # -- the TraceEnum_ELBO interface -------------------------------------------------------
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """The negative ELBO as a float (no graph is kept)."""
+        with torch.no_grad():
+            return -float(self._elbo(model, guide, args, kwargs))
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """The negative ELBO as a differentiable scalar tensor."""
+        elbo = self._elbo(model, guide, args, kwargs)
+        if not torch.is_tensor(elbo) or not elbo.requires_grad:
+            raise ValueError(f"ELBO cannot be differentiated: {elbo}")
+        return -elbo
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """Backpropagate the negative ELBO into parameter ``.grad``s; return it as a float.
+
+        Sharded: the backward pass through the all-reduce sums gradients over ranks; they are
+        then averaged over ranks here (what DDP would do), which leaves on every rank exactly
+        the gradient of the full-data loss.
+        """
+        loss = -self._elbo(model, guide, args, kwargs)
+        if torch.is_tensor(loss) and loss.requires_grad:
+            loss.backward(retain_graph=self.retain_graph)
+            if self.shard_plates:
+                from enumdist.engine.sharding import average_gradients
+
+                self.last_comm_bytes += average_gradients(self.last_problem, self.process_group)
+        return float(loss)
+
+    def compute_marginals(self, model, guide, *args, **kwargs):
+        """Exact posterior marginals ``{site: Categorical}`` of every model-enumerated site."""
+        from enumdist.engine.marginals import compute_marginals
+
+        model, guide = self._prepare(model, guide, args, kwargs)
+        return compute_marginals(self, model, guide, args, kwargs)

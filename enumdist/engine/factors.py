@@ -1,0 +1,73 @@
+"""Named factors: a log-space tensor whose every dimension is named by a variable or a plate.
+
+Pyro lays enumerated variables out on numbered tensor dimensions and recycles those numbers under
+``pyro.markov``. The elimination must not care: a :class:`Factor` names each dimension by the
+*identity* of what it indexes (an enumerated site's name, or a plate's name), and carries no
+singleton dimensions. Everything downstream of the trace stage speaks only in factors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Factor:
+    """A log-space tensor with one name per dimension (``tensor.dim() == len(dims)``)."""
+
+    tensor: torch.Tensor
+    dims: tuple[str, ...]
+
+    def __post_init__(self):
+        assert self.tensor.dim() == len(self.dims), (self.tensor.shape, self.dims)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return dict(zip(self.dims, self.tensor.shape))
+
+
+def align(tensor: torch.Tensor, dims: tuple[str, ...], target: tuple[str, ...]) -> torch.Tensor:
+    """View ``tensor`` (named by ``dims``) broadcastably against the dims ``target``.
+
+    Every name in ``dims`` must be in ``target``; missing names become singleton dims.
+    """
+    perm = sorted(range(len(dims)), key=lambda i: target.index(dims[i]))
+    if perm != list(range(len(dims))):
+        tensor = tensor.permute(perm)
+        dims = tuple(dims[i] for i in perm)
+    shape = [1] * len(target)
+    for d, size in zip(dims, tensor.shape):
+        shape[target.index(d)] = size
+    return tensor.reshape(shape)
+
+
+def name_dims(
+    tensor: torch.Tensor,
+    dim_names: dict[int, str],
+    *,
+    describe: str,
+) -> Factor:
+    """Turn a Pyro-layout tensor (numbered negative dims) into a :class:`Factor`.
+
+    ``dim_names`` maps each negative dim that may carry a non-singleton size to its name.
+    A non-singleton dim that is not named is a layout error in the model; ``describe`` is a
+    phrase naming the site, used in the error message.
+    """
+    names, sizes = [], []
+    for pos in range(-tensor.dim(), 0):
+        size = tensor.shape[pos]
+        if size == 1:
+            continue
+        name = dim_names.get(pos)
+        if name is None:
+            raise ValueError(
+                f"{describe} has a batch dimension {pos} of size {size} that belongs to no plate "
+                f"and no enumerated variable. Declare it with pyro.plate(..., dim={pos}), move it "
+                f"into the event with .to_event(), or raise max_plate_nesting if a plate lies "
+                f"there and collides with enumeration dims."
+            )
+        names.append(name)
+        sizes.append(size)
+    return Factor(tensor.reshape(sizes), tuple(names))

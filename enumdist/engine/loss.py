@@ -1,0 +1,131 @@
+"""Loss stage: the ELBO of an :class:`~enumdist.engine.trace.EnumProblem`.
+
+``ELBO = E_q[ sum of costs + scale * log Z(enumerated factors) - log q ]``. The contraction of the
+enumerated factors runs through the one elimination routine (``contract.py``) in the log
+semiring; the expectation over the guide's own discrete choices uses DiCE weights (enumerated
+guide sites weigh by ``q``; non-reparameterised sampled sites carry a score-function factor).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from enumdist.engine.contract import LOCAL, contract
+from enumdist.engine.errors import MemoryBudgetError
+from enumdist.engine.factors import align
+from enumdist.engine.plan import cached_plan
+from enumdist.engine.semiring import LOG_SUM
+
+
+def problem_sizes(problem) -> dict[str, int]:
+    sizes = {name: plate.size for name, plate in problem.plates.items()}
+    sizes.update({name: var.size for name, var in problem.vars.items()})
+    return sizes
+
+
+def plan_for(problem, terms, memory_budget=None):
+    """The cached elimination plan for ``terms`` (model log-factors), checked against a budget."""
+    structure = [(t.factor.dims, t.ordinal) for t in terms]
+    sizes = problem_sizes(problem)
+    plan = cached_plan(structure, sizes, problem.sum_vars, problem.plates.keys())
+    if memory_budget is not None and terms:
+        itemsize = terms[0].factor.tensor.element_size()
+        dims, numel = plan.largest
+        if numel * itemsize > memory_budget:
+            raise MemoryBudgetError(
+                f"the elimination would build a tensor over {list(dims)} of shape "
+                f"{tuple(sizes[d] for d in dims)} ({_fmt_bytes(numel * itemsize)}), over "
+                f"memory_budget={_fmt_bytes(memory_budget)}. Reduce the number of variables that "
+                "interact at once (pyro.markov history, fewer states), enumerate a global "
+                "variable with infer={'enumerate': 'sequential'}, or raise memory_budget."
+            )
+    return plan
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def full_sum(tensor: torch.Tensor, dims, ordinal, sizes) -> torch.Tensor:
+    """Sum of a term over all its dims, counting plates it broadcasts over."""
+    missing = math.prod(sizes[p] for p in ordinal if p not in dims)
+    total = tensor.sum()
+    return total * missing if missing != 1 else total
+
+
+def contracted_terms(problem, plates=LOCAL, memory_budget=None):
+    """Eliminate the model's enumerated variables; returns ``[(tensor, dims, ordinal)]``."""
+    if not problem.log_factors:
+        return []
+    plan = plan_for(problem, problem.log_factors, memory_budget)
+    tensors = [t.factor.tensor for t in problem.log_factors]
+    return contract(plan, tensors, LOG_SUM, plates)
+
+
+def elbo_terms(problem, plates=LOCAL, memory_budget=None):
+    """All ELBO summands as ``(tensor, dims, ordinal)``, already scaled and signed."""
+    terms = []
+    for cost in problem.costs:
+        terms.append((cost.factor.tensor * cost.scale, cost.factor.dims, cost.ordinal))
+    scale = problem.common_scale()
+    for tensor, dims, ordinal in contracted_terms(problem, plates, memory_budget):
+        terms.append((tensor * scale if not _is_one(scale) else tensor, dims, ordinal))
+    for q in problem.guide_costs:
+        terms.append((-(q.factor.tensor * q.scale), q.factor.dims, q.ordinal))
+    return terms
+
+
+def _is_one(scale) -> bool:
+    return not isinstance(scale, torch.Tensor) and scale == 1
+
+
+def elbo(problem, plates=LOCAL, memory_budget=None) -> torch.Tensor:
+    """The (differentiable, surrogate) ELBO of one particle."""
+    terms = elbo_terms(problem, plates, memory_budget)
+    sizes = problem_sizes(problem)
+    if problem.dice_factors:
+        return dice_expectation(terms, problem.dice_factors, sizes)
+    inside = [full_sum(t, d, o, sizes) for t, d, o in terms if plates.touches_shard(o)]
+    outside = [full_sum(t, d, o, sizes) for t, d, o in terms if not plates.touches_shard(o)]
+    zero = _zero(problem)
+    return plates.sum_terms(sum(outside, zero), sum(inside, zero))
+
+
+def _zero(problem):
+    for group in (problem.log_factors, problem.costs, problem.guide_costs):
+        for term in group:
+            return term.factor.tensor.new_zeros(())
+    return torch.zeros(())
+
+
+def dice_expectation(terms, dice_factors, sizes) -> torch.Tensor:
+    """``sum_t E[cost_t]`` with each cost weighted by the DiCE factors of its upstream sites.
+
+    A cost at ordinal ``t`` depends on the guide's stochastic sites whose plates are a subset of
+    ``t`` (Pyro's coarse dependency rule). Their log-weights are added, exponentiated and
+    multiplied into the cost; entries of zero probability are dropped so that ``0 * -inf`` does
+    not poison the sum.
+    """
+    total = None
+    for tensor, dims, ordinal in terms:
+        weights = [w for w in dice_factors if w.ordinal <= ordinal]
+        all_dims = dict.fromkeys(dims)
+        for w in weights:
+            all_dims.update(dict.fromkeys(w.factor.dims))
+        all_dims.update(dict.fromkeys(sorted(p for p in ordinal if p not in all_dims)))
+        target = tuple(all_dims)
+        shape = tuple(sizes[d] for d in target)
+        cost = align(tensor, dims, target).expand(shape)
+        if weights:
+            log_w = sum(align(w.factor.tensor, w.factor.dims, target) for w in weights)
+            prob = log_w.exp().expand(shape)
+            cost = torch.where(prob > 0, cost * prob, cost.new_zeros(()))
+        value = cost.sum()
+        total = value if total is None else total + value
+    return total

@@ -1,0 +1,112 @@
+"""Model-side sequential enumeration (Pyro raises ``NotImplementedError`` for it).
+
+A global discrete site marked ``infer={"enumerate": "sequential"}`` is enumerated by running the
+model once per value of the site instead of adding a tensor dimension for it. Each run fixes the
+site, eliminates everything else in parallel, and yields ``A_k``: the model's log-joint with the
+site at value ``k``. Because the site is global, ``log sum_k exp(A_k)`` is exactly what parallel
+enumeration computes -- while each run only allocates the factors for one value, so peak memory
+drops by up to the site's support size.
+
+Limits, each with a clear error: the site must be outside every plate (a plated site has one
+value per plate element, which one run per value cannot represent), scales must be 1 (scaled
+costs sit outside the log-sum-exp in ``TraceEnum_ELBO``), and the guide must be reparameterised
+(no DiCE weights).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from pyro.poutine.messenger import Messenger
+
+from enumdist.engine import loss as loss_stage
+from enumdist.engine import trace as trace_stage
+from enumdist.engine.contract import LOCAL
+from enumdist.engine.errors import EnumerationError
+
+
+class FixValues(Messenger):
+    """Set the value of the named sample sites (they stay latent, not observed)."""
+
+    def __init__(self, values: dict):
+        super().__init__()
+        self.values = values
+
+    def _pyro_sample(self, msg):
+        if msg["name"] in self.values:
+            msg["value"] = self.values[msg["name"]]
+            msg["done"] = True
+
+
+class AsParallel(Messenger):
+    """Treat ``infer={"enumerate": "sequential"}`` model sites as parallel ones."""
+
+    def _pyro_sample(self, msg):
+        if msg["infer"].get("enumerate") == "sequential" and not msg["is_observed"]:
+            msg["infer"] = dict(msg["infer"], enumerate="parallel")
+
+
+def model_sequential_sites(model_trace, guide_trace) -> list[str]:
+    return trace_stage.model_sequential_sites(model_trace, guide_trace)
+
+
+def _supports(model_trace, names):
+    supports = []
+    for name in names:
+        site = model_trace.nodes[name]
+        plated = [f.name for f in site["cond_indep_stack"] if f.vectorized]
+        if plated:
+            raise EnumerationError(
+                f"model site '{name}' asks for sequential enumeration inside plate(s) {plated}; "
+                "sequential enumeration runs the model once per value, which only works for "
+                "global sites. Use infer={'enumerate': 'parallel'} for it."
+            )
+        if not getattr(site["fn"], "has_enumerate_support", False):
+            raise EnumerationError(
+                f"model site '{name}' asks for enumeration but its {type(site['fn']).__name__} "
+                "distribution has no finite support to enumerate."
+            )
+        values = site["fn"].enumerate_support(expand=False)
+        supports.append([values[k] for k in range(values.shape[0])])
+    return supports
+
+
+def _check_unscaled(problem, names):
+    for term in problem.log_factors + problem.costs:
+        if not (isinstance(term.scale, (int, float)) and term.scale == 1):
+            raise EnumerationError(
+                f"sequential enumeration of {names} needs unscaled model sites, but site "
+                f"'{term.name}' has poutine.scale {term.scale}; use parallel enumeration there."
+            )
+    if problem.dice_factors:
+        raise EnumerationError(
+            f"sequential enumeration of {names} needs a reparameterised guide without "
+            "enumerated or score-function sites; use parallel enumeration there."
+        )
+
+
+def sequential_elbo(elbo, model, guide, args, kwargs, names, traces):
+    """The ELBO with the global sites ``names`` enumerated one value (combination) at a time."""
+    supports = _supports(traces[0], names)
+    cpu_state = torch.random.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    joints, guide_part = [], None
+    for combination in itertools.product(*supports):
+        torch.random.set_rng_state(cpu_state)  # every run sees the same guide sample
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+        fixed = FixValues(dict(zip(names, combination)))(model)
+        problem = elbo.trace_problem(fixed, guide, args, kwargs)
+        _check_unscaled(problem, names)
+        if guide_part is None:
+            guide_part = sum(
+                (-loss_stage.full_sum(t.factor.tensor * t.scale, t.factor.dims, t.ordinal,
+                                      loss_stage.problem_sizes(problem))
+                 for t in problem.guide_costs),
+                torch.zeros(()),
+            )
+        problem.guide_costs = []
+        joints.append(loss_stage.elbo(problem, LOCAL, elbo.memory_budget))
+        del problem  # release this value's factors before the next run
+    return torch.logsumexp(torch.stack(joints), 0) + guide_part

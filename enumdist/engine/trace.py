@@ -1,0 +1,352 @@
+"""Trace stage: run a Pyro guide and model under enumeration and turn every site into factors.
+
+This is the only module that knows Pyro's tensor layout (numbered plate dims on the right,
+enumeration dims further left, recycled by ``pyro.markov``). It uses Pyro's poutines to run the
+programs and hands the rest of the engine a :class:`EnumProblem`: named factors, the plates, and
+the enumerated variables, classified the way ``TraceEnum_ELBO`` classifies them:
+
+* *enumerated* model sites enter the elimination with their plain, unscaled, unmasked log-prob;
+* other model sites whose log-prob depends on an enumerated variable enter it masked (mask inside
+  the log-sum-exp), and one common scale multiplies the contracted result;
+* every other model site is a *cost* (scaled and masked log-prob), as are the guide's ``-log q``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+
+import torch
+import pyro.poutine as poutine
+from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.poutine.subsample_messenger import _Subsample
+
+from enumdist.engine.errors import EnumerationError, MemoryBudgetError, ModelStructureError
+from enumdist.engine.factors import Factor, name_dims
+
+
+@dataclass(frozen=True)
+class Plate:
+    """A vectorised plate: its tensor dim, local size and full (pre-subsampling) size."""
+
+    name: str
+    dim: int
+    size: int
+    full_size: int
+
+
+@dataclass
+class EnumVar:
+    """An enumerated discrete variable (one sample site)."""
+
+    name: str
+    size: int
+    ordinal: frozenset  # plate names the site lives in
+    enum_dim: int  # Pyro's numbered dim for the variable at the time of the site
+    support: torch.Tensor  # the site's enumerated value (Pyro layout)
+    in_guide: bool
+    event_dim: int = 0
+
+
+@dataclass
+class ModelTerm:
+    """One model or guide site as a factor, with how the ELBO must treat it."""
+
+    name: str
+    factor: Factor
+    ordinal: frozenset
+    scale: object = 1.0  # float or scalar tensor; applied outside the log-sum-exp
+
+
+@dataclass
+class EnumProblem:
+    """Everything downstream stages need, in names rather than numbered dims."""
+
+    plates: dict[str, Plate]
+    vars: dict[str, EnumVar]
+    log_factors: list[ModelTerm] = field(default_factory=list)  # enter the elimination
+    costs: list[ModelTerm] = field(default_factory=list)  # plain expected costs (sign: +log p)
+    guide_costs: list[ModelTerm] = field(default_factory=list)  # -log q terms
+    dice_factors: list[ModelTerm] = field(default_factory=list)  # guide weights (see elbo.py)
+    model_trace: object = None
+    guide_trace: object = None
+
+    @property
+    def sum_vars(self) -> frozenset:
+        return frozenset(n for n, v in self.vars.items() if not v.in_guide)
+
+    def common_scale(self):
+        """The scale shared by all factors in the elimination (Pyro requires one)."""
+        scales = {}
+        for term in self.log_factors:
+            scale = term.scale
+            if isinstance(scale, torch.Tensor) and scale.dim():
+                raise EnumerationError(
+                    f"site '{term.name}': enumeration supports only a scalar poutine.scale "
+                    f"(got a tensor of shape {tuple(scale.shape)}); use poutine.mask for "
+                    f"per-element weights."
+                )
+            scales.setdefault(float(scale), (term.name, scale))
+        if len(scales) > 1:
+            listing = ", ".join(f"'{n}' x{v:g}" for v, (n, _) in scales.items())
+            raise EnumerationError(
+                "all enumerated sites and the sites depending on them must share one "
+                f"poutine.scale, but found {listing}. A subsampled plate under a global "
+                "enumerated variable causes this: don't subsample that plate, or shard it with "
+                "EnumELBO(shard_plates=[...]) instead."
+            )
+        return next(iter(scales.values()))[1] if scales else 1.0
+
+
+def _plates_of(site) -> tuple[frozenset, dict[int, str], dict[str, Plate]]:
+    frames = [f for f in site["cond_indep_stack"] if f.vectorized]
+    plates = {}
+    for f in frames:
+        full = f.full_size if f.full_size is not None else f.size
+        plates[f.name] = Plate(f.name, f.dim, int(f.size), int(full))
+    return frozenset(plates), {f.dim: f.name for f in frames}, plates
+
+
+def _check_plate_dims(site, plates: dict[str, Plate], max_plate_nesting: int, who: str):
+    for plate in plates.values():
+        if plate.dim < -max_plate_nesting:
+            raise EnumerationError(
+                f"plate '{plate.name}' (used by {who} site '{site['name']}') sits at dim "
+                f"{plate.dim}, left of max_plate_nesting={max_plate_nesting}, where enumeration "
+                f"dims live. Pass max_plate_nesting={-plate.dim} (or more)"
+                + (", or give the plate an explicit dim=" if plate.dim is not None else "")
+                + "."
+            )
+
+
+def _log_prob(site) -> torch.Tensor:
+    return site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+
+
+def _mask(log_prob: torch.Tensor, mask) -> torch.Tensor:
+    if mask is None or mask is True:
+        return log_prob
+    if mask is False:
+        return torch.zeros_like(log_prob)
+    return torch.where(mask, log_prob, log_prob.new_zeros(()))
+
+
+def _check_observation(site):
+    value = site["value"]
+    if not torch.is_tensor(value):
+        return
+    if value.is_floating_point() and torch.isnan(value).any():
+        raise EnumerationError(
+            f"observed site '{site['name']}' contains NaN values; remove or mask them "
+            f"(poutine.mask) before fitting."
+        )
+    support = site["fn"].support
+    try:
+        ok = support.check(value)
+    except Exception:  # noqa: BLE001 - exotic supports without a vectorised check
+        return
+    if site["mask"] is not None and site["mask"] is not True and site["mask"] is not False:
+        ok = ok | ~site["mask"]
+    if not bool(torch.all(ok)):
+        raise EnumerationError(
+            f"observed site '{site['name']}' has values outside the support {support} of its "
+            f"{type(site['fn']).__name__} distribution; fix the data (or mask those entries)."
+        )
+
+
+def run_traces(model, guide, args, kwargs, max_plate_nesting: int):
+    """Run ``guide`` then ``model`` (replayed against it) under parallel enumeration.
+
+    Guide enumeration starts at dim ``-1 - max_plate_nesting``; the model continues to the left,
+    as in ``TraceEnum_ELBO``.
+    """
+    guide_enum = EnumMessenger(first_available_dim=-1 - max_plate_nesting)
+    guide_trace = poutine.trace(guide_enum(guide)).get_trace(*args, **kwargs)
+    model_enum = EnumMessenger()  # continues the allocator state left by the guide
+    model_trace = poutine.trace(poutine.replay(model_enum(model), trace=guide_trace)).get_trace(
+        *args, **kwargs
+    )
+    return model_trace, guide_trace
+
+
+def _sample_sites(trace):
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not isinstance(site["fn"], _Subsample):
+            yield name, site
+
+
+def collect_vars(model_trace, guide_trace, max_plate_nesting: int):
+    """Find enumerated variables and plates; check layout; map Pyro's dim ids to var names."""
+    plates: dict[str, Plate] = {}
+    variables: dict[str, EnumVar] = {}
+    id_to_var: dict[int, str] = {}
+    for who, trace in (("guide", guide_trace), ("model", model_trace)):
+        for name, site in _sample_sites(trace):
+            ordinal, _, site_plates = _plates_of(site)
+            _check_plate_dims(site, site_plates, max_plate_nesting, who)
+            for p in site_plates.values():
+                old = plates.setdefault(p.name, p)
+                if old.dim != p.dim:
+                    raise EnumerationError(
+                        f"plate '{p.name}' is used at dim {old.dim} and at dim {p.dim} (site "
+                        f"'{name}'); give it one explicit dim=."
+                    )
+            enum_dim = site["infer"].get("_enumerate_dim")
+            if who == "model" and name in guide_trace.nodes:
+                continue  # replayed from the guide
+            if enum_dim is None:
+                continue
+            var_id = site["infer"]["_dim_to_id"][enum_dim]
+            id_to_var[var_id] = name
+            variables[name] = EnumVar(
+                name=name,
+                size=int(site["value"].shape[enum_dim - site["fn"].event_dim]),
+                ordinal=ordinal,
+                enum_dim=enum_dim,
+                support=site["value"],
+                in_guide=who == "guide",
+                event_dim=site["fn"].event_dim,
+            )
+    return plates, variables, id_to_var
+
+
+def _dim_names(site, id_to_var, max_plate_nesting) -> dict[int, str]:
+    _, plate_dims, _ = _plates_of(site)
+    names = dict(plate_dims)
+    for dim, var_id in site["infer"].get("_dim_to_id", {}).items():
+        if dim >= -max_plate_nesting:
+            continue
+        if var_id in id_to_var:
+            names[dim] = id_to_var[var_id]
+    return names
+
+
+def _preflight(site, budget, who):
+    """Refuse a site whose log-prob tensor would exceed ``budget`` bytes, before computing it."""
+    if budget is None:
+        return
+    value, fn = site["value"], site["fn"]
+    batch = value.shape[: value.dim() - fn.event_dim]
+    try:
+        shape = torch.broadcast_shapes(batch, fn.batch_shape)
+    except RuntimeError:
+        return  # the log_prob call will report the mismatch itself
+    nbytes = math.prod(shape) * (value.element_size() if value.is_floating_point() else 8)
+    if nbytes > budget:
+        raise MemoryBudgetError(
+            f"{who} site '{site['name']}' would produce a log-prob tensor of shape "
+            f"{tuple(shape)} ({nbytes / 2**30:.2f} GiB), over memory_budget="
+            f"{budget / 2**30:.2f} GiB. Too many enumerated variables meet in this site: "
+            "limit pyro.markov history, reduce the number of states, or raise memory_budget."
+        )
+
+
+def model_sequential_sites(model_trace, guide_trace) -> list[str]:
+    """Model sites asking for sequential enumeration (Pyro refuses those; we honour them)."""
+    return [
+        name
+        for name, site in _sample_sites(model_trace)
+        if site["infer"].get("enumerate") == "sequential"
+        and not site["is_observed"]
+        and name not in guide_trace.nodes
+    ]
+
+
+def build_problem(
+    model_trace,
+    guide_trace,
+    max_plate_nesting: int,
+    validate: bool = True,
+    memory_budget=None,
+    mask_enumerated: bool = False,
+):
+    """Classify every site of the two traces into factors of an :class:`EnumProblem`.
+
+    ``mask_enumerated=True`` applies masks to enumerated sites too, as ``infer_discrete`` does
+    (``TraceEnum_ELBO`` ignores them there).
+    """
+    plates, variables, id_to_var = collect_vars(model_trace, guide_trace, max_plate_nesting)
+    problem = EnumProblem(plates, variables, model_trace=model_trace, guide_trace=guide_trace)
+    sum_vars = problem.sum_vars
+
+    for name, site in _sample_sites(model_trace):
+        ordinal, _, _ = _plates_of(site)
+        describe = f"model site '{name}'"
+        if validate and site["is_observed"]:
+            _check_observation(site)
+        _preflight(site, memory_budget, "model")
+        dim_names = _dim_names(site, id_to_var, max_plate_nesting)
+        if name in variables:  # enumerated in the model: plain log-prob, no mask, no scale
+            log_p = _log_prob(site)
+            log_p = _mask(log_p, site["mask"]) if mask_enumerated else log_p
+            factor = name_dims(log_p, dim_names, describe=describe)
+            problem.log_factors.append(ModelTerm(name, factor, ordinal, site["scale"]))
+            continue
+        masked = _mask(_log_prob(site), site["mask"])
+        factor = name_dims(masked, dim_names, describe=describe)
+        if sum_vars.intersection(factor.dims):
+            problem.log_factors.append(ModelTerm(name, factor, ordinal, site["scale"]))
+        else:
+            problem.costs.append(ModelTerm(name, factor, ordinal, site["scale"]))
+
+    for name, site in _sample_sites(guide_trace):
+        ordinal, _, _ = _plates_of(site)
+        describe = f"guide site '{name}'"
+        dim_names = _dim_names(site, id_to_var, max_plate_nesting)
+        log_q = _log_prob(site)
+        factor = name_dims(_mask(log_q, site["mask"]), dim_names, describe=describe)
+        problem.guide_costs.append(ModelTerm(name, factor, ordinal, site["scale"]))
+        if name in variables:  # enumerated in the guide: weight q(z), with its gradient
+            problem.dice_factors.append(
+                ModelTerm(name, name_dims(log_q, dim_names, describe=describe), ordinal)
+            )
+        elif not site["fn"].has_rsample:  # Monte Carlo, not reparameterised: score function
+            score = log_q - log_q.detach()
+            problem.dice_factors.append(
+                ModelTerm(name, name_dims(score, dim_names, describe=describe), ordinal)
+            )
+    return problem
+
+
+def check_enumeration_requests(model_trace, guide_trace):
+    """Raise clear errors for enumeration requests that cannot be honoured."""
+    for who, trace in (("guide", guide_trace), ("model", model_trace)):
+        for name, site in _sample_sites(trace):
+            how = site["infer"].get("enumerate")
+            if not how or site["is_observed"]:
+                continue
+            if not getattr(site["fn"], "has_enumerate_support", False):
+                raise EnumerationError(
+                    f"{who} site '{name}' asks for enumeration but its "
+                    f"{type(site['fn']).__name__} distribution has no finite support to "
+                    f"enumerate; remove infer={{'enumerate': ...}} there (continuous latents "
+                    f"belong in the guide, e.g. AutoNormal)."
+                )
+            guide_site = guide_trace.nodes.get(name)
+            if who == "model" and guide_site is not None and not guide_site["infer"].get(
+                "enumerate"
+            ):
+                raise EnumerationError(
+                    f"model site '{name}' is marked for enumeration but the guide samples it "
+                    f"(without enumerating it). TraceEnum_ELBO would silently use the guide's sample and not "
+                    f"enumerate; either hide it from the guide "
+                    f"(poutine.block(guide, hide=['{name}']) or AutoGuide(poutine.block(model, "
+                    f"hide=['{name}']))) or drop its infer={{'enumerate': ...}}."
+                )
+
+
+def as_float(x) -> float:
+    return float(x) if isinstance(x, numbers.Number) else float(x.detach())
+
+
+__all__ = [
+    "EnumProblem",
+    "EnumVar",
+    "ModelTerm",
+    "ModelStructureError",
+    "Plate",
+    "build_problem",
+    "check_enumeration_requests",
+    "run_traces",
+]
