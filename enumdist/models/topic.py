@@ -1,6 +1,6 @@
 """A topic model with one enumerated topic per word (LDA-like, collapsed over nothing).
 
-``batch``: ``words`` long ``[B, L]`` word ids zero-padded after ``lengths`` long ``[B]``,
+``batch``: ``documents`` long ``[B, L]`` word ids zero-padded after ``lengths`` long ``[B]``
 ``index`` ``[B]``, ``num_total``.
 
 Plates: ``documents`` (shard plate, dim -2) contains ``words`` (dim -1). Each document has topic
@@ -48,9 +48,9 @@ class TopicModel(EnumModel):
         return poutine.block(self.model, expose=list(self.global_latents))(batch)
 
     def model(self, batch):
-        words, lengths = batch["words"], batch["lengths"]
+        words, lengths = batch["documents"], batch["lengths"]
         if words.dim() != 2:
-            raise ValueError(f"TopicModel: batch['words'] must be [B, L], got {tuple(words.shape)}")
+            raise ValueError(f"TopicModel: batch['documents'] must be [B, L], got {tuple(words.shape)}")
         if words.numel() and int(words.max()) >= self.vocab_size:
             raise ValueError(f"TopicModel: word id {int(words.max())} >= vocab_size="
                              f"{self.vocab_size}; set model.vocab_size to the corpus' vocabulary")

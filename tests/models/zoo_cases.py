@@ -43,7 +43,7 @@ def topic_batch(num_documents=4, max_words=7, vocab_size=12, seed=0):
     lengths = torch.randint(1, max_words + 1, (num_documents,), generator=g)
     words = torch.randint(0, vocab_size, (num_documents, max_words), generator=g)
     words[torch.arange(max_words) >= lengths.unsqueeze(-1)] = 0
-    return {"words": words, "lengths": lengths, "index": torch.arange(num_documents),
+    return {"documents": words, "lengths": lengths, "index": torch.arange(num_documents),
             "num_total": num_documents}
 
 
