@@ -38,10 +38,19 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null ||
   log "installing slurm-wlm and munge (apt)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null || die "apt-get update failed; is an apt mirror reachable?"
-  # Package scripts may try to start the daemons through init scripts; without a config they
-  # fail harmlessly, and we start them ourselves below.
+  # Keep package scripts from starting the daemons through init scripts (slurmctld has no
+  # config yet and would fail the install); we start them ourselves below.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get install -y -q slurm-wlm munge >/dev/null ||
     die "apt-get install slurm-wlm munge failed; see the apt output above"
+  if trap -p EXIT | grep -q policy-rc.d; then
+    rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
 fi
 
 # --- 2. hostname resolution ------------------------------------------------------------------------
