@@ -47,8 +47,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         hparams=OmegaConf.to_container(cfg, resolve=True),  # plain containers: weights-only loadable
     )
 
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c]
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
+    if not loggers:  # Lightning refuses a LearningRateMonitor without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       plugins=[AtomicCheckpointIO()])
 

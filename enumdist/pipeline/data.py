@@ -38,14 +38,15 @@ def as_item_table(loaded: Any, where: str) -> dict[str, torch.Tensor]:
         items = dict(loaded)
     else:
         raise ValueError(f"{where}: expected a dataclass or a dict of tensors, got {type(loaded).__name__}")
-    tensors = {k: torch.as_tensor(v) for k, v in items.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in items.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
     if not tensors:
         raise ValueError(f"{where}: no tensor fields in {sorted(items)}")
-    sizes = {k: t.shape[0] for k, t in tensors.items() if t.dim() > 0}
-    num_items = max(sizes.values(), default=0)
+    # the number of items: len() of a data set object, else the first tensor field's first dim
+    num_items = len(loaded) if hasattr(loaded, "__len__") and not isinstance(loaded, Mapping) \
+        else next(iter(tensors.values())).shape[0]
     if num_items == 0:
-        raise ValueError(f"{where}: the split is empty (fields {sizes})")
-    table = {k: t for k, t in tensors.items() if t.dim() > 0 and t.shape[0] == num_items}
+        raise ValueError(f"{where}: the split is empty")
+    table = {k: t for k, t in tensors.items() if t.shape[0] == num_items}
     for key, t in table.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ValueError(f"{where}: field {key!r} holds NaN or infinite values")
@@ -129,7 +130,7 @@ class ShardedDataModule(pl.LightningDataModule):
     """Loads ``train``/``valid``/``test`` with ``load(split)`` and serves per-rank shards.
 
     Args:
-        load: ``split -> dataclass | dict`` of per-item tensors (e.g. a partial of
+        load: ``load(split=...) -> dataclass | dict`` of per-item tensors (e.g. a partial of
             ``enumdist.data.load_chorales``).
         batch_size: items per rank per step; ``None`` = full batch.
         max_items: keep only the first ``max_items`` items of every split (quick runs).
@@ -159,7 +160,7 @@ class ShardedDataModule(pl.LightningDataModule):
         function = getattr(self.load, "func", self.load)  # unwrap functools.partial
         where = f"data.load ({getattr(function, '__qualname__', function)}) split {split!r}"
         try:
-            loaded = self.load(split)
+            loaded = self.load(split=split)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{where}: data not found: {error}. Check the data config's paths.") from error
         table = as_item_table(loaded, where)

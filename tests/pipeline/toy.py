@@ -23,8 +23,10 @@ class RegimeMixture(EnumModel):
     shard_plate = "data"
     max_plate_nesting = 1
 
-    def __init__(self, num_regimes: int = 2, num_components: int = 3, seed: int = 0):
+    def __init__(self, num_regimes: int = 2, num_components: int = 3, seed: int = 0,
+                 shard_plate: str = "data"):
         super().__init__()
+        self.shard_plate = shard_plate  # the plate below is always "data": a wrong name must be caught
         g = torch.Generator().manual_seed(seed)
         self.regime_probs = PyroParam(torch.full((num_regimes,), 1.0 / num_regimes), constraint=constraints.simplex)
         self.weights = PyroParam(torch.rand(num_regimes, num_components, generator=g) + 0.5, constraint=constraints.simplex)
@@ -35,7 +37,7 @@ class RegimeMixture(EnumModel):
 
     def model(self, batch):
         regime = pyro.sample("regime", dist.Categorical(self.regime_probs), infer=ENUM)
-        with pyro.plate(self.shard_plate, batch["num_total"], subsample=batch["index"], dim=-1):
+        with pyro.plate("data", batch["num_total"], subsample=batch["index"], dim=-1):
             assignment = pyro.sample("assignment", dist.Categorical(self.weights[regime]), infer=ENUM)
             pyro.sample("x", dist.Normal(self.locs[regime, assignment], 1.0), obs=batch["features"])
 
