@@ -186,7 +186,7 @@ class EnumELBO(ELBO):
                 from enumdist.engine.sharding import average_gradients
 
                 self.last_comm_bytes += average_gradients(self.last_problem, self.process_group)
-        return float(loss)
+        return float(loss.detach()) if torch.is_tensor(loss) else float(loss)
 
     def compute_marginals(self, model, guide, *args, **kwargs):
         """Exact posterior marginals ``{site: Categorical}`` of every model-enumerated site."""
