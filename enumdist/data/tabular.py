@@ -6,7 +6,8 @@ semi-supervised classifiers.
   Use it for a Gaussian mixture (``load_tabular("iris", "train")``: 4 features, 3 classes).
 - :func:`load_semisupervised` -- the same rows cut into labeled / unlabeled / valid / test for a
   semi-supervised classifier (default digits: 64 features, 10 classes, ~10% of training rows
-  labeled).
+  labeled); :func:`load_partially_labeled` gives the same rows one split at a time, with the
+  withheld training labels set to ``UNLABELED`` (-1), for per-split data modules.
 
 Splits: row ``i`` of data set ``name`` goes to train/valid/test by SHA-256 of ``"name/i"``
 (~70/15/15, :mod:`enumdist.data.splits`); within train, a row is labeled iff a second hash with
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from enumdist.data.splits import SPLITS, check_split, unit_hash, assign_split
+from enumdist.data.splits import SPLITS, assign_split, check_split, unit_hash
 
 _LOADERS = ("iris", "wine", "digits", "breast_cancer")
 UNLABELED = -1
@@ -107,28 +108,50 @@ def load_tabular(name: str, split: str, *, dtype: torch.dtype = torch.float32) -
     return _as_tabular(features, labels, rows[split], feature_names, class_names, dtype)
 
 
-def load_semisupervised(
-    name: str = "digits", *, labeled_fraction: float = 0.1, dtype: torch.dtype = torch.float32
-) -> SemiSupervisedSplits:
-    """Labeled / unlabeled / valid / test splits of ``name`` for a semi-supervised classifier;
-    about ``labeled_fraction`` of the training rows keep their labels."""
+def load_partially_labeled(
+    name: str = "digits",
+    split: str = "train",
+    *,
+    labeled_fraction: float = 0.1,
+    dtype: torch.dtype = torch.float32,
+) -> TabularData:
+    """Like :func:`load_tabular`, but in the ``train`` split only about ``labeled_fraction`` of
+    the rows keep their label; the others have ``UNLABELED`` (-1). ``valid``/``test`` keep all
+    labels. One table per split, so it plugs into a per-split data module; a semi-supervised
+    model treats ``labels == UNLABELED`` as a latent class."""
+    check_split(split)
     if not 0 < labeled_fraction <= 1:
         raise ValueError(f"labeled_fraction must lie in (0, 1], got {labeled_fraction}")
     features, labels, feature_names, class_names = _raw(name)
     rows = _split_rows(name, len(labels))
     features = _standardize(features, rows["train"])
-    is_labeled = np.array([unit_hash(f"{name}/{i}", "labeled") < labeled_fraction for i in rows["train"]])
-    labeled_rows, unlabeled_rows = rows["train"][is_labeled], rows["train"][~is_labeled]
-    missing = sorted(set(range(len(class_names))) - set(labels[labeled_rows].tolist()))
-    if missing:
-        raise ValueError(
-            f"{name}: with labeled_fraction={labeled_fraction} no labeled row of classes "
-            f"{[class_names[c] for c in missing]} remains; raise labeled_fraction"
-        )
-    withheld = np.full_like(labels, UNLABELED)
+    if split == "train":
+        withheld = np.array([unit_hash(f"{name}/{i}", "labeled") >= labeled_fraction for i in range(len(labels))])
+        labels = np.where(withheld, UNLABELED, labels)
+        missing = sorted(set(range(len(class_names))) - set(labels[rows["train"]].tolist()))
+        if missing:
+            raise ValueError(
+                f"{name}: with labeled_fraction={labeled_fraction} no labeled row of classes "
+                f"{[class_names[c] for c in missing]} remains; raise labeled_fraction"
+            )
+    return _as_tabular(features, labels, rows[split], feature_names, class_names, dtype)
+
+
+def load_semisupervised(
+    name: str = "digits", *, labeled_fraction: float = 0.1, dtype: torch.dtype = torch.float32
+) -> SemiSupervisedSplits:
+    """All four parts at once: the training rows of :func:`load_partially_labeled` separated
+    into labeled and unlabeled, plus valid and test."""
+    load = dict(name=name, labeled_fraction=labeled_fraction, dtype=dtype)
+    train = load_partially_labeled(split="train", **load)
+    is_labeled = train.labels != UNLABELED
+
+    def rows(mask):
+        return TabularData(train.features[mask], train.labels[mask], train.feature_names, train.class_names)
+
     return SemiSupervisedSplits(
-        labeled=_as_tabular(features, labels, labeled_rows, feature_names, class_names, dtype),
-        unlabeled=_as_tabular(features, withheld, unlabeled_rows, feature_names, class_names, dtype),
-        valid=_as_tabular(features, labels, rows["valid"], feature_names, class_names, dtype),
-        test=_as_tabular(features, labels, rows["test"], feature_names, class_names, dtype),
+        labeled=rows(is_labeled),
+        unlabeled=rows(~is_labeled),
+        valid=load_partially_labeled(split="valid", **load),
+        test=load_partially_labeled(split="test", **load),
     )

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from enumdist.data.splits import SPLITS
-from enumdist.data.tabular import UNLABELED, load_semisupervised, load_tabular
+from enumdist.data.tabular import UNLABELED, load_partially_labeled, load_semisupervised, load_tabular
 
 
 @pytest.mark.parametrize("name, num_features, num_classes", [("iris", 4, 3), ("wine", 13, 3)])
@@ -30,6 +30,14 @@ def test_semisupervised_partition():
     assert len(data.labeled) + len(data.unlabeled) == len(load_tabular("digits", "train"))
     assert 0.05 < len(data.labeled) / (len(data.labeled) + len(data.unlabeled)) < 0.15
     assert len(data.test) == len(load_tabular("digits", "test")) and (data.test.labels >= 0).all()
+
+
+def test_partially_labeled_splits_agree_with_the_four_way_split():
+    data = load_semisupervised("wine", labeled_fraction=0.3)
+    train = load_partially_labeled("wine", "train", labeled_fraction=0.3)
+    assert len(train) == len(data.labeled) + len(data.unlabeled)
+    assert torch.equal(train.features[train.labels >= 0], data.labeled.features)
+    assert torch.equal(load_partially_labeled("wine", "test").labels, load_tabular("wine", "test").labels)
 
 
 def test_errors_name_the_choice():
