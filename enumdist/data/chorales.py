@@ -2,7 +2,8 @@
 
 Source: ``music21.corpus.getComposer("bach")`` (433 files, offline). Only four-part scores are
 kept (a score whose ``parts`` are exactly four; five-part scores with an instrument part,
-Roman-numeral analyses and the like are skipped): about 368 sequences, 46 keys ever played.
+Roman-numeral analyses and the like are skipped): 368 sequences (music21 10.5), 24 to 193 steps,
+mean 54; 45 keys ever sound on a beat under the rule below (all of them in the training split).
 
 Rule (documented because several are in use): step ``t`` is quarter-note offset ``t`` from the
 start of the score; key ``p`` is on at step ``t`` iff some note or chord tone of pitch ``p``
