@@ -44,11 +44,18 @@ class GaussianMixture(EnumModel):
         return poutine.block(self.model, expose=list(self.global_latents))(batch)
 
     def init_loc_fn(self, site):
-        """Spread the initial locs (seeded) so that MAP does not start with all components equal."""
+        """A reproducible guide init: uniform weights, unit scales, seeded random locs (spread,
+        so that MAP does not start with all components equal). Pyro's default init draws from
+        the prior with the global RNG."""
+        C, D = self.num_components, self.num_features
+        if site["name"] == "weights":
+            return torch.full((C,), 1.0 / C)
+        if site["name"] == "scales":
+            return torch.ones(C, D)
         if site["name"] == "locs":
             g = torch.Generator().manual_seed(self.seed)
-            return torch.randn(self.num_components, self.num_features, generator=g)
-        return pyro.infer.autoguide.init_to_median(site)
+            return torch.randn(C, D, generator=g)
+        raise ValueError(f"GaussianMixture.init_loc_fn: unknown latent site {site['name']!r}")
 
     def model(self, batch):
         features = batch["features"]

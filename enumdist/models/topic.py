@@ -17,6 +17,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.infer.autoguide.initialization import init_to_mean
 from pyro.nn import PyroParam
 from torch.distributions import constraints
 
@@ -43,6 +44,10 @@ class TopicModel(EnumModel):
 
     def state_sites(self, batch):
         return {"topic": ["topic"]}
+
+    def init_loc_fn(self, site):
+        """Reproducible guide init: the prior mean (uniform topic weights)."""
+        return init_to_mean(site)
 
     def guide_model(self, batch):
         return poutine.block(self.model, expose=list(self.global_latents))(batch)

@@ -68,7 +68,7 @@ def make_case(name: str, dtype=torch.float32):
     elif name == "TopicModel":
         model = models.TopicModel(vocab_size=12, num_topics=3)
         batch = topic_batch()
-        guide = AutoDelta(model.guide_model)
+        guide = AutoDelta(model.guide_model, init_loc_fn=model.init_loc_fn)
     elif name == "SemiSupervisedClassifier":
         model = models.SemiSupervisedClassifier(num_features=2, num_classes=3)
         batch, guide = classifier_batch(dtype=dtype), empty_guide
