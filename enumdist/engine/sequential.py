@@ -86,27 +86,80 @@ def _check_unscaled(problem, names):
         )
 
 
+class _LogSumExpOverRuns(torch.autograd.Function):
+    """``log sum_k exp(run(k))`` keeping no run's graph: backward re-runs one value at a time.
+
+    ``params`` are the leaf tensors the runs depend on; their gradient is
+    ``sum_k softmax_k * d run(k) / d params``, accumulated run by run.
+    """
+
+    @staticmethod
+    def forward(ctx, run, combinations, *params):
+        with torch.no_grad():
+            values = torch.stack([run(c) for c in combinations])
+        ctx.run, ctx.combinations = run, combinations
+        ctx.save_for_backward(values, *params)
+        return torch.logsumexp(values, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        values, *params = ctx.saved_tensors
+        weights = torch.softmax(values, 0) * grad
+        totals = [torch.zeros_like(p) for p in params]
+        for combination, weight in zip(ctx.combinations, weights):
+            with torch.enable_grad():
+                grads = torch.autograd.grad(ctx.run(combination), params, allow_unused=True)
+            for total, g in zip(totals, grads):
+                if g is not None:
+                    total.add_(g * weight)
+        return (None, None, *totals)
+
+
+def _trace_params(traces):
+    params = {}
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if site["type"] == "param":
+                value = site["value"]
+                value = value.unconstrained() if hasattr(value, "unconstrained") else value
+                if value.requires_grad:
+                    params.setdefault(name, value)
+    return list(params.values())
+
+
 def sequential_elbo(elbo, model, guide, args, kwargs, names, traces):
-    """The ELBO with the global sites ``names`` enumerated one value (combination) at a time."""
+    """The ELBO with the global sites ``names`` enumerated one value (combination) at a time.
+
+    Peak memory is that of one run: the forward pass keeps only each run's scalar, and the
+    backward pass re-runs the values one after another (same guide sample: the RNG state is
+    restored before every run).
+    """
     supports = _supports(traces[0], names)
     cpu_state = torch.random.get_rng_state()
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    joints, guide_part = [], None
-    for combination in itertools.product(*supports):
-        torch.random.set_rng_state(cpu_state)  # every run sees the same guide sample
+
+    def problem_for(combination):
+        torch.random.set_rng_state(cpu_state)
         if cuda_state is not None:
             torch.cuda.set_rng_state_all(cuda_state)
         fixed = FixValues(dict(zip(names, combination)))(model)
         problem = elbo.trace_problem(fixed, guide, args, kwargs)
         _check_unscaled(problem, names)
-        if guide_part is None:
-            guide_part = sum(
-                (-loss_stage.full_sum(t.factor.tensor * t.scale, t.factor.dims, t.ordinal,
-                                      loss_stage.problem_sizes(problem))
-                 for t in problem.guide_costs),
-                torch.zeros(()),
-            )
-        problem.guide_costs = []
-        joints.append(loss_stage.elbo(problem, LOCAL, elbo.memory_budget))
-        del problem  # release this value's factors before the next run
-    return torch.logsumexp(torch.stack(joints), 0) + guide_part
+        return problem
+
+    def run(combination):
+        problem = problem_for(combination)
+        problem.guide_costs = []  # the guide term is added once, below
+        return loss_stage.elbo(problem, LOCAL, elbo.memory_budget)
+
+    combinations = list(itertools.product(*supports))
+    first = problem_for(combinations[0])
+    sizes = loss_stage.problem_sizes(first)
+    guide_part = sum(
+        (-loss_stage.full_sum(t.factor.tensor * t.scale, t.factor.dims, t.ordinal, sizes)
+         for t in first.guide_costs),
+        torch.zeros(()),
+    )
+    params = _trace_params((first.model_trace, first.guide_trace))
+    del first
+    return _LogSumExpOverRuns.apply(run, combinations, *params) + guide_part
