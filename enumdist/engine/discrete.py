@@ -33,16 +33,6 @@ def guess_first_available_dim(model, args, kwargs) -> int:
     return min(dims, default=0) - 1
 
 
-def _check_first_available_dim(problem, first_available_dim):
-    for plate in problem.plates.values():
-        if plate.dim <= first_available_dim:
-            raise EnumerationError(
-                f"first_available_dim={first_available_dim} overlaps plate '{plate.name}' at dim "
-                f"{plate.dim}; enumeration needs dims left of every plate: pass "
-                f"first_available_dim={min(p.dim for p in problem.plates.values()) - 1}."
-            )
-
-
 def value_of(var, index, dims, plates):
     """The support value at the chosen ``index`` (over plates ``dims``) in Pyro's layout."""
     support = var.support
@@ -65,11 +55,11 @@ def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL):
     enum = EnumMessenger(first_available_dim=first_available_dim)
 
     def trace():
-        model_trace = poutine.trace(enum(AsParallel()(model))).get_trace(*args, **kwargs)
+        requests = trace_stage.EnumRequests(first_available_dim, "model")
+        model_trace = poutine.trace(enum(AsParallel()(requests(model)))).get_trace(*args, **kwargs)
         problem = trace_stage.build_problem(
             model_trace, poutine.Trace(), max_plate_nesting, validate=True, mask_enumerated=True
         )
-        _check_first_available_dim(problem, first_available_dim)
         return problem
 
     problem = plates.guarded(trace)

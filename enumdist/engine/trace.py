@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import pyro.poutine as poutine
 from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
 from enumdist.engine.errors import EnumerationError, MemoryBudgetError, ModelStructureError
@@ -108,18 +109,6 @@ def _plates_of(site) -> tuple[frozenset, dict[int, str], dict[str, Plate]]:
     return frozenset(plates), {f.dim: f.name for f in frames}, plates
 
 
-def _check_plate_dims(site, plates: dict[str, Plate], max_plate_nesting: int, who: str):
-    for plate in plates.values():
-        if plate.dim < -max_plate_nesting:
-            raise EnumerationError(
-                f"plate '{plate.name}' (used by {who} site '{site['name']}') sits at dim "
-                f"{plate.dim}, left of max_plate_nesting={max_plate_nesting}, where enumeration "
-                f"dims live. Pass max_plate_nesting={-plate.dim} (or more)"
-                + (", or give the plate an explicit dim=" if plate.dim is not None else "")
-                + "."
-            )
-
-
 def _log_prob(site) -> torch.Tensor:
     return site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
 
@@ -155,18 +144,64 @@ def _check_observation(site):
         )
 
 
+class EnumRequests(Messenger):
+    """Innermost handler: checks each sample site before Pyro's handlers act on it.
+
+    It sees the site as the program wrote it (``replay`` later overwrites ``infer``), so it
+    records which sites asked for enumeration, and it reports layout problems -- a plate at a
+    dim where enumeration dims live, enumeration of a continuous site -- in our words, before
+    Pyro's broadcasting fails with a shape mismatch.
+    """
+
+    def __init__(self, first_available_dim: int, who: str):
+        super().__init__()
+        self.first_available_dim = first_available_dim
+        self.who = who
+        self.requested: set[str] = set()
+
+    def _pyro_sample(self, msg):
+        for frame in msg["cond_indep_stack"]:
+            if frame.vectorized and frame.dim <= self.first_available_dim:
+                nesting = -1 - self.first_available_dim
+                raise EnumerationError(
+                    f"plate '{frame.name}' (at {self.who} site '{msg['name']}') sits at dim "
+                    f"{frame.dim}, but enumeration dims start at first_available_dim="
+                    f"{self.first_available_dim} (max_plate_nesting={nesting}). Pass "
+                    f"max_plate_nesting={-frame.dim} (first_available_dim={frame.dim - 1}) or "
+                    "more, or give every plate an explicit dim= (a plate without dim= takes "
+                    "the next free dim on the left)."
+                )
+        how = msg["infer"].get("enumerate")
+        if not how or msg["is_observed"]:
+            return
+        if not getattr(msg["fn"], "has_enumerate_support", False):
+            raise EnumerationError(
+                f"{self.who} site '{msg['name']}' asks for enumeration but its "
+                f"{type(msg['fn']).__name__} distribution has no finite support to "
+                f"enumerate; remove infer={{'enumerate': ...}} there (continuous latents "
+                f"belong in the guide, e.g. AutoNormal)."
+            )
+        self.requested.add(msg["name"])
+
+
 def run_traces(model, guide, args, kwargs, max_plate_nesting: int):
     """Run ``guide`` then ``model`` (replayed against it) under parallel enumeration.
 
     Guide enumeration starts at dim ``-1 - max_plate_nesting``; the model continues to the left,
-    as in ``TraceEnum_ELBO``.
+    as in ``TraceEnum_ELBO``. The model trace records the sites that asked for enumeration in
+    ``model_trace.enumerate_requests``.
     """
-    guide_enum = EnumMessenger(first_available_dim=-1 - max_plate_nesting)
-    guide_trace = poutine.trace(guide_enum(guide)).get_trace(*args, **kwargs)
-    model_enum = EnumMessenger()  # continues the allocator state left by the guide
-    model_trace = poutine.trace(poutine.replay(model_enum(model), trace=guide_trace)).get_trace(
+    first = -1 - max_plate_nesting
+    guide_enum = EnumMessenger(first_available_dim=first)
+    guide_trace = poutine.trace(guide_enum(EnumRequests(first, "guide")(guide))).get_trace(
         *args, **kwargs
     )
+    model_enum = EnumMessenger()  # continues the allocator state left by the guide
+    requests = EnumRequests(first, "model")
+    model_trace = poutine.trace(
+        poutine.replay(model_enum(requests(model)), trace=guide_trace)
+    ).get_trace(*args, **kwargs)
+    model_trace.enumerate_requests = requests.requested
     return model_trace, guide_trace
 
 
@@ -184,7 +219,6 @@ def collect_vars(model_trace, guide_trace, max_plate_nesting: int):
     for who, trace in (("guide", guide_trace), ("model", model_trace)):
         for name, site in _sample_sites(trace):
             ordinal, _, site_plates = _plates_of(site)
-            _check_plate_dims(site, site_plates, max_plate_nesting, who)
             for p in site_plates.values():
                 old = plates.setdefault(p.name, p)
                 if old.dim != p.dim:
@@ -310,30 +344,17 @@ def build_problem(
 
 
 def check_enumeration_requests(model_trace, guide_trace):
-    """Raise clear errors for enumeration requests that cannot be honoured."""
-    for who, trace in (("guide", guide_trace), ("model", model_trace)):
-        for name, site in _sample_sites(trace):
-            how = site["infer"].get("enumerate")
-            if not how or site["is_observed"]:
-                continue
-            if not getattr(site["fn"], "has_enumerate_support", False):
-                raise EnumerationError(
-                    f"{who} site '{name}' asks for enumeration but its "
-                    f"{type(site['fn']).__name__} distribution has no finite support to "
-                    f"enumerate; remove infer={{'enumerate': ...}} there (continuous latents "
-                    f"belong in the guide, e.g. AutoNormal)."
-                )
-            guide_site = guide_trace.nodes.get(name)
-            if who == "model" and guide_site is not None and not guide_site["infer"].get(
-                "enumerate"
-            ):
-                raise EnumerationError(
-                    f"model site '{name}' is marked for enumeration but the guide samples it "
-                    f"(without enumerating it). TraceEnum_ELBO would silently use the guide's sample and not "
-                    f"enumerate; either hide it from the guide "
-                    f"(poutine.block(guide, hide=['{name}']) or AutoGuide(poutine.block(model, "
-                    f"hide=['{name}']))) or drop its infer={{'enumerate': ...}}."
-                )
+    """A model site that asks for enumeration must not be Monte Carlo sampled by the guide."""
+    for name in sorted(getattr(model_trace, "enumerate_requests", ())):
+        guide_site = guide_trace.nodes.get(name)
+        if guide_site is not None and not guide_site["infer"].get("enumerate"):
+            raise EnumerationError(
+                f"model site '{name}' is marked for enumeration but the guide samples it "
+                f"(without enumerating it). TraceEnum_ELBO would silently use the guide's "
+                f"sample and not enumerate; either hide it from the guide "
+                f"(poutine.block(guide, hide=['{name}']) or AutoGuide(poutine.block(model, "
+                f"hide=['{name}']))) or drop its infer={{'enumerate': ...}}."
+            )
 
 
 def as_float(x) -> float:

@@ -1,0 +1,114 @@
+"""Bad input gets a clear error that names the site or plate and says what to do."""
+
+import pytest
+import torch
+import pyro
+import pyro.distributions as dist
+from pyro.infer import TraceEnum_ELBO
+
+import enumdist
+from enumdist.engine.errors import EnumerationError, MemoryBudgetError
+
+ENUM = {"enumerate": "parallel"}
+
+
+def no_guide(*args, **kwargs):
+    pass
+
+
+def mixture(data, enumerate_z=True):
+    with pyro.plate("data", len(data)):
+        z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3)),
+                        infer=ENUM if enumerate_z else {})
+        pyro.sample("x", dist.Normal(z.double(), 1.0), obs=data)
+
+
+def test_enumerated_site_also_sampled_in_guide():
+    def guide(data):
+        with pyro.plate("data", len(data)):
+            pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
+
+    data = torch.randn(4)
+    # Pyro silently uses the guide's sample and does not enumerate 'z':
+    TraceEnum_ELBO(max_plate_nesting=1).loss(mixture, guide, data)
+    with pytest.raises(EnumerationError, match="model site 'z'.*guide samples it.*hide"):
+        enumdist.EnumELBO(max_plate_nesting=1).loss(mixture, guide, data)
+
+
+def test_enumerating_a_continuous_site():
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0), infer=ENUM)
+        with pyro.plate("data", len(data)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=data)
+
+    with pytest.raises(EnumerationError, match="model site 'mu'.*no finite support"):
+        enumdist.EnumELBO(max_plate_nesting=1).loss(model, no_guide, torch.randn(3))
+
+
+def test_max_plate_nesting_too_small():
+    def model(data):
+        with pyro.plate("outer", 2, dim=-2), pyro.plate("inner", 3, dim=-1):
+            z = pyro.sample("z", dist.Categorical(logits=torch.zeros(2)), infer=ENUM)
+            pyro.sample("x", dist.Normal(z.double(), 1.0), obs=data)
+
+    with pytest.raises(EnumerationError, match="plate 'outer'.*max_plate_nesting=2"):
+        enumdist.EnumELBO(max_plate_nesting=1).loss(model, no_guide, torch.randn(2, 3))
+
+
+def test_plate_without_dim_that_collides():
+    def model(data):
+        with pyro.plate("outer", 2), pyro.plate("inner", 3):
+            z = pyro.sample("z", dist.Categorical(logits=torch.zeros(2)), infer=ENUM)
+            pyro.sample("x", dist.Normal(z.double(), 1.0), obs=data)
+
+    with pytest.raises(EnumerationError, match="plate 'inner'.*dim -2.*explicit dim="):
+        enumdist.EnumELBO(max_plate_nesting=1).loss(model, no_guide, torch.randn(2, 3).T)
+
+
+def test_first_available_dim_overlapping_plates():
+    with pytest.raises(EnumerationError, match="plate 'data'.*first_available_dim=-1.*first_available_dim=-2"):
+        enumdist.infer_discrete(mixture, first_available_dim=-1, temperature=0)(torch.randn(3))
+
+
+def test_nan_observation():
+    data = torch.tensor([0.1, float("nan"), 0.3])
+    with pytest.raises(EnumerationError, match="observed site 'x' contains NaN"):
+        enumdist.EnumELBO(max_plate_nesting=1).loss(mixture, no_guide, data)
+
+
+def test_out_of_support_observation():
+    def model(data):
+        with pyro.plate("data", len(data)):
+            z = pyro.sample("z", dist.Categorical(logits=torch.zeros(2)), infer=ENUM)
+            pyro.sample("flip", dist.Bernoulli(0.2 + 0.5 * z.double()), obs=data)
+
+    with pytest.raises(EnumerationError, match="observed site 'flip'.*outside the support"):
+        with pyro.validation_enabled(False):
+            enumdist.EnumELBO(max_plate_nesting=1).loss(model, no_guide, torch.tensor([0.0, 2.0]))
+
+
+def test_memory_budget_preflight_refuses_before_allocating():
+    def model(data):
+        xs = []
+        with pyro.plate("data", len(data)):
+            for i in range(6):
+                xs.append(pyro.sample(f"x{i}", dist.Categorical(logits=torch.zeros(10)), infer=ENUM))
+            pyro.sample("y", dist.Normal(sum(x.double() for x in xs), 1.0), obs=data)
+
+    with pytest.raises(MemoryBudgetError, match=r"site 'y'.*shape \(10, 10, 10, 10, 10, 10, 1000\)"):
+        enumdist.EnumELBO(max_plate_nesting=1, memory_budget=2**20).loss(model, no_guide,
+                                                                        torch.randn(1000))
+
+
+def test_memory_budget_preflight_on_the_elimination():
+    """Three pairwise factors in a cycle: each is small, eliminating one variable is not."""
+    def model(data):
+        with pyro.plate("data", len(data)):
+            a, b, c = (pyro.sample(n, dist.Categorical(logits=torch.zeros(30)), infer=ENUM)
+                       for n in "abc")
+            for name, (u, v) in {"ab": (a, b), "bc": (b, c), "ca": (c, a)}.items():
+                pyro.sample(name, dist.Normal(u.double() - v.double(), 1.0), obs=data)
+
+    with pytest.raises(MemoryBudgetError, match=r"tensor over \[.*\] of shape \(30, 30, 30, 500\)"):
+        enumdist.EnumELBO(max_plate_nesting=1, memory_budget=50 * 2**20).loss(
+            model, no_guide, torch.randn(500))
