@@ -35,7 +35,6 @@ from enumdist.decoding import checkpoint as ckpt
 from enumdist.decoding import pictures
 from enumdist.decoding.decoder import decode_batch, to_table
 from enumdist.decoding.files import write_json, write_parquet
-from enumdist.pipeline.data import collate_items
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +90,22 @@ def plan_steps(num_items: int, decode_batch_size: int, world_size: int) -> list[
     return steps
 
 
+def longest(table: dict[str, torch.Tensor], items: range) -> int | None:
+    return int(table["lengths"][items.start:items.stop].max()) if "lengths" in table else None
+
+
+def batch_of(table: dict[str, torch.Tensor], items: range, num_steps: int | None = None) -> dict:
+    """The batch of a contiguous item range, in the pipeline's layout (``index``, ``num_total``);
+    sequence fields are cut to ``num_steps`` (default: the range's longest item)."""
+    num_total = next(iter(table.values())).shape[0]
+    batch = {k: t[items.start:items.stop] for k, t in table.items()}
+    if "lengths" in batch:
+        num_steps = max(num_steps or int(batch["lengths"].max()), 1)
+        batch.update({k: v[:, :num_steps] for k, v in batch.items()
+                      if k != "lengths" and v.dim() >= 2})
+    return dict(batch, index=torch.arange(items.start, items.stop), num_total=num_total)
+
+
 def chunk_path(directory: Path, items: range) -> Path:
     return directory / "chunks" / f"items-{items.start:07d}-{items.stop:07d}.parquet"
 
@@ -139,8 +154,7 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
     num_items = next(iter(table.values())).shape[0]
     if num_items == 0:
         raise ValueError(f"split {options.split!r} of run {run_dir} is empty: nothing to decode")
-    items_of = lambda r: collate_items(  # noqa: E731
-        [(i, {k: t[i] for k, t in table.items()}) for i in r], num_items)
+    items_of = lambda r, steps=None: batch_of(table, r, steps)  # noqa: E731
     check_items(model, items_of(range(num_items)), options.split)
     guide = ckpt.build_guide(cfg, model, items_of(range(min(num_items, 2))), state_dict, checkpoint)
 
@@ -153,7 +167,8 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
     for step in tqdm(pending, desc=f"decoding {options.split}", unit="chunk",
                      disable=rank != 0 or not options.progress):
         items = steps[step][rank]
-        batch = items_of(items)
+        # every rank cuts to the global step's longest item: the same sites on every rank
+        batch = items_of(items, longest(table, range(steps[step][0].start, steps[step][-1].stop)))
         pyro.set_rng_seed(options.seed + step)
         decoded = decode_batch(model, guide, batch, temperature=options.temperature,
                                marginals=options.marginals, shard_plates=shard_plates)
