@@ -6,7 +6,7 @@ log-likelihood per observation (chorales: per time step, i.e. per 88-key chord r
 keys in use; tabular: per data point) next to a simple baseline (independent Bernoulli per key /
 one Gaussian). The two engines must agree.
 
-    python experiments/zoo_report.py [--steps 15] [--max-sequences 48] [--out zoo_report.md]
+    python experiments/zoo_report.py [--steps 25] [--max-sequences 32] [--out experiments/zoo_report.md]
 
 The topic model is left out: its held-out likelihood needs per-document inference of the topic
 weights (a local latent), which is not a single forward pass.
@@ -158,9 +158,9 @@ def markdown(rows, steps: int) -> str:
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--max-sequences", type=int, default=48)
-    parser.add_argument("--out", default="zoo_report.md")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--max-sequences", type=int, default=32)
+    parser.add_argument("--out", default="experiments/zoo_report.md")
     parser.add_argument("--skip-chorales", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pyro
 import torch
 import torch.distributed as dist
+from pyro import poutine
 from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
@@ -124,6 +125,18 @@ def check_items(model, batch: dict, split: str) -> None:
                             name=f"split {split!r} item {int(batch['index'][row])}")
 
 
+def check_no_local_guide_latents(model, guide, batch: dict, options: DecodeOptions) -> None:
+    """A guide's latents inside the data plate were fitted to the training items; replaying them
+    on another split would pair items with the wrong latents."""
+    trace = poutine.trace(guide).get_trace(batch)
+    local = [name for name, site in trace.nodes.items() if site["type"] == "sample" and any(
+        frame.name == model.shard_plate for frame in site["cond_indep_stack"])]
+    if local:
+        raise ValueError(
+            f"the guide's latents {local} are per item of plate {model.shard_plate!r}, fitted to "
+            f"the training split; decode split=train, not split={options.split!r}")
+
+
 def _broadcast(obj):
     rank, world_size = distributed_layout()
     if world_size == 1:
@@ -157,6 +170,8 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
     items_of = lambda r, steps=None: batch_of(table, r, steps)  # noqa: E731
     check_items(model, items_of(range(num_items)), options.split)
     guide = ckpt.build_guide(cfg, model, items_of(range(min(num_items, 2))), state_dict, checkpoint)
+    if guide is not None and options.split != "train":
+        check_no_local_guide_latents(model, guide, items_of(range(min(num_items, 2))), options)
 
     out_dir = run_dir / "decoded" / f"{options.split}-temperature{options.temperature}"
     steps = plan_steps(num_items, options.decode_batch_size, world_size)

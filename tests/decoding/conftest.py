@@ -103,6 +103,39 @@ def make_run_dir(root, *, model_cls="HMM", test_split=None, seed=0, num_test=9):
     return run_dir, model
 
 
+def make_mixture_run_dir(root):
+    """A Gaussian-mixture run with an AutoDelta guide (tabular data, no lengths)."""
+    from enumdist.pipeline.guides import auto
+
+    g = torch.Generator().manual_seed(0)
+    data_dir = root / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for split, n in [("train", 10), ("valid", 4), ("test", 7)]:
+        torch.save({"features": torch.randn(n, 2, generator=g) * 3}, data_dir / f"{split}.pt")
+    model = enumdist.models.GaussianMixture(num_features=2, num_components=3, seed=0)
+    guide = auto(model)
+    batch = {"features": torch.zeros(2, 2), "index": torch.arange(2), "num_total": 2}
+    guide(batch)
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    cfg = {"seed": 0, "model": {"_target_": "enumdist.models.GaussianMixture", "num_features": 2,
+                                "num_components": 3, "seed": 0},
+           "data": {"_target_": "enumdist.pipeline.data.ShardedDataModule",
+                    "load": {"_target_": "enumdist.pipeline.data.load_saved_split",
+                             "_partial_": True, "path": str(data_dir)}},
+           "guide": {"_target_": "enumdist.pipeline.guides.auto", "_partial_": True,
+                     "kind": "AutoDelta"}}
+    run_dir = root / "run"
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state.update({f"guide.{k}": v for k, v in guide.state_dict().items()})
+    torch.save({"state_dict": state}, run_dir / "checkpoints" / "last.ckpt")
+    return run_dir, model, guide
+
+
 @pytest.fixture
 def hmm_run(tmp_path):
     return make_run_dir(tmp_path)

@@ -119,3 +119,31 @@ def test_checkpoint_of_another_model_names_model_and_keys(tmp_path):
 def test_unknown_option_is_named(hmm_run):
     with pytest.raises(ValueError, match="decode_batch"):
         run_decoding(hmm_run[0], {"decode_batchsize": 3})
+
+
+def test_mixture_decoding_replays_the_trained_guide(tmp_path):
+    from conftest import make_mixture_run_dir
+
+    run_dir, model, guide = make_mixture_run_dir(tmp_path)
+    outputs = run_decoding(run_dir, dict(OPTIONS, split="test"))
+    assert "transitions" not in outputs and "loss_curve" not in outputs  # no history, no chain
+    rows = pq.read_table(outputs["decoded"]).to_pylist()
+    features = torch.load(run_dir.parent / "data" / "test.pt")["features"]
+    batch = {"features": features, "index": torch.arange(7), "num_total": 7}
+    replayed = poutine.replay(model.model, trace=poutine.trace(guide).get_trace(batch))
+    expected = poutine.trace(pyro.infer.infer_discrete(
+        replayed, first_available_dim=-2, temperature=0)).get_trace(batch)
+    assert [r["assignment"] for r in rows] == [[int(a)] for a in
+                                               expected.nodes["assignment"]["value"]]
+
+
+def test_command_line(hmm_run, capsys):
+    from enumdist.decode import main
+
+    run_dir, _ = hmm_run
+    outputs = main([f"run_dir={run_dir}", "decode_batch_size=4", "progress=false",
+                    "pictures=false"])
+    assert outputs["decoded"].is_file()
+    assert "decoded:" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="run_dir"):
+        main(["split=test"])
