@@ -4,6 +4,9 @@ A split is loaded once as a table of per-item tensors (every tensor's first dim 
 A batch is a dict ``{"index": LongTensor[B], "num_total": int, <field>: Tensor[B, ...]}``:
 ``index`` are the items' positions in the full split and ``num_total`` the split's size, which
 is exactly what a zoo model's ``pyro.plate(shard_plate, num_total, subsample=index)`` needs.
+Variable-length data (a ``lengths`` field) is stored zero-padded and cut to the longest sequence
+of the *global* batch, so that every rank runs the same number of time steps (a sharded ELBO
+needs the same model structure on every rank).
 
 Sharding: each step draws one *global* batch (the whole split, or a minibatch of
 ``batch_size * world_size`` items from a seeded permutation) and splits it into ``world_size``
@@ -63,7 +66,7 @@ def as_item_table(loaded: Any, where: str) -> dict[str, torch.Tensor]:
 
 
 class ItemTable(Dataset):
-    """Items of one split; ``dataset[i]`` is ``(i, {field: Tensor[...]})``."""
+    """Items of one split; ``dataset[i]`` or ``dataset[(i, steps)]`` is ``(i, {field: Tensor[...]}, steps)``."""
 
     def __init__(self, table: dict[str, torch.Tensor]):
         self.table = table
@@ -72,17 +75,20 @@ class ItemTable(Dataset):
     def __len__(self) -> int:
         return self.num_items
 
-    def __getitem__(self, i: int) -> tuple[int, dict[str, torch.Tensor]]:
-        return i, {k: t[i] for k, t in self.table.items()}
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[int, dict[str, torch.Tensor], int | None]:
+        i, steps = key if isinstance(key, tuple) else (key, None)
+        return i, {k: t[i] for k, t in self.table.items()}, steps
 
 
-def collate_items(items: list[tuple[int, dict[str, torch.Tensor]]], num_total: int) -> dict[str, Any]:
-    """Stack items into a batch; if a ``lengths`` field exists, sequence fields (dim >= 1 per
-    item) are cut to the longest sequence in the batch (they are stored zero-padded)."""
-    index = torch.tensor([i for i, _ in items], dtype=torch.long)
-    batch: dict[str, Any] = {k: torch.stack([item[k] for _, item in items]) for k in items[0][1]}
+def collate_items(items: list[tuple[int, dict[str, torch.Tensor], int | None]], num_total: int) -> dict[str, Any]:
+    """Stack items into a batch; if a ``lengths`` field exists, sequence fields (dim >= 2 per
+    batch) are cut to ``steps`` (given by the sampler: the global batch's longest sequence) or,
+    without it, to the longest sequence in ``items``."""
+    index = torch.tensor([i for i, _, _ in items], dtype=torch.long)
+    batch: dict[str, Any] = {k: torch.stack([item[k] for _, item, _ in items]) for k in items[0][1]}
     if "lengths" in batch:
-        max_length = max(int(batch["lengths"].max()), 1)
+        steps = items[0][2]
+        max_length = max(int(batch["lengths"].max()) if steps is None else steps, 1)
         for key, value in batch.items():
             if key != "lengths" and value.dim() >= 2:
                 batch[key] = value[:, :max_length]
@@ -100,14 +106,21 @@ class ShardSampler(Sampler[list[int]]):
     """
 
     def __init__(self, num_items: int, rank: int, world_size: int, batch_size: int | None,
-                 shuffle: bool, seed: int):
+                 shuffle: bool, seed: int, lengths: torch.Tensor | None = None):
         if num_items < world_size:
             raise ValueError(f"{num_items} items cannot be sharded over {world_size} ranks")
         self.num_items, self.rank, self.world_size = num_items, rank, world_size
+        self.lengths = lengths
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    @property
+    def sampler(self) -> ShardSampler:
+        # Lightning calls set_epoch (also with the restored epoch on resume) on
+        # ``dataloader.batch_sampler.sampler``, not on the batch sampler itself
+        return self
 
     def _global_batches(self) -> list[torch.Tensor]:
         if self.shuffle and self.batch_size is not None:
@@ -120,7 +133,12 @@ class ShardSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         for global_batch in self._global_batches():
-            yield global_batch.tensor_split(self.world_size)[self.rank].tolist()
+            shard = global_batch.tensor_split(self.world_size)[self.rank].tolist()
+            if self.lengths is None:
+                yield shard
+            else:  # every rank pads to the same number of steps
+                steps = int(self.lengths[global_batch].max())
+                yield [(i, steps) for i in shard]
 
     def __len__(self) -> int:
         return len(self._global_batches())
@@ -178,7 +196,8 @@ class ShardedDataModule(pl.LightningDataModule):
         dataset = self.splits[split]
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        sampler = ShardSampler(len(dataset), rank, world_size, batch_size, shuffle, self.seed)
+        sampler = ShardSampler(len(dataset), rank, world_size, batch_size, shuffle, self.seed,
+                               lengths=dataset.table.get("lengths"))
         return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
                           collate_fn=_Collate(len(dataset)))
 

@@ -34,8 +34,10 @@ def test_minibatch_order_depends_on_epoch():
 def test_collate_pads_to_longest_and_passes_index_and_total():
     table = as_item_table(toy_sequences("train", num_items=5, max_steps=6), "test")
     table["lengths"][:] = torch.tensor([2, 3, 2, 6, 1])
-    batch = collate_items([(i, {k: v[i] for k, v in table.items()}) for i in (0, 1, 2)], num_total=5)
+    batch = collate_items([(i, {k: v[i] for k, v in table.items()}, None) for i in (0, 1, 2)], num_total=5)
     assert batch["sequences"].shape == (3, 3, 4)
+    padded = collate_items([(i, {k: v[i] for k, v in table.items()}, 6) for i in (0, 1)], num_total=5)
+    assert padded["sequences"].shape == (2, 6, 4)
     assert batch["index"].tolist() == [0, 1, 2] and batch["num_total"] == 5
 
 
@@ -52,6 +54,8 @@ def test_datamodule_gives_each_rank_its_own_shard():
         batches.append(next(iter(datamodule.train_dataloader())))
     assert set(batches[0]["index"].tolist()).isdisjoint(batches[1]["index"].tolist())
     assert sorted(batches[0]["index"].tolist() + batches[1]["index"].tolist()) == list(range(7))
+    # both ranks run the same number of steps: the longest sequence of the global batch
+    assert batches[0]["sequences"].shape[1] == batches[1]["sequences"].shape[1]
     assert batches[0]["num_total"] == batches[1]["num_total"] == 7
 
 
