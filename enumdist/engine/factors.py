@@ -48,19 +48,22 @@ def name_dims(
     dim_names: dict[int, str],
     *,
     describe: str,
+    singleton_names: frozenset = frozenset(),
 ) -> Factor:
     """Turn a Pyro-layout tensor (numbered negative dims) into a :class:`Factor`.
 
     ``dim_names`` maps each negative dim that may carry a non-singleton size to its name.
     A non-singleton dim that is not named is a layout error in the model; ``describe`` is a
-    phrase naming the site, used in the error message.
+    phrase naming the site, used in the error message. Singleton dims are dropped, except those
+    named in ``singleton_names`` (plates of size one: a rank's shard may hold a single item, and
+    every rank must see the same dims).
     """
     names, sizes = [], []
     for pos in range(-tensor.dim(), 0):
         size = tensor.shape[pos]
-        if size == 1:
-            continue
         name = dim_names.get(pos)
+        if size == 1 and name not in singleton_names:
+            continue
         if name is None:
             raise ValueError(
                 f"{describe} has a batch dimension {pos} of size {size} that belongs to no plate "

@@ -245,6 +245,10 @@ def collect_vars(model_trace, guide_trace, max_plate_nesting: int):
     return plates, variables, id_to_var
 
 
+def _singleton_plates(site) -> frozenset:
+    return frozenset(f.name for f in site["cond_indep_stack"] if f.vectorized and f.size == 1)
+
+
 def _dim_names(site, id_to_var, max_plate_nesting) -> dict[int, str]:
     _, plate_dims, _ = _plates_of(site)
     names = dict(plate_dims)
@@ -314,11 +318,13 @@ def build_problem(
         if name in variables:  # enumerated in the model: plain log-prob, no mask, no scale
             log_p = _log_prob(site)
             log_p = _mask(log_p, site["mask"]) if mask_enumerated else log_p
-            factor = name_dims(log_p, dim_names, describe=describe)
+            factor = name_dims(log_p, dim_names, describe=describe,
+                               singleton_names=_singleton_plates(site))
             problem.log_factors.append(ModelTerm(name, factor, ordinal, site["scale"]))
             continue
         masked = _mask(_log_prob(site), site["mask"])
-        factor = name_dims(masked, dim_names, describe=describe)
+        factor = name_dims(masked, dim_names, describe=describe,
+                           singleton_names=_singleton_plates(site))
         if sum_vars.intersection(factor.dims):
             problem.log_factors.append(ModelTerm(name, factor, ordinal, site["scale"]))
         else:
@@ -329,16 +335,19 @@ def build_problem(
         describe = f"guide site '{name}'"
         dim_names = _dim_names(site, id_to_var, max_plate_nesting)
         log_q = _log_prob(site)
-        factor = name_dims(_mask(log_q, site["mask"]), dim_names, describe=describe)
+        factor = name_dims(_mask(log_q, site["mask"]), dim_names, describe=describe,
+                           singleton_names=_singleton_plates(site))
         problem.guide_costs.append(ModelTerm(name, factor, ordinal, site["scale"]))
         if name in variables:  # enumerated in the guide: weight q(z), with its gradient
             problem.dice_factors.append(
-                ModelTerm(name, name_dims(log_q, dim_names, describe=describe), ordinal)
+                ModelTerm(name, name_dims(log_q, dim_names, describe=describe,
+                                          singleton_names=_singleton_plates(site)), ordinal)
             )
         elif not site["fn"].has_rsample:  # Monte Carlo, not reparameterised: score function
             score = log_q - log_q.detach()
             problem.dice_factors.append(
-                ModelTerm(name, name_dims(score, dim_names, describe=describe), ordinal)
+                ModelTerm(name, name_dims(score, dim_names, describe=describe,
+                                          singleton_names=_singleton_plates(site)), ordinal)
             )
     return problem
 

@@ -1,0 +1,115 @@
+"""Runs in each spawned rank: sharded losses, gradients, SVI steps, decodes and faults."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as tdist
+import pyro
+from pyro import poutine
+from pyro.infer import SVI
+from pyro.optim import Adam
+
+import enumdist
+from enumdist.engine.errors import ModelStructureError, ShardError
+from tests.engine import zoo
+from tests.engine.shard_cases import SHARD_CASES
+
+
+def sharded_run(case, rank, world, steps=3):
+    args = case.local_args(rank, world)
+    model, mpn = case.case.model, case.case.max_plate_nesting
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = case.case.guide_factory(model)
+    elbo = enumdist.EnumELBO(max_plate_nesting=mpn, shard_plates=[case.plate])
+    loss = elbo.loss(model, guide, *args)
+    elbo.loss_and_grads(model, guide, *args)
+    grads = {n: pyro.param(n).unconstrained().grad.clone() for n in pyro.get_param_store().keys()
+             if pyro.param(n).unconstrained().grad is not None}
+    comm = elbo.last_comm_bytes
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = case.case.guide_factory(model)
+    svi = SVI(model, guide, Adam({"lr": 0.05}), loss=elbo)
+    losses = [svi.step(*args) for _ in range(steps)]
+    params = {n: pyro.param(n).detach().clone() for n in pyro.get_param_store().keys()}
+    return {"loss": loss, "grads": grads, "svi_losses": losses, "params": params, "comm": comm}
+
+
+def comm_bytes_for_size(n, rank, world):
+    data = zoo._data(n, seed=11)
+    local = data.chunk(world)[rank]
+    pyro.clear_param_store()
+    elbo = enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["data"])
+    elbo.loss_and_grads(zoo.global_outside_plate, zoo.empty_guide, local)
+    return elbo.last_comm_bytes
+
+
+def sharded_decode(rank, world):
+    case = next(c for c in SHARD_CASES if c.name == "hmm_global_regime")
+    args = case.local_args(rank, world)
+    pyro.clear_param_store()
+    decoder = enumdist.infer_discrete(case.case.model, first_available_dim=-2, temperature=0,
+                                      shard_plates=["sequences"])
+    trace = poutine.trace(decoder).get_trace(*args)
+    values = {n: s["value"] for n, s in trace.nodes.items()
+              if s["type"] == "sample" and not s["is_observed"]}
+    pyro.set_rng_seed(rank)  # different seeds: global samples must still agree
+    sampler = enumdist.infer_discrete(case.case.model, first_available_dim=-2, temperature=1,
+                                      shard_plates=["sequences"])
+    sample = poutine.trace(sampler).get_trace(*args).nodes["regime"]["value"]
+    return {"map": values, "sampled_regime": sample}
+
+
+def expect_failure(fn):
+    start = time.monotonic()
+    try:
+        fn()
+    except (ShardError, ModelStructureError) as exc:
+        return {"type": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - start}
+    return {"type": None, "message": "no error", "seconds": time.monotonic() - start}
+
+
+def bad_data_on_one_shard(rank, world):
+    data = zoo._data(10, seed=2)
+    local = data.chunk(world)[rank].clone()
+    if rank == 1:
+        local[0] = float("nan")
+    return expect_failure(lambda: enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["data"]).loss(
+        zoo.gaussian_mixture, zoo.empty_guide, local))
+
+
+def different_structure(rank, world):
+    data = zoo._data(10, seed=2).chunk(world)[rank]
+
+    def model(data):
+        zoo.gaussian_mixture(data)
+        if rank == 1:
+            pyro.sample("extra", pyro.distributions.Normal(0.0, 1.0), obs=torch.tensor(0.0))
+
+    return expect_failure(lambda: enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["data"]).loss(
+        model, zoo.empty_guide, data))
+
+
+def main(rank, world, port, outdir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    tdist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    results = {}
+    try:
+        for case in SHARD_CASES:
+            results[case.name] = sharded_run(case, rank, world)
+        results["comm_bytes"] = {n: comm_bytes_for_size(n, rank, world) for n in (40, 4000)}
+        results["decode"] = sharded_decode(rank, world)
+        results["bad_data"] = bad_data_on_one_shard(rank, world)
+        results["different_structure"] = different_structure(rank, world)
+    except Exception:  # noqa: BLE001 - surfaced by the test
+        results["error"] = traceback.format_exc()
+    torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
+    tdist.destroy_process_group()
