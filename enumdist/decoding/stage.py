@@ -48,6 +48,7 @@ class DecodeOptions:
     seed: int = 0                  # temperature=1: step s samples under seed + s
     pictures: bool = True
     progress: bool = True
+    distributed: bool = True       # False: decode alone even if torch.distributed is initialised
 
     def __post_init__(self):
         if self.temperature not in (0, 1):
@@ -62,8 +63,10 @@ class DecodeOptions:
         if options is None or isinstance(options, DecodeOptions):
             return options or cls()
         options = dict(options)
-        if "decode" in options:  # the training config: use its decode group
-            options = dict(options["decode"] or {})
+        if "decode" in options:
+            # the training config: the train entry point decodes on rank 0 only, after fit,
+            # while the training process group may still be up -- so alone by default
+            options = {"distributed": False, **dict(options["decode"] or {})}
         options.pop("enabled", None)
         options.pop("run_dir", None)
         known = {f.name for f in dataclasses.fields(cls)}
@@ -73,8 +76,8 @@ class DecodeOptions:
         return cls(**options)
 
 
-def distributed_layout() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
+def distributed_layout(use_distributed: bool = True) -> tuple[int, int]:
+    if use_distributed and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
@@ -137,8 +140,7 @@ def check_no_local_guide_latents(model, guide, batch: dict, options: DecodeOptio
             f"the training split; decode split=train, not split={options.split!r}")
 
 
-def _broadcast(obj):
-    rank, world_size = distributed_layout()
+def _broadcast(obj, world_size: int):
     if world_size == 1:
         return obj
     box = [obj]
@@ -155,7 +157,7 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
     """
     options = DecodeOptions.from_mapping(options)
     run_dir = Path(run_dir)
-    rank, world_size = distributed_layout()
+    rank, world_size = distributed_layout(options.distributed)
     cfg = ckpt.load_run_config(run_dir)
     checkpoint = ckpt.find_checkpoint(run_dir, options.checkpoint)
     state_dict = ckpt.load_state_dict(checkpoint)
@@ -177,7 +179,7 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
     steps = plan_steps(num_items, options.decode_batch_size, world_size)
     pending = _broadcast([s for s, shards in enumerate(steps)
                           if not all(chunk_path(out_dir, r).exists() for r in shards)]
-                         if rank == 0 else None)
+                         if rank == 0 else None, world_size)
     shard_plates = [model.shard_plate] if world_size > 1 else None
     for step in tqdm(pending, desc=f"decoding {options.split}", unit="chunk",
                      disable=rank != 0 or not options.progress):

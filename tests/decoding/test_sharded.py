@@ -19,6 +19,9 @@ def _rank(rank, world_size, init_file, run_dir):
                             world_size=world_size)
     try:
         run_decoding(run_dir, OPTIONS)
+        if rank == 0:  # as the train entry point does: rank 0 alone, the group still up
+            run_decoding(run_dir, {"decode": dict(OPTIONS, enabled=True, split="valid")})
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -33,6 +36,7 @@ def test_two_ranks_equal_one_process(tmp_path, engine):
     for path in (run_dir / "decoded").rglob("*.parquet"):
         path.unlink()
     mp.spawn(_rank, args=(2, str(tmp_path / "init"), run_dir), nprocs=2, join=True)
+    assert (run_dir / "decoded" / "valid-temperature0" / "decoded.parquet").is_file()
     sharded = pq.read_table(run_dir / "decoded" / "test-temperature0" / "decoded.parquet")
     assert sharded.column("index").to_pylist() == single.column("index").to_pylist()
     assert sharded.column("x").to_pylist() == single.column("x").to_pylist()
