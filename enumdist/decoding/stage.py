@@ -2,9 +2,10 @@
 
 Layout under ``<run_dir>/decoded/<split>-temperature<t>/``:
 
-``chunks/items-<start>-<stop>.parquet``  one file per rank's shard of one global step; it exists
-                                         complete or not at all (temp file + ``os.replace``), so a
-                                         rerun skips exactly the finished chunks;
+``chunks-<fingerprint>/items-<start>-<stop>.parquet``  one file per rank's shard of one global
+    step; it exists complete or not at all (temp file + ``os.replace``), so a rerun skips exactly
+    the finished chunks. The fingerprint names the checkpoint file and the options that change
+    the output (marginals, seed): a retrained run or other options never reuse stale chunks;
 ``decoded.parquet``                       all chunks in item order (written last, by rank 0);
 ``manifest.json``                         options, chunk list and outputs (written last).
 
@@ -17,6 +18,7 @@ the same steps; which steps remain is decided once, by rank 0, before anyone wri
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -110,8 +112,16 @@ def batch_of(table: dict[str, torch.Tensor], items: range, num_steps: int | None
     return dict(batch, index=torch.arange(items.start, items.stop), num_total=num_total)
 
 
-def chunk_path(directory: Path, items: range) -> Path:
-    return directory / "chunks" / f"items-{items.start:07d}-{items.stop:07d}.parquet"
+def fingerprint(checkpoint: Path, options: DecodeOptions) -> str:
+    """Chunks are reused only for the same checkpoint file and the same decoding choices."""
+    stat = checkpoint.stat()
+    key = (str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns, options.temperature,
+           options.marginals, options.seed)
+    return hashlib.sha256(repr(key).encode()).hexdigest()[:12]
+
+
+def chunk_path(chunk_dir: Path, items: range) -> Path:
+    return chunk_dir / f"items-{items.start:07d}-{items.stop:07d}.parquet"
 
 
 def write_chunk(path: Path, table: pa.Table) -> Path:
@@ -176,9 +186,10 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
         check_no_local_guide_latents(model, guide, items_of(range(min(num_items, 2))), options)
 
     out_dir = run_dir / "decoded" / f"{options.split}-temperature{options.temperature}"
+    chunk_dir = out_dir / f"chunks-{fingerprint(checkpoint, options)}"
     steps = plan_steps(num_items, options.decode_batch_size, world_size)
     pending = _broadcast([s for s, shards in enumerate(steps)
-                          if not all(chunk_path(out_dir, r).exists() for r in shards)]
+                          if not all(chunk_path(chunk_dir, r).exists() for r in shards)]
                          if rank == 0 else None, world_size)
     shard_plates = [model.shard_plate] if world_size > 1 else None
     for step in tqdm(pending, desc=f"decoding {options.split}", unit="chunk",
@@ -189,7 +200,7 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
         pyro.set_rng_seed(options.seed + step)
         decoded = decode_batch(model, guide, batch, temperature=options.temperature,
                                marginals=options.marginals, shard_plates=shard_plates)
-        write_chunk(chunk_path(out_dir, items), to_table(batch, decoded))
+        write_chunk(chunk_path(chunk_dir, items), to_table(batch, decoded))
     if world_size > 1:
         dist.barrier()
 
@@ -200,7 +211,7 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
             outputs.update(transitions=run_dir / "transitions.png",
                            piano_roll=run_dir / "piano_roll_states.png")
     if rank == 0:
-        chunks = [chunk_path(out_dir, r) for shards in steps for r in shards]
+        chunks = [chunk_path(chunk_dir, r) for shards in steps for r in shards]
         merged = pa.concat_tables([pq.read_table(p) for p in chunks])
         write_parquet(merged, outputs["decoded"])
         if options.pictures:

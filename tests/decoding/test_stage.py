@@ -45,7 +45,7 @@ def test_crash_midway_then_resume_gives_identical_output(hmm_run, monkeypatch, t
     run_dir, _ = hmm_run
     reference = pq.read_table(run_decoding(run_dir, OPTIONS)["decoded"])
     out_dir = run_dir / "decoded" / "test-temperature0"
-    for path in (out_dir / "chunks").iterdir():
+    for path in out_dir.glob("chunks-*/*"):
         path.unlink()
     (out_dir / "decoded.parquet").unlink()
 
@@ -60,7 +60,7 @@ def test_crash_midway_then_resume_gives_identical_output(hmm_run, monkeypatch, t
     monkeypatch.setattr(stage, "write_chunk", crash_after_first)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_decoding(run_dir, OPTIONS)
-    files = sorted(p.name for p in (out_dir / "chunks").iterdir())
+    files = sorted(p.name for p in out_dir.glob("chunks-*/*"))
     assert files == [written[0].name]  # no partial or temporary files
     assert not (out_dir / "decoded.parquet").exists()
 
@@ -75,7 +75,7 @@ def test_sampling_is_reproducible(hmm_run):
     run_dir, _ = hmm_run
     options = dict(OPTIONS, temperature=1, pictures=False)
     first = pq.read_table(run_decoding(run_dir, options)["decoded"])
-    for path in (run_dir / "decoded" / "test-temperature1" / "chunks").iterdir():
+    for path in (run_dir / "decoded" / "test-temperature1").glob("chunks-*/*"):
         path.unlink()
     assert pq.read_table(run_decoding(run_dir, options)["decoded"]).equals(first)
 
@@ -147,3 +147,19 @@ def test_command_line(hmm_run, capsys):
     assert "decoded:" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="run_dir"):
         main(["split=test"])
+
+
+def test_other_options_or_a_new_checkpoint_never_reuse_chunks(hmm_run):
+    run_dir, model = hmm_run
+    plain = pq.read_table(run_decoding(run_dir, dict(OPTIONS, pictures=False))["decoded"])
+    assert "x_marginals" not in plain.column_names
+    with_marginals = run_decoding(run_dir, dict(OPTIONS, pictures=False, marginals=True))
+    assert "x_marginals" in pq.read_table(with_marginals["decoded"]).column_names
+    # retrain: same path, other weights
+    other = type(model)(NUM_KEYS, 3, seed=123)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in other.state_dict().items()}},
+               run_dir / "checkpoints" / "last.ckpt")
+    fresh = pq.read_table(run_decoding(run_dir, dict(OPTIONS, pictures=False))["decoded"])
+    test = torch.load(run_dir.parent / "data" / "test.pt")
+    assert fresh.column("x").to_pylist() == pyro_map_states(other, test["sequences"],
+                                                            test["lengths"])
