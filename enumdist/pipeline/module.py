@@ -42,11 +42,14 @@ def apply_pyro_settings(validate: bool) -> None:
 def build_elbo(elbo_factory: Callable[..., Any], model: EnumModel) -> Any:
     """``elbo_factory(max_plate_nesting=..., [shard_plates=[model.shard_plate]])``.
 
-    ``shard_plates`` is passed only to ELBOs that accept it (``enumdist.EnumELBO``).
+    ``shard_plates`` is passed only to ELBOs that accept it (``enumdist.EnumELBO``) and only when
+    several ranks run (``torch.distributed`` initialised with world size > 1).
     """
     target = getattr(elbo_factory, "func", elbo_factory)
     kwargs: dict[str, Any] = {"max_plate_nesting": model.max_plate_nesting}
-    if "shard_plates" in inspect.signature(target).parameters:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+    if distributed and "shard_plates" in inspect.signature(target).parameters:
         kwargs["shard_plates"] = [model.shard_plate]
     return elbo_factory(**kwargs)
 

@@ -31,7 +31,9 @@ def run_cli(*args: str, timeout: float = 240, env: dict | None = None, check: bo
     """``python -m enumdist.train <args>`` in the repo root; returns the CompletedProcess."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "MPLBACKEND": "Agg",
                 "PYTHONPATH": str(ROOT), **(env or {})}
-    result = subprocess.run([sys.executable, "-m", "enumdist.train", SEARCHPATH, *args], cwd=ROOT,
+    flags = [a for a in args if a.startswith("-")]  # hydra wants flags before overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    result = subprocess.run([sys.executable, "-m", "enumdist.train", *flags, SEARCHPATH, *overrides], cwd=ROOT,
                             env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
