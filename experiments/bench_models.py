@@ -1,0 +1,82 @@
+"""The chorale HMM of the benchmark, written three ways (shared by benchmark and tests).
+
+* :func:`loop_model` -- Pyro examples/hmm.py ``model_1`` as a python loop under ``pyro.markov``
+  with a length mask: what ``TraceEnum_ELBO`` / ``EnumELBO`` / ``infer_discrete`` run.
+* :func:`chain_model` -- the same joint, with time as a tensor dim: the chain marginal enters
+  through ``enumdist.engine.chain.chain_factor`` (run it with ``Trace_ELBO``).
+* :func:`naive_forward_loss` -- a hand-written log-sum-exp forward loop under plain autograd.
+
+All three read the parameters ``probs_x [S, S]`` (simplex rows) and ``probs_y [S, K]`` from
+Pyro's param store, with the same initialisation, so their losses and gradients agree.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+
+from enumdist.engine.chain import bernoulli_emission_log_probs, chain_factor
+
+NUM_STATES = 16
+
+
+def params(num_keys: int, num_states: int = NUM_STATES):
+    dtype = torch.get_default_dtype()
+    probs_x = pyro.param(
+        "probs_x",
+        torch.full((num_states, num_states), 1.0 / num_states) + 0.1 * torch.eye(num_states),
+        constraint=dist.constraints.simplex,
+    )
+    generator = torch.Generator().manual_seed(0)
+    probs_y = pyro.param(
+        "probs_y",
+        (torch.rand(num_states, num_keys, generator=generator, dtype=dtype) * 0.5 + 0.2),
+        constraint=dist.constraints.unit_interval,
+    )
+    return probs_x, probs_y
+
+
+def loop_model(sequences, lengths, num_states: int = NUM_STATES):
+    """``x_t ~ Cat(probs_x[x_{t-1}])`` from ``x_{-1} = 0``; ``y_{t,k} ~ Bernoulli(probs_y[x_t, k])``."""
+    num_sequences, max_length, num_keys = sequences.shape
+    probs_x, probs_y = params(num_keys, num_states)
+    keys = pyro.plate("keys", num_keys, dim=-1)
+    with pyro.plate("sequences", num_sequences, dim=-2):
+        x = 0
+        for t in pyro.markov(range(max_length)):
+            with poutine.mask(mask=(t < lengths).unsqueeze(-1)):
+                x = pyro.sample(f"x_{t}", dist.Categorical(probs_x[x]),
+                                infer={"enumerate": "parallel"})
+                with keys:
+                    pyro.sample(f"y_{t}", dist.Bernoulli(probs_y[x.squeeze(-1)]),
+                                obs=sequences[:, t])
+
+
+def chain_inputs(sequences, num_states: int = NUM_STATES):
+    """``(init_logits [S], trans_logits [S, S], emission_log_probs [N, T, S])`` of the model."""
+    probs_x, probs_y = params(sequences.shape[-1], num_states)
+    log_trans = probs_x.log()
+    return log_trans[0], log_trans, bernoulli_emission_log_probs(sequences, probs_y)
+
+
+def chain_model(sequences, lengths, num_states: int = NUM_STATES, method: str = "sequential"):
+    """The same joint as :func:`loop_model`, marginalised by the fused chain path."""
+    init_logits, trans_logits, emissions = chain_inputs(sequences, num_states)
+    with pyro.plate("sequences", sequences.shape[0], dim=-1):
+        chain_factor("chain", init_logits, trans_logits, emissions, lengths, method)
+
+
+def empty_guide(*args, **kwargs):
+    pass
+
+
+def naive_forward_loss(sequences, lengths, num_states: int = NUM_STATES):
+    """``-sum_n log p(y_n)`` by a log-sum-exp loop, differentiated by autograd step by step."""
+    init_logits, trans_logits, emissions = chain_inputs(sequences, num_states)
+    alpha = init_logits + emissions[:, 0]
+    for t in range(1, sequences.shape[1]):
+        new = torch.logsumexp(alpha.unsqueeze(-1) + trans_logits, dim=-2) + emissions[:, t]
+        alpha = torch.where((t < lengths).unsqueeze(-1), new, alpha)
+    return -torch.logsumexp(alpha, dim=-1).sum()
