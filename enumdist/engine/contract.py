@@ -50,7 +50,8 @@ LOCAL = LocalPlates()
 
 
 def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
-    """Run ``plan`` on input ``tensors`` (ordered as the plan's structure).
+    """Run ``plan`` on input ``tensors`` (ordered as the plan's structure; tensors or lazy
+    factors from ``lazy.py``, which a plate product can reduce without materialising).
 
     Returns the plan's output terms as ``(tensor, dims, ordinal)``; appends ``(step, product)``
     to ``tape`` for every eliminated variable when a list is given.
@@ -60,7 +61,9 @@ def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
         if isinstance(step, SumStep):
             x = None
             for slot, dims in zip(step.inputs, step.input_dims):
-                term = align(slots[slot], dims, step.all_dims)
+                term = slots[slot]
+                term = term if torch.is_tensor(term) else term.tensor  # materialise lazy factors
+                term = align(term, dims, step.all_dims)
                 x = term if x is None else x + term
                 if tape is None:
                     slots[slot] = None  # free intermediates as soon as they are used

@@ -68,7 +68,7 @@ def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL):
         return {}
     tape = []
     plan = plan_for(problem, problem.log_factors)
-    contract(plan, [t.factor.tensor for t in problem.log_factors], semiring, plates, tape)
+    contract(plan, [t.factor.data for t in problem.log_factors], semiring, plates, tape)
     decided = backtrack(tape, semiring, problem_sizes(problem), plates)
     return {
         name: value_of(problem.vars[name], *decided[name], problem.plates)

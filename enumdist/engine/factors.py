@@ -27,6 +27,22 @@ class Factor:
     def sizes(self) -> dict[str, int]:
         return dict(zip(self.dims, self.tensor.shape))
 
+    @property
+    def data(self):
+        """What the contraction consumes: the tensor (lazy factors hand over themselves)."""
+        return self.tensor
+
+    def element_size(self) -> int:
+        return self.tensor.element_size()
+
+
+def compact(tensor: torch.Tensor) -> torch.Tensor:
+    """Undo ``expand``: keep one slice of every broadcast (stride-0) dimension."""
+    for dim, (size, stride) in enumerate(zip(tensor.shape, tensor.stride())):
+        if stride == 0 and size > 1:
+            tensor = tensor.narrow(dim, 0, 1)
+    return tensor
+
 
 def align(tensor: torch.Tensor, dims: tuple[str, ...], target: tuple[str, ...]) -> torch.Tensor:
     """View ``tensor`` (named by ``dims``) broadcastably against the dims ``target``.

@@ -31,7 +31,7 @@ def plan_for(problem, terms, memory_budget=None):
     sizes = problem_sizes(problem)
     plan = cached_plan(structure, sizes, problem.sum_vars, problem.plates.keys())
     if memory_budget is not None and terms:
-        itemsize = terms[0].factor.tensor.element_size()
+        itemsize = terms[0].factor.element_size()
         dims, numel = plan.largest
         if numel * itemsize > memory_budget:
             raise MemoryBudgetError(
@@ -64,7 +64,7 @@ def contracted_terms(problem, plates=LOCAL, memory_budget=None):
     if not problem.log_factors:
         return []
     plan = plan_for(problem, problem.log_factors, memory_budget)
-    tensors = [t.factor.tensor for t in problem.log_factors]
+    tensors = [t.factor.data for t in problem.log_factors]
     return contract(plan, tensors, LOG_SUM, plates)
 
 

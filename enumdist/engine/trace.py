@@ -18,13 +18,15 @@ import numbers
 from dataclasses import dataclass, field
 
 import torch
+import pyro.distributions as dist
 import pyro.poutine as poutine
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
 from enumdist.engine.errors import EnumerationError, MemoryBudgetError, ModelStructureError
-from enumdist.engine.factors import Factor, name_dims
+from enumdist.engine.factors import Factor, compact, name_dims
+from enumdist.engine.lazy import lazy_log_prob
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,38 @@ def _plates_of(site) -> tuple[frozenset, dict[int, str], dict[str, Plate]]:
     return frozenset(plates), {f.dim: f.name for f in frames}, plates
 
 
+# Distributions whose parameters are their only state: rebuilding one from compact parameters
+# gives the same log-prob, elementwise.
+_COMPACTABLE = {
+    dist.Bernoulli: ("probs", "logits"),
+    dist.Categorical: ("probs", "logits"),
+    dist.Normal: ("loc", "scale"),
+    dist.Poisson: ("rate",),
+}
+
+
+def _compact_distribution(fn):
+    """``fn`` rebuilt from un-expanded parameters, or None when that is not known to be exact.
+
+    Plates expand a site's distribution to the full batch shape; evaluating e.g. Bernoulli
+    logits on that expanded view would compute ``log`` once per plate element instead of once
+    per distinct parameter. This is the hot spot of emission sites in plates.
+    """
+    names = _COMPACTABLE.get(type(fn))
+    if names is None:
+        return None
+    if hasattr(fn, "_param"):  # probs- or logits-parameterised: keep the one it was built with
+        names = tuple(n for n in names if fn.__dict__.get(n) is fn._param)
+    params = {n: fn.__dict__[n] for n in names if n in fn.__dict__}
+    if not params or all(0 not in p.stride() for p in params.values()):
+        return None
+    return type(fn)(**{n: compact(p) for n, p in params.items()}, validate_args=False)
+
+
 def _log_prob(site) -> torch.Tensor:
-    return site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    fn = site["fn"]
+    compact = _compact_distribution(fn) if not site["args"] and not site["kwargs"] else None
+    return (compact or fn).log_prob(site["value"], *site["args"], **site["kwargs"])
 
 
 def _mask(log_prob: torch.Tensor, mask) -> torch.Tensor:
@@ -321,6 +353,11 @@ def build_problem(
             factor = name_dims(log_p, dim_names, describe=describe,
                                singleton_names=_singleton_plates(site))
             problem.log_factors.append(ModelTerm(name, factor, ordinal, site["scale"]))
+            continue
+        singletons = _singleton_plates(site)
+        lazy = lazy_log_prob(site, dim_names, describe, singletons)
+        if lazy is not None and sum_vars.intersection(lazy.dims):
+            problem.log_factors.append(ModelTerm(name, lazy, ordinal, site["scale"]))
             continue
         masked = _mask(_log_prob(site), site["mask"])
         factor = name_dims(masked, dim_names, describe=describe,

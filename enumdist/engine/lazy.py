@@ -1,0 +1,106 @@
+"""Lazy factors: a site's log-prob kept as its parts, so a product over plates becomes a matmul.
+
+An observed emission inside plates (notes of a piano roll given the hidden state) is the largest
+tensor of an HMM step: ``states x sequences x keys``. It is only ever summed over ``keys``
+before anything else touches it. For a Bernoulli,
+``log p(y | logits) = y * logits - softplus(logits)``, so that sum is an einsum of the small
+parts (``sequences x keys`` data, ``states x keys`` logits) and the big tensor is never built.
+
+A lazy factor offers ``dims``, ``sizes`` and ``sum(dim=...)`` like a named tensor, and
+``tensor`` to materialise it when a step needs the full product. Rules are registered per
+distribution type in :data:`RULES`; a site whose distribution has no rule is evaluated eagerly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import pyro.distributions as dist
+
+from torch.distributions.utils import probs_to_logits
+
+from enumdist.engine.factors import align, compact, name_dims
+
+
+class LazyBernoulliLogProb:
+    """Masked ``log Bernoulli(value | logits)`` as (logits, value, mask), each a named tensor."""
+
+    def __init__(self, logits, value, mask):
+        self.parts = [p for p in (logits, value, mask) if p is not None]
+        self.logits, self.value, self.mask = logits, value, mask
+        dims = {}
+        for part in self.parts:
+            dims.update(dict.fromkeys(part.dims))
+        self.dims = tuple(dims)
+        self.sizes = {}
+        for part in self.parts:
+            self.sizes.update(part.sizes)
+
+    def element_size(self) -> int:
+        return self.logits.tensor.element_size()
+
+    @property
+    def data(self):
+        return self
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        logits = align(self.logits.tensor, self.logits.dims, self.dims)
+        value = align(self.value.tensor, self.value.dims, self.dims)
+        log_p = value * logits - F.softplus(logits)
+        if self.mask is not None:
+            log_p = torch.where(align(self.mask.tensor, self.mask.dims, self.dims), log_p,
+                                log_p.new_zeros(()))
+        return log_p.expand(tuple(self.sizes[d] for d in self.dims))
+
+    def sum(self, dim) -> torch.Tensor:
+        """Sum over the dims at positions ``dim`` (plates), without building the product."""
+        reduced = {self.dims[i] for i in dim}
+        out_dims = tuple(d for d in self.dims if d not in reduced)
+        letters = {d: chr(ord("a") + i) for i, d in enumerate(self.dims)}
+
+        def einsum(parts):
+            present = {d for p in parts for d in p[1]}
+            spec = ",".join("".join(letters[d] for d in dims) for _, dims in parts)
+            kept = tuple(d for d in out_dims if d in present)
+            out = torch.einsum(f"{spec}->{''.join(letters[d] for d in kept)}",
+                               *[t for t, _ in parts])
+            missing = math.prod(self.sizes[d] for d in reduced if d not in present)
+            out = out * missing if missing != 1 else out
+            return align(out, kept, out_dims)
+
+        mask = [] if self.mask is None else [(self.mask.tensor.to(self.logits.tensor.dtype),
+                                              self.mask.dims)]
+        linear = einsum([(self.value.tensor, self.value.dims),
+                         (self.logits.tensor, self.logits.dims)] + mask)
+        normaliser = einsum([(F.softplus(self.logits.tensor), self.logits.dims)] + mask)
+        return (linear - normaliser).expand(tuple(self.sizes[d] for d in out_dims))
+
+
+def _bernoulli(fn, value, mask, dim_names, describe, singleton_names):
+    if mask is False:
+        return None
+    if fn.__dict__.get("logits") is fn._param:
+        logits = compact(fn.logits)
+    else:
+        logits = probs_to_logits(compact(fn.probs), is_binary=True)
+
+    def named(tensor):
+        return name_dims(tensor, dim_names, describe=describe, singleton_names=singleton_names)
+
+    mask_factor = None if mask is None or mask is True else named(mask)
+    return LazyBernoulliLogProb(named(logits), named(value.to(logits.dtype)), mask_factor)
+
+
+#: distribution type -> rule(fn, value, mask, dim_names, describe, singleton_names) -> lazy|None
+RULES = {dist.Bernoulli: _bernoulli}
+
+
+def lazy_log_prob(site, dim_names, describe, singleton_names):
+    """A lazy masked log-prob for ``site`` if a rule applies, else None (evaluate eagerly)."""
+    rule = RULES.get(type(site["fn"]))
+    if rule is None or site["args"] or site["kwargs"] or not site["is_observed"]:
+        return None
+    return rule(site["fn"], site["value"], site["mask"], dim_names, describe, singleton_names)
