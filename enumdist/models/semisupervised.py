@@ -33,7 +33,9 @@ class SemiSupervisedClassifier(EnumModel):
     shard_plate = "data"
     max_plate_nesting = 1
 
-    def __init__(self, num_features: int, num_classes: int, seed: int = 0):
+    def __init__(self, num_features: int, num_classes: int, seed: int = 0, min_scale: float = 0.1):
+        """``min_scale`` floors the class scales: a feature that is constant within a class
+        (digits' blank pixels) would otherwise drive its scale, and the likelihood, to infinity."""
         super().__init__()
         self.num_features = num_features
         self.num_classes = num_classes
@@ -42,7 +44,8 @@ class SemiSupervisedClassifier(EnumModel):
         self.class_probs = PyroParam(torch.full((num_classes,), 1.0 / num_classes),
                                      constraints.simplex)
         self.locs = PyroParam(locs)
-        self.scales = PyroParam(torch.ones(num_classes, num_features), constraints.positive)
+        self.scales = PyroParam(torch.ones(num_classes, num_features),
+                                constraints.greater_than(min_scale))
 
     def num_observations(self, batch):
         return int(batch["features"].shape[0])
