@@ -73,24 +73,66 @@ def _log_identity(s: int, like: torch.Tensor) -> torch.Tensor:
 # recursion run on reversed time with A transposed and the emission moved to `pre`.
 
 
-def _sequential_messages(v0, trans, pre, post, valid):
-    """All messages ``[N, T, S]`` by ``T - 1`` vector-matrix products (depth ``T``)."""
-    shift = trans.amax(dim=(-2, -1), keepdim=True)  # [T|1, 1, 1]
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros((), dtype=shift.dtype))
-    probs = torch.exp(trans - shift)
-    homogeneous = trans.shape[0] == 1
-    out = v0.new_empty(v0.shape[0], valid.shape[1], v0.shape[1])
-    out[:, 0] = v = v0
-    for t in range(1, valid.shape[1]):
-        i = 0 if homogeneous else t
-        x = v if pre is None else v + pre[:, t]
-        m = _finite_max(x, -1)
-        new = torch.log(torch.exp(x - m) @ probs[i]) + (m + shift[i, 0])
-        if post is not None:
-            new = new + post[:, t]
-        v = torch.where(valid[:, t, None], new, v)
-        out[:, t] = v
-    return out
+def _scaled(x: torch.Tensor):
+    """``(h, c)`` with ``x = log h + c[..., None]`` and ``max h = 1`` along the last dim."""
+    c = _finite_max(x, -1)
+    return torch.exp(x - c), c.squeeze(-1)
+
+
+def _sequential_forward(init_logits, probs, shift, scaled_emissions, emission_max, valid):
+    """Forward messages ``alpha`` as ``(h [N, T, S], c [N, T])``, ``alpha = log h + c``.
+
+    Scaled probability space: each message is normalised to sum one and its log-norm kept in
+    ``c``, so a step is one matmul and three small elementwise ops. Rows must be sorted by
+    length, longest first: the sequences still running at step ``t`` are then a prefix, and
+    finished ones simply keep their last message.
+    """
+    n, t_total = valid.shape
+    counts = valid.sum(0).tolist()
+    h_init, c_init = _scaled(init_logits)
+    h = h_init * scaled_emissions[:, 0]
+    norms = torch.ones_like(emission_max)
+    norms[:, 0] = h.sum(-1)
+    h = h / norms[:, :1]
+    out = h.new_empty(n, t_total, h.shape[-1])
+    out[:, 0] = h
+    homogeneous = probs.shape[0] == 1
+    for t in range(1, t_total):
+        k = counts[t]
+        if k:
+            u = (h[:k] @ probs[0 if homogeneous else t]) * scaled_emissions[:k, t]
+            z = u.sum(-1, keepdim=True)
+            h[:k] = u / z
+            norms[:k, t] = z.squeeze(-1)
+        out[:, t] = h
+    steps = torch.where(valid, emission_max + shift.reshape(-1), torch.zeros((), dtype=h.dtype))
+    steps[:, 0] = emission_max[:, 0] + c_init
+    return out, torch.cumsum(steps + torch.log(norms), dim=1)
+
+
+def _sequential_backward(probs, shift, scaled_emissions, emission_max, valid):
+    """Backward messages ``beta`` (``log p(y_{>t} | x_t)``) as ``(h, c)``; rows sorted as in
+    :func:`_sequential_forward`. ``beta_{t-1} = A_t (x) (e_t + beta_t)``, run from the end."""
+    n, t_total = valid.shape
+    counts = valid.sum(0).tolist()
+    h = scaled_emissions.new_ones(n, scaled_emissions.shape[-1])
+    out = h.new_empty(n, t_total, h.shape[-1])
+    out[:, -1] = h
+    norms = torch.ones_like(emission_max)
+    homogeneous = probs.shape[0] == 1
+    for t in range(t_total - 1, 0, -1):
+        k = counts[t]
+        if k:
+            u = (h[:k] * scaled_emissions[:k, t]) @ probs[0 if homogeneous else t].T
+            z = u.sum(-1, keepdim=True)
+            h[:k] = u / z
+            norms[:k, t - 1] = z.squeeze(-1)
+        out[:, t - 1] = h
+    steps = torch.where(valid, emission_max + shift.reshape(-1), torch.zeros((), dtype=h.dtype))
+    increments = torch.log(norms[:, :-1]) + steps[:, 1:]  # beta_{t-1} - beta_t, t = 1..T-1
+    c = torch.zeros_like(emission_max)
+    c[:, :-1] = increments.flip(1).cumsum(1).flip(1)
+    return out, c
 
 
 def _step_matrices(trans, pre, post, valid, steps):
@@ -155,7 +197,7 @@ def _scan_messages(v0, trans, pre, post, valid, block=None):
     return torch.cat([v0[:, None], out], dim=1)
 
 
-_MESSAGES = {"sequential": _sequential_messages, "scan": _scan_messages}
+METHODS = ("sequential", "scan")
 
 
 # -- log-likelihood with its own adjoint -------------------------------------------------------
@@ -179,58 +221,76 @@ def _prepare(init_logits, trans_logits, emission_log_probs, lengths):
     return valid
 
 
-def _backward_messages(trans, emissions, valid, messages):
-    """``log beta [N, T, S]``: the forward recursion on reversed time, transposed."""
-    t = valid.shape[1]
+def _scan_backward(trans, emissions, valid):
+    """``log beta [N, T, S]`` by the scan: the forward recursion on reversed time, transposed."""
     rev = lambda x: torch.cat([x[:, :1], x[:, 1:].flip(1)], dim=1)  # noqa: E731  index s -> T-s
     trans_rev = trans.transpose(-1, -2)
     if trans.shape[0] != 1:
         trans_rev = torch.cat([trans_rev[:1], trans_rev[1:].flip(0)], dim=0)
     v0 = emissions.new_zeros(emissions.shape[0], emissions.shape[2])
-    beta_rev = messages(v0, trans_rev, rev(emissions), None, rev(valid))
-    return beta_rev.flip(1) if t > 1 else beta_rev
+    return _scan_messages(v0, trans_rev, rev(emissions), None, rev(valid)).flip(1)
+
+
+def _transition_probs(trans):
+    """``(exp(A - shift), shift [T|1, 1, 1])``: per-step shifted transition probabilities."""
+    shift = _finite_max(trans.flatten(-2), -1).unsqueeze(-1)
+    return torch.exp(trans - shift), shift
 
 
 class _ChainLogZ(torch.autograd.Function):
-    """``log Z_n`` with a forward-backward adjoint; saves ``O(N·T·S)`` (the forward messages)."""
+    """``log Z_n`` with a forward-backward adjoint; saves ``O(N·T·S)`` (scaled forward messages
+    and emissions). Rows must be sorted by length, longest first (see ``_sorted``)."""
 
     @staticmethod
     def forward(ctx, init_logits, trans_logits, emissions, valid, method):
         trans = trans_logits if trans_logits.dim() == 3 else trans_logits.unsqueeze(0)
-        messages = _MESSAGES[method]
-        alpha = messages(init_logits + emissions[:, 0], trans, None, emissions, valid)
-        log_z = torch.logsumexp(alpha[:, -1], dim=-1)
-        ctx.save_for_backward(trans_logits, emissions, valid, alpha, log_z)
+        probs, shift = _transition_probs(trans)
+        scaled_emissions, emission_max = _scaled(emissions)
+        if method == "sequential":
+            h, c = _sequential_forward(init_logits, probs, shift, scaled_emissions,
+                                       emission_max, valid)
+        else:
+            h, c = _scaled(_scan_messages(init_logits + emissions[:, 0], trans, None, emissions,
+                                          valid))
+        log_z = torch.log(h[:, -1].sum(-1)) + c[:, -1]
+        ctx.save_for_backward(trans_logits, emissions, valid, h, c, log_z)
         ctx.method = method
         return log_z
 
     @staticmethod
     def backward(ctx, grad):
-        trans_logits, emissions, valid, alpha, log_z = ctx.saved_tensors
+        trans_logits, emissions, valid, h_alpha, c_alpha, log_z = ctx.saved_tensors
         trans = trans_logits if trans_logits.dim() == 3 else trans_logits.unsqueeze(0)
-        beta = _backward_messages(trans, emissions, valid, _MESSAGES[ctx.method])
-        weight = torch.where(valid, grad.unsqueeze(-1), torch.zeros((), dtype=grad.dtype))
-        # posterior marginals gamma_t = exp(alpha_t + beta_t - log Z)
-        gamma = torch.exp(alpha + beta - log_z[:, None, None]) * weight.unsqueeze(-1)
-        grad_init = gamma[:, 0].sum(0)
-        # pairwise: xi_t[i, j] = exp(alpha_{t-1}[i] + A_t[i, j] + e_t[j] + beta_t[j] - log Z)
-        left = alpha[:, :-1]
-        right = emissions[:, 1:] + beta[:, 1:]
-        ml, mr = _finite_max(left, -1), _finite_max(right, -1)
-        shift = trans.amax(dim=(-2, -1), keepdim=True)
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros((), dtype=shift.dtype))
-        if trans.shape[0] == 1:
-            scale = ml + mr - log_z[:, None, None] + shift[0]
-            w = torch.exp(scale) * weight[:, 1:, None]
-            a = (torch.exp(left - ml) * w).reshape(-1, left.shape[-1])
-            b = torch.exp(right - mr).reshape(-1, right.shape[-1])
-            grad_trans = (a.T @ b) * torch.exp(trans[0] - shift[0])
+        probs, shift = _transition_probs(trans)
+        scaled_emissions, emission_max = _scaled(emissions)
+        if ctx.method == "sequential":
+            h_beta, c_beta = _sequential_backward(probs, shift, scaled_emissions, emission_max,
+                                                  valid)
         else:
-            scale = ml + mr - log_z[:, None, None] + shift[1:, 0].unsqueeze(0)
-            w = torch.exp(scale) * weight[:, 1:, None]
-            pair = torch.einsum("nti,ntj->tij", torch.exp(left - ml) * w, torch.exp(right - mr))
-            grad_trans = torch.cat([torch.zeros_like(trans[:1]), pair * torch.exp(trans[1:] - shift[1:])])
-        return grad_init, grad_trans.reshape(trans_logits.shape), gamma, None, None
+            h_beta, c_beta = _scaled(_scan_backward(trans, emissions, valid))
+        weight = torch.where(valid, grad.unsqueeze(-1), torch.zeros((), dtype=grad.dtype))
+        # posterior marginals gamma_t = exp(alpha_t + beta_t - log Z) = d log Z / d e_t
+        gamma = h_alpha * h_beta * (torch.exp(c_alpha + c_beta - log_z[:, None]) * weight)[..., None]
+        # pairwise xi_t[i, j] = exp(alpha_{t-1}[i] + A_t[i, j] + e_t[j] + beta_t[j] - log Z)
+        scale = c_alpha[:, :-1] + emission_max[:, 1:] + c_beta[:, 1:] - log_z[:, None]
+        if trans.shape[0] == 1:
+            w = torch.exp(scale + shift.reshape(())) * weight[:, 1:]
+            left = (h_alpha[:, :-1] * w[..., None]).reshape(-1, h_alpha.shape[-1])
+            right = (scaled_emissions[:, 1:] * h_beta[:, 1:]).reshape(-1, h_beta.shape[-1])
+            grad_trans = (left.T @ right) * probs[0]
+        else:
+            w = torch.exp(scale + shift[1:].reshape(1, -1)) * weight[:, 1:]
+            pair = torch.einsum("nti,ntj->tij", h_alpha[:, :-1] * w[..., None],
+                                scaled_emissions[:, 1:] * h_beta[:, 1:])
+            grad_trans = torch.cat([torch.zeros_like(trans[:1]), pair * probs[1:]])
+        return gamma[:, 0].sum(0), grad_trans.reshape(trans_logits.shape), gamma, None, None
+
+
+def _sorted(lengths):
+    """Permutation putting the longest sequences first (``None`` if already so)."""
+    if bool((lengths[:-1] >= lengths[1:]).all()):
+        return None
+    return torch.argsort(lengths, descending=True, stable=True)
 
 
 def chain_log_likelihood(init_logits, trans_logits, emission_log_probs, lengths=None,
@@ -241,10 +301,15 @@ def chain_log_likelihood(init_logits, trans_logits, emission_log_probs, lengths=
     ``method``: ``"sequential"`` (fastest for short chains / many sequences) or ``"scan"``
     (associative scan, ``O(sqrt T + log T)`` depth, for long chains).
     """
-    if method not in _MESSAGES:
-        raise ValueError(f"method must be one of {sorted(_MESSAGES)}, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     valid = _prepare(init_logits, trans_logits, emission_log_probs, lengths)
-    return _ChainLogZ.apply(init_logits, trans_logits, emission_log_probs, valid, method)
+    order = _sorted(valid.sum(1))
+    if order is None:
+        return _ChainLogZ.apply(init_logits, trans_logits, emission_log_probs, valid, method)
+    log_z = _ChainLogZ.apply(init_logits, trans_logits, emission_log_probs[order], valid[order],
+                             method)
+    return log_z[torch.argsort(order)]
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -296,8 +361,12 @@ def chain_sample(init_logits, trans_logits, emission_log_probs, lengths=None, ge
     LongTensor ``[N, T]``; steps ``t >= lengths[n]`` are 0 (as in :func:`chain_map`)."""
     valid = _prepare(init_logits, trans_logits, emission_log_probs, lengths)
     trans = trans_logits if trans_logits.dim() == 3 else trans_logits.unsqueeze(0)
-    alpha = _sequential_messages(init_logits + emission_log_probs[:, 0], trans, None,
-                                 emission_log_probs, valid)
+    order = _sorted(valid.sum(1))
+    order = torch.arange(valid.shape[0]) if order is None else order
+    probs, shift = _transition_probs(trans)
+    h, _ = _sequential_forward(init_logits, probs, shift, *_scaled(emission_log_probs[order]),
+                               valid[order])
+    alpha = torch.log(h)[torch.argsort(order)]  # per-row constants do not matter below
     n, t_total, s = emission_log_probs.shape
 
     def draw(logits):

@@ -10,8 +10,10 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from enumdist.engine.chain import (
     _prepare,
+    _scaled,
     _scan_messages,
-    _sequential_messages,
+    _sequential_forward,
+    _transition_probs,
     chain_log_likelihood,
     chain_map,
     chain_sample,
@@ -86,10 +88,24 @@ def test_scan_messages_equal_sequential(block):
     n, t, s = 2, 300, 4
     init, trans, emissions = torch.randn(s), torch.randn(1, s, s), torch.randn(n, t, s)
     valid = _prepare(init, trans[0], emissions, torch.tensor([300, 137]))
-    v0 = init + emissions[:, 0]
-    expected = _sequential_messages(v0, trans, None, emissions, valid)
-    actual = _scan_messages(v0, trans, None, emissions, valid, block=block)
+    h, c = _sequential_forward(init, *_transition_probs(trans), *_scaled(emissions), valid)
+    expected = torch.log(h) + c[..., None]
+    actual = _scan_messages(init + emissions[:, 0], trans, None, emissions, valid, block=block)
     assert torch.allclose(actual, expected, rtol=1e-10)
+
+
+def test_long_chain_scan_equals_sequential_with_grads():
+    torch.manual_seed(0)
+    n, t, s = 3, 500, 4
+    args = [torch.randn(s), torch.randn(s, s), torch.randn(n, t, s)]
+    lengths = torch.tensor([137, 500, 499])
+    results = []
+    for method in ("sequential", "scan"):
+        leaves = [a.clone().requires_grad_() for a in args]
+        log_z = chain_log_likelihood(*leaves, lengths, method)
+        results.append([log_z, *torch.autograd.grad(log_z.sum(), leaves)])
+    for seq, scan in zip(*results):
+        assert torch.allclose(seq, scan, rtol=1e-9, atol=1e-10)
 
 
 def test_chain_map_equals_pyro_infer_discrete():
