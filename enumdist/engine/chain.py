@@ -90,21 +90,26 @@ def _sequential_forward(init_logits, probs, shift, scaled_emissions, emission_ma
     n, t_total = valid.shape
     counts = valid.sum(0).tolist()
     h_init, c_init = _scaled(init_logits)
-    h = h_init * scaled_emissions[:, 0]
-    norms = torch.ones_like(emission_max)
-    norms[:, 0] = h.sum(-1)
-    h = h / norms[:, :1]
-    out = h.new_empty(n, t_total, h.shape[-1])
-    out[:, 0] = h
-    homogeneous = probs.shape[0] == 1
+    # time-major copies: every per-step slice below is contiguous (much cheaper on CPU)
+    emissions_by_step = scaled_emissions.transpose(0, 1).contiguous()
+    out = emissions_by_step.new_empty(emissions_by_step.shape)
+    norms = torch.ones_like(emission_max.T)
+    ones = out.new_ones(out.shape[-1], 1)  # row sums as a matmul: faster than sum(-1) here
+    h = h_init * emissions_by_step[0]
+    z = h @ ones
+    h = h / z
+    norms[0] = z.squeeze(-1)
+    out[0] = h
+    step_probs = [probs[0]] * t_total if probs.shape[0] == 1 else list(probs)
     for t in range(1, t_total):
         k = counts[t]
         if k:
-            u = (h[:k] @ probs[0 if homogeneous else t]) * scaled_emissions[:k, t]
-            z = u.sum(-1, keepdim=True)
-            h[:k] = u / z
-            norms[:k, t] = z.squeeze(-1)
-        out[:, t] = h
+            u = (h[:k] @ step_probs[t]).mul_(emissions_by_step[t, :k])
+            z = u @ ones
+            h[:k] = u.div_(z)
+            norms[t, :k] = z.squeeze(-1)
+        out[t] = h
+    out, norms = out.transpose(0, 1), norms.T
     steps = torch.where(valid, emission_max + shift.reshape(-1), torch.zeros((), dtype=h.dtype))
     steps[:, 0] = emission_max[:, 0] + c_init
     return out, torch.cumsum(steps + torch.log(norms), dim=1)
@@ -115,19 +120,23 @@ def _sequential_backward(probs, shift, scaled_emissions, emission_max, valid):
     :func:`_sequential_forward`. ``beta_{t-1} = A_t (x) (e_t + beta_t)``, run from the end."""
     n, t_total = valid.shape
     counts = valid.sum(0).tolist()
-    h = scaled_emissions.new_ones(n, scaled_emissions.shape[-1])
-    out = h.new_empty(n, t_total, h.shape[-1])
-    out[:, -1] = h
-    norms = torch.ones_like(emission_max)
-    homogeneous = probs.shape[0] == 1
+    emissions_by_step = scaled_emissions.transpose(0, 1).contiguous()
+    out = emissions_by_step.new_empty(emissions_by_step.shape)
+    norms = torch.ones_like(emission_max.T)
+    ones = out.new_ones(out.shape[-1], 1)
+    h = out.new_ones(n, out.shape[-1])
+    out[-1] = h
+    step_probs_t = [probs[0].T.contiguous()] * t_total if probs.shape[0] == 1 else list(
+        probs.transpose(-1, -2).contiguous())
     for t in range(t_total - 1, 0, -1):
         k = counts[t]
         if k:
-            u = (h[:k] * scaled_emissions[:k, t]) @ probs[0 if homogeneous else t].T
-            z = u.sum(-1, keepdim=True)
-            h[:k] = u / z
-            norms[:k, t - 1] = z.squeeze(-1)
-        out[:, t - 1] = h
+            u = (h[:k] * emissions_by_step[t, :k]) @ step_probs_t[t]
+            z = u @ ones
+            h[:k] = u.div_(z)
+            norms[t - 1, :k] = z.squeeze(-1)
+        out[t - 1] = h
+    out, norms = out.transpose(0, 1), norms.T
     steps = torch.where(valid, emission_max + shift.reshape(-1), torch.zeros((), dtype=h.dtype))
     increments = torch.log(norms[:, :-1]) + steps[:, 1:]  # beta_{t-1} - beta_t, t = 1..T-1
     c = torch.zeros_like(emission_max)
