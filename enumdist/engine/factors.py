@@ -90,3 +90,17 @@ def name_dims(
         names.append(name)
         sizes.append(size)
     return Factor(tensor.reshape(sizes), tuple(names))
+
+
+def expand_plates(factor, plate_sizes: dict[str, int]) -> Factor:
+    """``factor`` with a dim for every plate in ``plate_sizes`` (broadcast views where missing).
+
+    Lazy factors are materialised first.
+    """
+    missing = [p for p in sorted(plate_sizes) if p not in factor.dims]
+    if not missing:
+        return factor
+    tensor = factor.tensor
+    for name in missing:
+        tensor = tensor.unsqueeze(-1).expand(tensor.shape + (plate_sizes[name],))
+    return Factor(tensor, tuple(factor.dims) + tuple(missing))

@@ -15,6 +15,7 @@ import pyro.distributions as dist
 
 from enumdist.engine import trace as trace_stage
 from enumdist.engine.contract import LOCAL, contract
+from enumdist.engine.factors import expand_plates
 from enumdist.engine.layout import to_pyro_layout
 from enumdist.engine.loss import full_sum, plan_for, problem_sizes
 from enumdist.engine.semiring import LOG_SUM
@@ -29,7 +30,10 @@ def compute_marginals(elbo, model, guide, args, kwargs, plates=LOCAL):
     plates.prepare(problem)
     if any(v.in_guide for v in problem.vars.values()):
         raise NotImplementedError("compute_marginals() does not support guide-side enumeration")
-    leaves = [t.factor.tensor.detach().requires_grad_() for t in problem.log_factors]
+    # Each leaf carries all its plates: d log Z / d leaf is then a per-element posterior.
+    for term in problem.log_factors:
+        term.factor = expand_plates(term.factor, {p: problem.plates[p].size for p in term.ordinal})
+    leaves = [t.factor.tensor.detach().contiguous().requires_grad_() for t in problem.log_factors]
     plan = plan_for(problem, problem.log_factors, elbo.memory_budget)
     sizes = problem_sizes(problem)
     with torch.enable_grad():
@@ -44,10 +48,6 @@ def compute_marginals(elbo, model, guide, args, kwargs, plates=LOCAL):
         probs = grad.sum(dim=[i for i, d in enumerate(dims) if d not in keep]) if len(keep) < len(
             dims) else grad
         kept = tuple(d for d in dims if d in keep)
-        missing = [p for p in sorted(var.ordinal) if p not in kept]
-        for p in missing:  # a plate the factor broadcasts over: same marginal everywhere
-            probs = probs.unsqueeze(-1).expand(probs.shape + (sizes[p],))
-            kept = kept + (p,)
         plate_dims = tuple(d for d in kept if d != name)
         probs = probs.movedim(kept.index(name), -1)
         probs = to_pyro_layout(probs, plate_dims, problem.plates, trailing=1)

@@ -34,6 +34,7 @@ import torch.distributed as tdist
 
 from enumdist.engine.contract import LocalPlates
 from enumdist.engine.errors import EnumerationError, ModelStructureError, ShardError
+from enumdist.engine.factors import expand_plates
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -103,6 +104,8 @@ class ShardedPlates(LocalPlates):
         error, result = None, None
         try:
             result = fn()
+            if hasattr(result, "log_factors"):
+                self.canonicalise(result)
             signature = structure_signature(result, self.shard)
         except Exception as exc:  # noqa: BLE001 - reported to all ranks below
             error, signature = exc, ""
@@ -122,6 +125,17 @@ class ShardedPlates(LocalPlates):
             tdist.all_gather_object(summaries, signature, group=self.group)
             raise ModelStructureError(describe_mismatch(summaries, self.rank))
         return result
+
+    def canonicalise(self, problem) -> None:
+        """Give every term inside a shard plate that plate's dim, on every rank.
+
+        A factor may broadcast over a plate (its dim dropped) on one rank and not on another
+        (e.g. a one-item shard); the elimination plan, and so the sequence of all-reduces, must
+        not depend on that.
+        """
+        for term in problem.log_factors + problem.costs + problem.guide_costs:
+            shard = {p: problem.plates[p].size for p in self.shard & term.ordinal}
+            term.factor = expand_plates(term.factor, shard)
 
     def prepare(self, problem) -> None:
         """Check the shard plates exist and rescale subsampled ones to the union of ranks."""
