@@ -41,11 +41,14 @@ def _probs(marginal) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_batch(model: EnumModel, guide, batch: dict, *, temperature: int = 0,
-                 marginals: bool = False, shard_plates: list[str] | None = None
-                 ) -> dict[str, torch.Tensor]:
+                 marginals: bool = False, shard_plates: list[str] | None = None,
+                 items_in_step: int | None = None) -> dict[str, torch.Tensor]:
     """-> ``{state: LongTensor[B, positions]}`` plus ``{f"{state}_marginals": [B, positions, D]}``.
 
     ``guide`` (or ``None``) supplies the non-enumerated latents, which the decoded model replays.
+    Marginals are the posterior of the decoded items themselves: the data plate's subsample
+    scale is set to 1 (``num_total`` = ``items_in_step``, the items of this step over all ranks,
+    default this batch's), not the split's ``num_total / B`` used for training.
     """
     batch_size = len(batch["index"])
     model_fn = model.model
@@ -61,8 +64,9 @@ def decode_batch(model: EnumModel, guide, batch: dict, *, temperature: int = 0,
     if marginals:
         elbo = enumdist.EnumELBO(max_plate_nesting=model.max_plate_nesting,
                                  **({"shard_plates": shard_plates} if shard_plates else {}))
+        unscaled = dict(batch, num_total=items_in_step or batch_size)
         probs = {k: _probs(v) for k, v in elbo.compute_marginals(
-            model.model, guide or (lambda batch: None), batch).items()}
+            model.model, guide or (lambda batch: None), unscaled).items()}
         for state, names in sites.items():
             event_size = probs[names[0]].shape[-1]
             out[f"{state}_marginals"] = gather_states(

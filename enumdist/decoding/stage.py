@@ -199,7 +199,8 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
         batch = items_of(items, longest(table, range(steps[step][0].start, steps[step][-1].stop)))
         pyro.set_rng_seed(options.seed + step)
         decoded = decode_batch(model, guide, batch, temperature=options.temperature,
-                               marginals=options.marginals, shard_plates=shard_plates)
+                               marginals=options.marginals, shard_plates=shard_plates,
+                               items_in_step=steps[step][-1].stop - steps[step][0].start)
         write_chunk(chunk_path(chunk_dir, items), to_table(batch, decoded))
     if world_size > 1:
         dist.barrier()
