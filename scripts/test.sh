@@ -6,4 +6,4 @@ bash .ci/setup
 . .venv/bin/activate
 if [ -f slurm/cluster-up.sh ]; then bash slurm/cluster-up.sh; fi
 export WANDB_MODE=offline MPLBACKEND=Agg
-python -m pytest -q -x --timeout=1500 "$@"
+python -m pytest -q --timeout=1500 "$@"

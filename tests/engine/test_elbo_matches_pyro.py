@@ -65,3 +65,37 @@ def test_svi_trajectory_equals_pyro(case):
 
 def test_zoo_is_large_enough():
     assert len(CASES) >= 12
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_multiple_particles_equal_pyro(vectorize):
+    import pyro.distributions as dist
+    from pyro import poutine
+    from pyro.infer.autoguide import AutoNormal
+    from pyro.ops.indexing import Vindex
+
+    data = torch.tensor([-1.3, 0.2, 1.7, 2.2, -0.4])
+
+    def model(data):
+        shift = pyro.sample("shift", dist.Normal(0.0, 1.0))
+        weights = pyro.param("weights", torch.tensor([0.3, 0.7]),
+                             constraint=dist.constraints.simplex)
+        with pyro.plate("data", len(data)):
+            z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(Vindex(torch.tensor([-1.0, 1.0]))[z] + shift, 1.0),
+                        obs=data)
+
+    def run(elbo_cls):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(3)
+        guide = AutoNormal(poutine.block(model, hide=["z"]))
+        elbo = elbo_cls(max_plate_nesting=1, num_particles=3, vectorize_particles=vectorize)
+        loss = elbo.differentiable_loss(model, guide, data)
+        names = sorted(pyro.get_param_store().keys())
+        return loss.detach(), torch.autograd.grad(loss, [pyro.param(n).unconstrained() for n in names])
+
+    expected_loss, expected_grads = run(TraceEnum_ELBO)
+    actual_loss, actual_grads = run(enumdist.EnumELBO)
+    torch.testing.assert_close(actual_loss, expected_loss, rtol=RTOL, atol=0)
+    for a, e in zip(actual_grads, expected_grads):
+        torch.testing.assert_close(a, e, rtol=RTOL, atol=1e-10)
