@@ -71,11 +71,18 @@ class LazyBernoulliLogProb:
             out = out * missing if missing != 1 else out
             return align(out, kept, out_dims)
 
-        mask = [] if self.mask is None else [(self.mask.tensor.to(self.logits.tensor.dtype),
-                                              self.mask.dims)]
-        linear = einsum([(self.value.tensor, self.value.dims),
-                         (self.logits.tensor, self.logits.dims)] + mask)
-        normaliser = einsum([(F.softplus(self.logits.tensor), self.logits.dims)] + mask)
+        # Fold the mask into the data first: every einsum then has two operands, and torch
+        # skips its (costly, per call) contraction-path search.
+        weighted, weighted_dims = self.value.tensor, self.value.dims
+        if self.mask is not None:
+            weighted_dims = tuple(dict.fromkeys(self.value.dims + self.mask.dims))
+            weighted = (align(weighted, self.value.dims, weighted_dims)
+                        * align(self.mask.tensor, self.mask.dims, weighted_dims))
+        linear = einsum([(weighted, weighted_dims), (self.logits.tensor, self.logits.dims)])
+        normaliser = [(F.softplus(self.logits.tensor), self.logits.dims)]
+        if self.mask is not None:
+            normaliser.append((self.mask.tensor.to(self.logits.tensor.dtype), self.mask.dims))
+        normaliser = einsum(normaliser)
         return (linear - normaliser).expand(tuple(self.sizes[d] for d in out_dims))
 
 

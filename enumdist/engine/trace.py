@@ -292,16 +292,21 @@ def _dim_names(site, id_to_var, max_plate_nesting) -> dict[int, str]:
     return names
 
 
+def _broadcast(a: tuple, b: tuple) -> tuple:
+    """Broadcast shape (``torch.broadcast_shapes`` is slow in a per-site hot path)."""
+    if len(a) < len(b):
+        a, b = b, a
+    b = (1,) * (len(a) - len(b)) + b
+    return tuple(x if y == 1 else y for x, y in zip(a, b))
+
+
 def _preflight(site, budget, who):
     """Refuse a site whose log-prob tensor would exceed ``budget`` bytes, before computing it."""
     if budget is None:
         return
     value, fn = site["value"], site["fn"]
     batch = value.shape[: value.dim() - fn.event_dim]
-    try:
-        shape = torch.broadcast_shapes(batch, fn.batch_shape)
-    except RuntimeError:
-        return  # the log_prob call will report the mismatch itself
+    shape = _broadcast(tuple(batch), tuple(fn.batch_shape))
     nbytes = math.prod(shape) * (value.element_size() if value.is_floating_point() else 8)
     if nbytes > budget:
         raise MemoryBudgetError(
