@@ -14,7 +14,6 @@ the enumerated variables, classified the way ``TraceEnum_ELBO`` classifies them:
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +23,7 @@ from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
-from enumdist.engine.errors import EnumerationError, MemoryBudgetError, ModelStructureError
+from enumdist.engine.errors import EnumerationError, MemoryBudgetError
 from enumdist.engine.factors import Factor, compact, name_dims
 from enumdist.engine.lazy import lazy_log_prob
 
@@ -406,19 +405,3 @@ def check_enumeration_requests(model_trace, guide_trace):
                 f"(poutine.block(guide, hide=['{name}']) or AutoGuide(poutine.block(model, "
                 f"hide=['{name}']))) or drop its infer={{'enumerate': ...}}."
             )
-
-
-def as_float(x) -> float:
-    return float(x) if isinstance(x, numbers.Number) else float(x.detach())
-
-
-__all__ = [
-    "EnumProblem",
-    "EnumVar",
-    "ModelTerm",
-    "ModelStructureError",
-    "Plate",
-    "build_problem",
-    "check_enumeration_requests",
-    "run_traces",
-]

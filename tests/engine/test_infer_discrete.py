@@ -3,7 +3,6 @@
 import pytest
 import torch
 import pyro
-import pyro.distributions as dist
 from pyro import poutine
 
 import enumdist
