@@ -102,9 +102,19 @@ def test_sbatch_ddp_job_ends_with_identical_parameters_on_both_ranks(uninterrupt
     assert (uninterrupted / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_requeued_job_resumes_and_matches_the_uninterrupted_job(uninterrupted, tmp_path):
+@pytest.fixture
+def cancel_on_failure():
+    """Jobs registered here are cancelled when the test ends (a no-op for finished jobs)."""
+    jobs: list[str] = []
+    yield jobs
+    for job_id in jobs:
+        subprocess.run(["scancel", job_id], timeout=30)
+
+
+def test_requeued_job_resumes_and_matches_the_uninterrupted_job(uninterrupted, tmp_path, cancel_on_failure):
     run_dir = tmp_path / "run"
     job_id = sbatch(run_dir)
+    cancel_on_failure.append(job_id)
 
     def checkpoint_mid_run():
         last = run_dir / "checkpoints" / "last.ckpt"
@@ -116,6 +126,9 @@ def test_requeued_job_resumes_and_matches_the_uninterrupted_job(uninterrupted, t
     step = wait_until(checkpoint_mid_run, 240, job_id, "a mid-run checkpoint")
     out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
+    # slurmctld holds a requeued job back for ~2 minutes (BeginTime); let it start again now
+    wait_until(lambda: job_state(job_id)[0] == "PENDING", 60, job_id, "the requeued job to be pending")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=30, check=True)
     state = wait_for_job(job_id)
     text = logs(tmp_path)
     assert state in ("COMPLETED", "GONE"), f"job {job_id}: {state}\n{text}"
