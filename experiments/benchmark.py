@@ -74,8 +74,11 @@ def decoded_states(decoder, sequences, lengths):
 
 
 def subprocess_json(args, timeout):
+    # large blocks via mmap, returned to the OS when freed: ru_maxrss then tracks live memory
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "bench_subprocess.py"),
-                          *map(str, args)], capture_output=True, text=True, timeout=timeout)
+                          *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                         env=env)
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -115,7 +118,7 @@ def run(quick: bool):
         pyro.clear_param_store()
         loss = naive_forward_loss(seqs, lengths)
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     naive_s, naive_loss = timed(naive, repeats * 3)
 
@@ -123,7 +126,7 @@ def run(quick: bool):
         pyro.clear_param_store()
         loss = -chain_log_likelihood(*chain_inputs(seqs), lengths).sum()
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     raw_s, _ = timed(raw_chain, repeats * 3)
     row("2", "ELBO+grad, chain path via Trace_ELBO (s)", f"{chain_s:.4f}")

@@ -50,9 +50,9 @@ __all__ = [
 
 
 def _finite_max(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``amax`` keeping the dim, with ``-inf`` rows shifted by 0 (so they stay ``-inf``, not NaN)."""
-    m = x.amax(dim=dim, keepdim=True)
-    return torch.where(torch.isfinite(m), m, torch.zeros((), dtype=m.dtype))
+    """``amax`` keeping the dim, usable as a shift for rows that are all ``-inf``."""
+    # clamping -inf to the lowest float keeps x - m at -inf (not NaN) with one cheap op
+    return x.amax(dim=dim, keepdim=True).clamp(min=torch.finfo(x.dtype).min)
 
 
 def log_matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -144,20 +144,6 @@ def _sequential_backward(probs, shift, scaled_emissions, emission_max, valid):
     return out, c
 
 
-def _step_matrices(trans, pre, post, valid, steps):
-    """Log step matrices ``M_t[i, j] = pre_t[i] + A_t[i, j] + post_t[j]`` (identity if padded)
-    for the time indices ``steps`` (LongTensor of any shape ``B``): ``[N, *B, S, S]``."""
-    s = trans.shape[-1]
-    a = trans[0] if trans.shape[0] == 1 else trans[steps]
-    m = a.expand(valid.shape[:1] + steps.shape + (s, s))
-    if pre is not None:
-        m = m + pre[:, steps].unsqueeze(-1)
-    if post is not None:
-        m = m + post[:, steps].unsqueeze(-2)
-    keep = valid[:, steps][..., None, None]
-    return torch.where(keep, m, _log_identity(s, trans))
-
-
 def _scan_messages(v0, trans, pre, post, valid, block=None):
     """All messages ``[N, T, S]`` by a blocked associative scan.
 
@@ -177,13 +163,19 @@ def _scan_messages(v0, trans, pre, post, valid, block=None):
     num_blocks = -(-num_steps // k)
     # steps[b, j] = 1 + b*k + j; steps past the end are padded with identities via `valid`.
     steps = torch.arange(num_blocks * k, device=v0.device).reshape(num_blocks, k) + 1
-    steps_clamped = steps.clamp(max=t_total - 1)
+    in_range = steps < t_total
+    steps = steps.clamp(max=t_total - 1)
+    keep = valid[:, steps] & in_range  # [N, B, K]: False -> identity matrix
+    identity = _log_identity(s, trans)
 
-    def matrices(j):
-        cols = steps_clamped[:, j]
-        m = _step_matrices(trans, pre, post, valid, cols)
-        beyond = (steps[:, j] >= t_total)[None, :, None, None]
-        return torch.where(beyond, _log_identity(s, trans), m)  # [N, B, S, S]
+    def matrices(j):  # [N, B, S, S]
+        a = trans[0] if trans.shape[0] == 1 else trans[steps[:, j]]
+        m = a.expand(n, num_blocks, s, s)
+        if pre is not None:
+            m = m + pre[:, steps[:, j]].unsqueeze(-1)
+        if post is not None:
+            m = m + post[:, steps[:, j]].unsqueeze(-2)
+        return torch.where(keep[:, :, j, None, None], m, identity)
 
     blocks = matrices(0)
     for j in range(1, k):
