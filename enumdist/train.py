@@ -15,23 +15,26 @@ os.environ.setdefault("WANDB_MODE", "offline")  # never talk to the network unle
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from enumdist.pipeline.callbacks import AtomicCheckpointIO  # noqa: E402
-from enumdist.pipeline.checks import (check_decoding, check_slurm_devices,  # noqa: E402
-                                      instantiate_group, resolve_ckpt_path)
-from enumdist.pipeline.module import EnumModule  # noqa: E402
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one experiment from a composed config; returns the test metrics (rank 0 prints them)."""
+    # imported here so that config errors (unknown experiment, bad override) come back at once
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from enumdist.pipeline.callbacks import AtomicCheckpointIO
+    from enumdist.pipeline.checks import (check_decoding, check_slurm_devices, instantiate_group,
+                                          resolve_ckpt_path)
+    from enumdist.pipeline.module import EnumModule
+
     check_slurm_devices(cfg)
     check_decoding(cfg)
     run_dir = Path(cfg.paths.run_dir)
+    save_config(cfg, run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = instantiate_group(cfg, "data")
@@ -51,7 +54,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
     if not loggers:  # Lightning refuses a LearningRateMonitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       plugins=[AtomicCheckpointIO()])
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
@@ -66,8 +69,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.decode.enabled:
         from enumdist.decoding import run_decoding
 
-        run_decoding(str(run_dir), cfg)
-        decoded = sorted(str(p) for p in run_dir.rglob("*.png") if str(p) not in pictures)
+        outputs = run_decoding(str(run_dir), cfg)  # {output name: path}
+        decoded = sorted(str(p) for p in outputs.values() if str(p).endswith(".png"))
         for logger in trainer.loggers:
             if hasattr(logger, "log_image") and decoded:
                 logger.log_image(key="decoding", images=decoded)
@@ -76,7 +79,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    """``<run_dir>/.hydra/config.yaml`` as Hydra writes it, for runs composed without ``@hydra.main``."""
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.exists() and int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
+        from enumdist.pipeline.callbacks import atomic_write
+
+        atomic_write(path, lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
+
+
 def report(metrics: dict[str, float], run_dir: Path, pictures: list[str]) -> None:
+    """Rank 0's closing words: held-out loss per observation and where the run's files are."""
     for key in ("train/loss_per_obs", "valid/loss_per_obs", "test/loss_per_obs"):
         if key in metrics:
             print(f"{key.replace('/', ' ').replace('_per_obs', ' per observation'):<32} {metrics[key]:.5f}")

@@ -167,14 +167,15 @@ class ShardedDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         # rank 0 only: fill caches (e.g. parse the chorales once) before other ranks load
-        self._load_split("train")
+        self.load_split("train")
 
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
             if split not in self.splits:
-                self.splits[split] = self._load_split(split)
+                self.splits[split] = self.load_split(split)
 
-    def _load_split(self, split: str) -> ItemTable:
+    def load_split(self, split: str) -> ItemTable:
+        """One split as an :class:`ItemTable` (validated; ``max_items`` applied)."""
         function = getattr(self.load, "func", self.load)  # unwrap functools.partial
         where = f"data.load ({getattr(function, '__qualname__', function)}) split {split!r}"
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +120,25 @@ def test_decode_enabled_without_decoding_stage_is_a_clear_error(tmp_path, monkey
         monkeypatch.delattr(enumdist.decoding, "run_decoding")
     with pytest.raises(ConfigError, match="decode.enabled=true but enumdist.decoding.run_decoding"):
         train_with(tmp_path, "experiment=toy_hmm", "elbo=pyro", "decode.enabled=true")
+
+
+@pytest.mark.slow
+def test_cli_ddp_strategy_on_two_cpu_processes(tmp_path):
+    """``trainer=ddp_cpu`` (strategy=ddp): Lightning re-executes the command for rank 1."""
+    run_dir = tmp_path / "run"
+    result = run_cli("experiment=toy_hmm", "trainer=ddp_cpu", "logger=csv", "callbacks=with_rank_params",
+                     f"hydra.run.dir={run_dir}", "trainer.max_steps=3", timeout=300)
+    rank0, rank1 = (torch.load(run_dir / "final_params" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0["step"] == rank1["step"] == 3
+    for key, value in rank0["state_dict"].items():
+        assert torch.equal(value, rank1["state_dict"][key])
+    assert result.stdout.count("test loss per observation") == 1  # only rank 0 speaks
+
+
+def test_decode_enabled_runs_the_decoding_stage_and_lists_its_pictures(tmp_path, capsys):
+    pytest.importorskip("enumdist.decoding").run_decoding  # noqa: B018 - the stage must exist
+    train_with(tmp_path, "experiment=toy_hmm", "elbo=pyro", "trainer.max_steps=2", "decode.enabled=true",
+               "decode.progress=false")
+    out = capsys.readouterr().out
+    pictures = [line.split()[-1] for line in out.splitlines() if line.strip().startswith("picture")]
+    assert len(pictures) >= 2 and all(Path(p).is_file() for p in pictures), out
