@@ -110,3 +110,8 @@ def test_missing_checkpoint_path_is_named(tmp_path):
 
     with pytest.raises(ConfigError, match="ckpt_path='/nonexistent.ckpt' does not exist"):
         train_with(tmp_path, "experiment=toy_hmm", "elbo=pyro", "ckpt_path=/nonexistent.ckpt")
+
+
+def test_debug_config_shrinks_the_run(tmp_path):
+    cfg = compose_config("debug=default", run_dir=tmp_path)
+    assert cfg.trainer.max_steps == 5 and cfg.data.max_items == 16 and not cfg.logger

@@ -155,3 +155,32 @@ def test_submitit_launcher_job_ends_with_identical_parameters_on_both_ranks(unin
     assert rank0["step"] == rank1["step"] == STEPS
     assert_same_parameters(rank0, rank1)
     assert_same_parameters(rank0, rank_params(uninterrupted)[0], rtol=1e-6)
+
+
+def test_sigusr1_before_the_time_limit_checkpoints_requeues_and_resumes(uninterrupted, tmp_path, cancel_on_failure):
+    """What ``--signal=SIGUSR1@90`` does near the time limit, sent now: Lightning saves
+    ``hpc_ckpt_*.ckpt`` and requeues the job; the restart resumes from it (ckpt_path=last)."""
+    run_dir = tmp_path / "run"
+    job_id = sbatch(run_dir)
+    cancel_on_failure.append(job_id)
+
+    def training_mid_run():
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return last.exists() and 10 <= torch.load(last, weights_only=True)["global_step"] < STEPS - 40
+
+    wait_until(training_mid_run, 240, job_id, "a mid-run checkpoint")
+    subprocess.run(["scancel", "--signal=USR1", job_id], timeout=30, check=True)
+    wait_until(lambda: job_state(job_id)[1] >= 1, 90, job_id, "Lightning to requeue the job")
+    wait_until(lambda: job_state(job_id)[0] == "PENDING" or job_state(job_id)[0] == "RUNNING", 60, job_id,
+               "the requeued job")
+    if job_state(job_id)[0] == "PENDING":
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=30)
+    state = wait_for_job(job_id)
+    text = logs(tmp_path)
+    assert state in ("COMPLETED", "GONE"), f"job {job_id}: {state}\n{text}"
+    assert list(run_dir.glob("hpc_ckpt_*.ckpt")), text
+    assert "restart 1" in text and "hpc_ckpt_1.ckpt" in text, text
+    rank0, rank1 = rank_params(run_dir)
+    assert rank0["step"] == STEPS
+    assert_same_parameters(rank0, rank1)
+    assert_same_parameters(rank0, rank_params(uninterrupted)[0], rtol=1e-6)
