@@ -4,7 +4,7 @@
     python experiments/bench_subprocess.py jit                  # JitTraceEnum_ELBO first call
     python experiments/bench_subprocess.py shard WORLD TILE STEPS
 
-Peak memory of a long-chain variant is the growth of ``ru_maxrss`` (the process's peak resident
+Peak memory of a long-chain variant is the growth of ``VmHWM`` (the process's peak resident
 set) across one forward+backward, measured after the inputs exist: what that variant's graph,
 saved tensors and workspace added at their peak.
 """
@@ -28,7 +28,13 @@ torch.set_num_threads(1)
 
 
 def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    """Peak RSS of this process image: VmHWM (``ru_maxrss`` would keep the parent's peak
+    across fork+exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # pragma: no cover
 
 
 def naive_log_z(init, trans, emissions, lengths):

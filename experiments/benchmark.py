@@ -182,7 +182,7 @@ def run(quick: bool):
         "naive (s)", " / ".join(f"{results[m]['seconds']:.3f}" for m in results))
     row("4", "speed-up scan vs sequential",
         f"{results['sequential']['seconds'] / results['scan']['seconds']:.2f}x", "> 1x")
-    row("4", "peak RSS growth sequential / scan / naive (MiB)",
+    row("4", "peak RSS growth (VmHWM, fresh process) sequential / scan / naive (MiB)",
         " / ".join(f"{mib(results[m]['peak_rss_growth']):.1f}" for m in results),
         f"N·T·S = {mib(long_n * long_t * long_s * 4):.1f} MiB, "
         f"N·T·S² = {mib(long_n * long_t * long_s**2 * 4):.1f} MiB")
