@@ -26,7 +26,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from enumdist.pipeline.callbacks import AtomicCheckpointIO
+    from enumdist.pipeline.callbacks import AtomicCheckpointIO, SlurmRequeue
     from enumdist.pipeline.checks import (check_decoding, check_slurm_devices, instantiate_group,
                                           resolve_ckpt_path)
     from enumdist.pipeline.module import EnumModule
@@ -54,8 +54,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
     if not loggers:  # Lightning refuses a LearningRateMonitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      plugins=[AtomicCheckpointIO()])
+    plugins = [AtomicCheckpointIO()]
+    if SlurmRequeue.active():  # our step-boundary requeue replaces Lightning's in-handler one
+        from lightning_fabric.plugins.environments import SLURMEnvironment
+
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
