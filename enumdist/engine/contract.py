@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from enumdist.engine.factors import align
-from enumdist.engine.plan import Plan, SumStep
+from enumdist.engine.plan import ChainStep, Plan, SumStep
 
 
 class LocalPlates:
@@ -58,7 +58,9 @@ def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
     """
     slots = list(tensors) + [None] * (plan.num_slots - len(tensors))
     for step in plan.steps:
-        if isinstance(step, SumStep):
+        if isinstance(step, ChainStep):
+            out = run_chain(step, slots, semiring, tape)
+        elif isinstance(step, SumStep):
             x = None
             for slot, dims in zip(step.inputs, step.input_dims):
                 term = slots[slot]
@@ -78,6 +80,63 @@ def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
     return [(slots[slot], dims, ordinal) for slot, dims, ordinal in plan.outputs]
 
 
+def _dense(term):
+    return term if torch.is_tensor(term) else term.tensor
+
+
+def chain_inputs(step, slots):
+    """Stack a chain's factors: emissions ``[N, T, S]`` and transitions ``[T, S, S]``."""
+    first = _dense(slots[step.unary[0][0][0]])
+    num_states = None
+    plate_sizes = {}
+    for units in step.unary:
+        for slot, dims in units:
+            t = _dense(slots[slot])
+            plate_sizes.update({d: n for d, n in zip(dims, t.shape) if d in step.plates})
+            num_states = num_states or t.shape[list(dims).index(next(
+                d for d in dims if d not in step.plates))]
+    shape = (num_states,) + tuple(plate_sizes[p] for p in step.plates)
+    emissions = []
+    for var, units in zip(step.vars, step.unary):
+        target = (var,) + step.plates
+        total = sum(align(_dense(slots[slot]), dims, target) for slot, dims in units)
+        emissions.append(total.expand(shape))
+    emissions = torch.stack(emissions, 0).reshape(len(step.vars), num_states, -1).permute(2, 0, 1)
+    transitions = [first.new_zeros(num_states, num_states)]
+    for t, (slot, dims) in enumerate(step.pairwise):
+        transitions.append(align(_dense(slots[slot]), dims, step.vars[t : t + 2]))
+    return emissions, torch.stack(transitions, 0), shape[1:]
+
+
+def run_chain(step, slots, semiring, tape=None):
+    """Execute a :class:`ChainStep`: ``log sum`` (or ``max``) over all paths, per plate element."""
+    from enumdist.engine import chain  # noqa: PLC0415 - the chain kernels load on first use
+
+    emissions, transitions, plate_shape = chain_inputs(step, slots)
+    init = emissions.new_zeros(emissions.shape[-1])
+    if tape is not None:
+        tape.append((step, (emissions.detach(), transitions.detach(), plate_shape)))
+    if semiring.name == "logsum":
+        out = chain.chain_log_likelihood(init, transitions, emissions)
+    else:
+        delta, _ = chain._max_messages(init, transitions, emissions,
+                                       torch.ones(emissions.shape[:2], dtype=torch.bool))
+        out = delta.amax(-1)
+    return out.reshape(plate_shape)
+
+
+def _backtrack_chain(step, inputs, semiring, generator):
+    from enumdist.engine import chain  # noqa: PLC0415
+
+    emissions, transitions, plate_shape = inputs
+    init = emissions.new_zeros(emissions.shape[-1])
+    if semiring.name == "logsum":
+        states = chain.chain_sample(init, transitions, emissions, generator=generator)
+    else:
+        states = chain.chain_map(init, transitions, emissions)
+    return {v: states[:, t].reshape(plate_shape) for t, v in enumerate(step.vars)}
+
+
 def _with_plates(x, dims, plate_names, sizes):
     missing = [p for p in sorted(plate_names) if p not in dims]
     if not missing:
@@ -94,6 +153,10 @@ def backtrack(tape, semiring, sizes, plates=LOCAL, generator=None):
     """
     decided: dict[str, tuple[torch.Tensor, tuple[str, ...]]] = {}
     for step, x in reversed(tape):
+        if isinstance(step, ChainStep):
+            for var, value in _backtrack_chain(step, x, semiring, generator).items():
+                decided[var] = (plates.broadcast_decision(value, step.plates), step.plates)
+            continue
         x, dims = _with_plates(x.detach(), step.all_dims, step.ordinal, sizes)
         for other in [d for d in dims if d in decided]:
             index, index_dims = decided[other]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 
 
@@ -37,11 +39,23 @@ class Factor:
 
 
 def compact(tensor: torch.Tensor) -> torch.Tensor:
-    """Undo ``expand``: keep one slice of every broadcast (stride-0) dimension."""
-    for dim, (size, stride) in enumerate(zip(tensor.shape, tensor.stride())):
-        if stride == 0 and size > 1:
-            tensor = tensor.narrow(dim, 0, 1)
-    return tensor
+    """Undo ``expand``: keep one slice of every broadcast (stride-0) dimension.
+
+    When the tensor is ``base.expand(...)``, the result is a plain view of ``base``, so that
+    gradients reach ``base`` without ever being materialised at the expanded size (slicing the
+    expanded tensor would allocate and fill that size in the backward pass).
+    """
+    shape = tuple(1 if stride == 0 else size for size, stride in zip(tensor.shape, tensor.stride()))
+    if shape == tuple(tensor.shape):
+        return tensor
+    base = tensor._base
+    if base is not None and base.numel() == math.prod(shape):
+        view = base.reshape(shape)
+        if view.storage_offset() == tensor.storage_offset() and all(
+            a == b for n, a, b in zip(shape, view.stride(), tensor.stride()) if n > 1
+        ):
+            return view
+    return tensor.as_strided(shape, tensor.stride(), tensor.storage_offset())
 
 
 def align(tensor: torch.Tensor, dims: tuple[str, ...], target: tuple[str, ...]) -> torch.Tensor:

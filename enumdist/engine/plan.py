@@ -51,6 +51,90 @@ class PlateStep:
 
 
 @dataclass(frozen=True)
+class ChainStep:
+    """A run of :class:`SumStep` s that is a first-order chain ``v_0 - v_1 - ... - v_T``.
+
+    Step ``t`` adds unary factors over ``(v_t, plates)`` and one pairwise factor over
+    ``(v_t, v_{t+1})`` (no plates) to the running message and eliminates ``v_t``. Executed by
+    the fused forward-backward of ``chain.py`` instead of one autograd node per step.
+    """
+
+    vars: tuple[str, ...]
+    unary: tuple[tuple[tuple[int, tuple[str, ...]], ...], ...]  # per t: (slot, dims)
+    pairwise: tuple[tuple[int, tuple[str, ...]], ...]  # per t < T: (slot, dims)
+    plates: tuple[str, ...]  # the output's dims (plates only), in order
+    out: int
+    ordinal: frozenset
+    out_dims: tuple[str, ...] = ()
+
+
+MIN_CHAIN = 4  # shorter runs are cheaper step by step
+
+
+def _chain_link(step, plate_names):
+    """Split a step's inputs into unary ones and at most one pairwise one, or None."""
+    unary, pairwise = [], []
+    for slot, dims in zip(step.inputs, step.input_dims):
+        others = [d for d in dims if d not in plate_names and d != step.var]
+        if not others:
+            unary.append((slot, dims))
+        elif len(others) == 1 and not any(d in plate_names for d in dims):
+            pairwise.append((slot, dims, others[0]))
+        else:
+            return None
+    if len(pairwise) > 1:
+        return None
+    return unary, (pairwise[0] if pairwise else None)
+
+
+def fuse_chains(steps, sizes, plate_names):
+    """Replace maximal chain-shaped runs of sum steps by :class:`ChainStep` s."""
+    steps = list(steps)
+    fused, i = [], 0
+    while i < len(steps):
+        run = _chain_run(steps, i, sizes, plate_names)
+        if run is None:
+            fused.append(steps[i])
+            i += 1
+            continue
+        fused.append(run[0])
+        i = run[1]
+    return tuple(fused)
+
+
+def _chain_run(steps, start, sizes, plate_names):
+    vars_, unary, pairwise = [], [], []
+    prev_out, i = None, start
+    while i < len(steps) and isinstance(steps[i], SumStep):
+        step = steps[i]
+        link = _chain_link(step, plate_names)
+        if link is None or (vars_ and sizes[step.var] != sizes[vars_[0]]):
+            return None
+        units, pair = link
+        if prev_out is not None:
+            if prev_out not in [slot for slot, _ in units]:
+                return None
+            units = [(slot, dims) for slot, dims in units if slot != prev_out]
+        elif not units:
+            return None
+        vars_.append(step.var)
+        unary.append(tuple(units))
+        if pair is None:  # the chain's end: the output carries plates only
+            if len(vars_) < MIN_CHAIN or any(d not in plate_names for d in step.out_dims):
+                return None
+            chain = ChainStep(tuple(vars_), tuple(unary), tuple(pairwise), step.out_dims,
+                              step.out, step.ordinal, step.out_dims)
+            return chain, i + 1
+        nxt = steps[i + 1] if i + 1 < len(steps) else None
+        if not isinstance(nxt, SumStep) or nxt.var != pair[2] or step.out not in nxt.inputs:
+            return None
+        pairwise.append((pair[0], pair[1]))
+        prev_out = step.out
+        i += 1
+    return None
+
+
+@dataclass(frozen=True)
 class Plan:
     steps: tuple
     outputs: tuple[tuple[int, tuple[str, ...], frozenset], ...]  # (slot, dims, ordinal)
@@ -154,6 +238,7 @@ def make_plan(structure, sizes, sum_vars, plate_names) -> Plan:
             steps.append(PlateStep(slot, dims, present, absent, out_dims, out, leaf, target))
             buckets.setdefault(target, []).append(out)
 
+    steps = fuse_chains(steps, sizes, plate_names)
     return Plan(tuple(steps), tuple(outputs), len(dims_of), var_ordinal, largest)
 
 
