@@ -15,6 +15,7 @@ global param store, so checkpoints, optimisers and DDP see all of them. Settings
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,10 @@ def build_elbo(elbo_factory: Callable[..., Any], model: EnumModel) -> Any:
         and torch.distributed.get_world_size() > 1
     if distributed and "shard_plates" in inspect.signature(target).parameters:
         kwargs["shard_plates"] = [model.shard_plate]
+    elif distributed:
+        warnings.warn(f"elbo: {getattr(target, '__name__', target)} is not sharded: each rank optimises its "
+                      "own shard's estimate; exact only without enumerated variables outside the "
+                      "shard plate (use elbo=enum)", stacklevel=2)
     return elbo_factory(**kwargs)
 
 
