@@ -74,11 +74,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from enumdist.decoding import run_decoding
 
         outputs = run_decoding(str(run_dir), cfg)  # {output name: path}
-        decoded = sorted(str(p) for p in outputs.values() if str(p).endswith(".png"))
-        for logger in trainer.loggers:
-            if hasattr(logger, "log_image") and decoded:
-                logger.log_image(key="decoding", images=decoded)
-        pictures += decoded
+        pictures += sorted(str(p) for p in outputs.values() if str(p).endswith(".png"))
+    for logger in trainer.loggers:  # wandb: the training curve and the decoding stage's pictures
+        if hasattr(logger, "log_image") and pictures:
+            logger.log_image(key="pictures", images=pictures)
     report(metrics, run_dir, pictures)
     return metrics
 
