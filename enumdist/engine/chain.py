@@ -408,3 +408,59 @@ def chain_factor(name, init_logits, trans_logits, emission_log_probs, lengths=No
     log_z = chain_log_likelihood(init_logits, trans_logits, emission_log_probs, lengths, method)
     pyro.factor(name, log_z)
     return log_z
+
+
+# -- per-sequence transitions ------------------------------------------------------------------
+# Decoding masks the enumerated sites too (as Pyro's infer_discrete does), which makes a padded
+# step's transition factor differ per sequence: ``trans [N, T, S, S]``. These simple kernels
+# (autograd, no fused adjoint) serve that case; ``trans[:, 0]`` is unused.
+
+
+def _batched_forward(emissions, trans, reduce):
+    messages = [emissions[:, 0]]
+    for t in range(1, emissions.shape[1]):
+        messages.append(reduce(messages[-1].unsqueeze(-1) + trans[:, t], -2) + emissions[:, t])
+    return messages
+
+
+def batched_chain_log_likelihood(emissions, trans):
+    """``log sum`` over paths per sequence, ``[N]``; ``trans [N, T, S, S]``."""
+    return torch.logsumexp(_batched_forward(emissions, trans, torch.logsumexp)[-1], -1)
+
+
+@torch.no_grad()
+def batched_viterbi(emissions, trans):
+    """Best path log-weight ``[N]`` and back-pointers ``[N, T, S]`` (first maximum on ties),
+    with per-sequence ``trans [N, T, S, S]``; :func:`_follow` turns them into states."""
+    n, t_total, s = emissions.shape
+    pointers = torch.arange(s, device=emissions.device).expand(n, t_total, s).clone()
+    delta = emissions[:, 0]
+    for t in range(1, t_total):
+        best, pointers[:, t] = (delta.unsqueeze(-1) + trans[:, t]).max(dim=-2)
+        delta = best + emissions[:, t]
+    return delta, pointers
+
+
+def batched_chain_map(emissions, trans):
+    """Viterbi states ``[N, T]`` with per-sequence transitions."""
+    delta, pointers = batched_viterbi(emissions, trans)
+    return _follow(pointers, delta.argmax(-1))
+
+
+@torch.no_grad()
+def batched_chain_sample(emissions, trans, generator=None):
+    """One posterior path ``[N, T]`` per sequence (forward filtering, backward sampling)."""
+    alphas = _batched_forward(emissions, trans, torch.logsumexp)
+    n, t_total, s = emissions.shape
+
+    def draw(logits):
+        return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+
+    states = emissions.new_empty(n, t_total, dtype=torch.long)
+    x = draw(alphas[-1])
+    for t in range(t_total - 1, -1, -1):
+        states[:, t] = x
+        if t:
+            column = trans[:, t].gather(-1, x.view(n, 1, 1).expand(n, s, 1)).squeeze(-1)
+            x = draw(alphas[t - 1] + column)
+    return states

@@ -102,38 +102,58 @@ def chain_inputs(step, slots):
         total = sum(align(_dense(slots[slot]), dims, target) for slot, dims in units)
         emissions.append(total.expand(shape))
     emissions = torch.stack(emissions, 0).reshape(len(step.vars), num_states, -1).permute(2, 0, 1)
-    transitions = [first.new_zeros(num_states, num_states)]
+    per_element = any(d in step.plates for _, dims in step.pairwise for d in dims)
+    if not per_element:  # shared transitions [T, S, S]: the fused kernels
+        transitions = [first.new_zeros(num_states, num_states)]
+        for t, (slot, dims) in enumerate(step.pairwise):
+            transitions.append(align(_dense(slots[slot]), dims, step.vars[t : t + 2]))
+        return emissions, torch.stack(transitions, 0), shape[1:]
+    full = (num_states, num_states) + shape[1:]
+    transitions = [first.new_zeros(full)]
     for t, (slot, dims) in enumerate(step.pairwise):
-        transitions.append(align(_dense(slots[slot]), dims, step.vars[t : t + 2]))
-    return emissions, torch.stack(transitions, 0), shape[1:]
+        target = tuple(step.vars[t : t + 2]) + step.plates
+        transitions.append(align(_dense(slots[slot]), dims, target).expand(full))
+    transitions = torch.stack(transitions, 0).reshape(len(step.vars), num_states, num_states, -1)
+    return emissions, transitions.permute(3, 0, 1, 2), shape[1:]  # [N, T, S, S]
 
 
 def run_chain(step, slots, semiring, tape=None):
-    """Execute a :class:`ChainStep`: ``log sum`` (or ``max``) over all paths, per plate element."""
+    """Execute a :class:`ChainStep`: ``log sum`` (or ``max``) over all paths, per plate element.
+
+    The log semiring uses the fused forward-backward kernels; the max semiring runs Viterbi
+    once and leaves its back-pointers on the tape for :func:`backtrack`.
+    """
     from enumdist.engine import chain  # noqa: PLC0415 - the chain kernels load on first use
 
     emissions, transitions, plate_shape = chain_inputs(step, slots)
-    init = emissions.new_zeros(emissions.shape[-1])
-    if tape is not None:
-        tape.append((step, (emissions.detach(), transitions.detach(), plate_shape)))
     if semiring.name == "logsum":
-        out = chain.chain_log_likelihood(init, transitions, emissions)
-    else:
-        delta, _ = chain._max_messages(init, transitions, emissions,
-                                       torch.ones(emissions.shape[:2], dtype=torch.bool))
-        out = delta.amax(-1)
-    return out.reshape(plate_shape)
+        if tape is not None:
+            tape.append((step, ("sample", emissions.detach(), transitions.detach(), plate_shape)))
+        if transitions.dim() == 4:
+            out = chain.batched_chain_log_likelihood(emissions, transitions)
+        else:
+            init = emissions.new_zeros(emissions.shape[-1])
+            out = chain.chain_log_likelihood(init, transitions, emissions)
+        return out.reshape(plate_shape)
+    if transitions.dim() == 3:  # shared transitions: give every sequence a view of them
+        transitions = transitions.expand((emissions.shape[0],) + transitions.shape)
+    delta, pointers = chain.batched_viterbi(emissions.detach(), transitions.detach())
+    if tape is not None:
+        tape.append((step, ("map", delta, pointers, plate_shape)))
+    return delta.amax(-1).reshape(plate_shape)
 
 
-def _backtrack_chain(step, inputs, semiring, generator):
+def _backtrack_chain(step, record, generator):
     from enumdist.engine import chain  # noqa: PLC0415
 
-    emissions, transitions, plate_shape = inputs
-    init = emissions.new_zeros(emissions.shape[-1])
-    if semiring.name == "logsum":
-        states = chain.chain_sample(init, transitions, emissions, generator=generator)
+    kind, first, second, plate_shape = record
+    if kind == "map":
+        states = chain._follow(second, first.argmax(-1))
+    elif second.dim() == 4:
+        states = chain.batched_chain_sample(first, second, generator)
     else:
-        states = chain.chain_map(init, transitions, emissions)
+        init = first.new_zeros(first.shape[-1])
+        states = chain.chain_sample(init, second, first, generator=generator)
     return {v: states[:, t].reshape(plate_shape) for t, v in enumerate(step.vars)}
 
 
@@ -154,7 +174,7 @@ def backtrack(tape, semiring, sizes, plates=LOCAL, generator=None):
     decided: dict[str, tuple[torch.Tensor, tuple[str, ...]]] = {}
     for step, x in reversed(tape):
         if isinstance(step, ChainStep):
-            for var, value in _backtrack_chain(step, x, semiring, generator).items():
+            for var, value in _backtrack_chain(step, x, generator).items():
                 decided[var] = (plates.broadcast_decision(value, step.plates), step.plates)
             continue
         x, dims = _with_plates(x.detach(), step.all_dims, step.ordinal, sizes)

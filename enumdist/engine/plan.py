@@ -55,7 +55,8 @@ class ChainStep:
     """A run of :class:`SumStep` s that is a first-order chain ``v_0 - v_1 - ... - v_T``.
 
     Step ``t`` adds unary factors over ``(v_t, plates)`` and one pairwise factor over
-    ``(v_t, v_{t+1})`` (no plates) to the running message and eliminates ``v_t``. Executed by
+    ``(v_t, v_{t+1})`` (shared, or per plate element) to the running message and eliminates
+    ``v_t``. Executed by
     the fused forward-backward of ``chain.py`` instead of one autograd node per step.
     """
 
@@ -78,7 +79,7 @@ def _chain_link(step, plate_names):
         others = [d for d in dims if d not in plate_names and d != step.var]
         if not others:
             unary.append((slot, dims))
-        elif len(others) == 1 and not any(d in plate_names for d in dims):
+        elif len(others) == 1:
             pairwise.append((slot, dims, others[0]))
         else:
             return None
