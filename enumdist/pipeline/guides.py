@@ -58,7 +58,28 @@ def auto(model: EnumModel, kind: str = "AutoDelta", **kwargs) -> PyroModule:
         guide_model = poutine.block(model.model, hide_fn=_is_enumerated_or_observed)
     if hasattr(model, "init_loc_fn"):
         kwargs.setdefault("init_loc_fn", model.init_loc_fn)
-    return getattr(autoguide, kind)(guide_model, **kwargs)
+    guide = getattr(autoguide, kind)(guide_model, **kwargs)
+    return PicklableAutoGuide(guide.model, guide)  # guide.model: wrapped by its init strategy
+
+
+class PicklableAutoGuide(PyroModule):
+    """An autoguide that survives pickling (``ddp_spawn``, submitit).
+
+    Pyro's ``AutoGuide.__getstate__`` drops the guide's model reference (and does so on the
+    original object too), so an autoguide pickled before its parameters exist cannot set them up
+    afterwards. This wrapper keeps the guide's model (as the autoguide wrapped it, e.g. in its
+    ``init_loc_fn``) and gives it back before each call.
+    """
+
+    def __init__(self, model_fn: Callable, guide: autoguide.AutoGuide):
+        super().__init__()
+        self.auto = guide
+        self.model_fn = model_fn
+
+    def forward(self, batch):
+        if self.auto._model is None:
+            self.auto._model = (self.model_fn,)
+        return self.auto(batch)
 
 
 def empty(model: EnumModel) -> PyroModule:

@@ -90,6 +90,7 @@ class EnumModule(pl.LightningModule):
         self.elbo_factory, self.optimizer_factory = elbo, optimizer
         self.scheduler_factory, self.scheduler_interval = scheduler, scheduler_interval
         self.validate = validate
+        self.guide_init_seed = int((hparams or {}).get("seed", 0))
         self.elbo = None
         self.train_observations: int | None = None
         self.last_observations = 0  # observations in the last global training batch (all ranks)
@@ -110,8 +111,10 @@ class EnumModule(pl.LightningModule):
         self.train_observations = int(self.model.num_observations(full))
         if self.train_observations <= 0:
             raise ValueError("data: the training split holds no observations")
-        # create lazily-initialised (autoguide) parameters before DDP wraps the module
-        with torch.no_grad(), poutine.block():
+        # create lazily-initialised (autoguide) parameters before DDP wraps the module, from a
+        # fixed seed so that they do not depend on the process's RNG state (rank, spawn, resume)
+        with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.guide_init_seed)
             self.guide(full)
 
     # -- steps ------------------------------------------------------------------------------
