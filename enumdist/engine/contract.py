@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from enumdist.engine.factors import align
-from enumdist.engine.plan import ChainStep, Plan, SumStep
+from enumdist.engine.lazy import LazyBernoulliLogProb, stack
+from enumdist.engine.plan import ChainStep, Plan, PlateStep, SumStep
 
 
 class LocalPlates:
@@ -57,7 +58,11 @@ def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
     to ``tape`` for every eliminated variable when a list is given.
     """
     slots = list(tensors) + [None] * (plan.num_slots - len(tensors))
+    batched = _batch_lazy_plate_sums(plan.steps, slots, plates)
     for step in plan.steps:
+        if step.out in batched:
+            slots[step.out] = batched.pop(step.out)
+            continue
         if isinstance(step, ChainStep):
             out = run_chain(step, slots, semiring, tape)
         elif isinstance(step, SumStep):
@@ -78,6 +83,32 @@ def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
             out = plates.plate_sum(slots[step.input], positions, step.absent_count, reduced)
         slots[step.out] = out
     return [(slots[slot], dims, ordinal) for slot, dims, ordinal in plan.outputs]
+
+
+def _batch_lazy_plate_sums(steps, slots, plates):
+    """Reduce runs of plate steps over same-shaped lazy factors with one einsum per run.
+
+    A python-loop HMM has one emission factor per time step; they share shapes, so their sums
+    over the ``keys`` plate stack into a single batched contraction. Returns ``{out slot:
+    tensor}`` for the steps computed this way.
+    """
+    groups: dict = {}
+    for step in steps:
+        if isinstance(step, PlateStep) and isinstance(slots[step.input], LazyBernoulliLogProb):
+            key = (slots[step.input].signature(), step.plates, step.absent_count,
+                   step.ordinal - step.target)
+            groups.setdefault(key, []).append(step)
+    results = {}
+    for (_, present, absent, reduced), group in groups.items():
+        if len(group) < 2:
+            continue
+        lazy = stack([slots[s.input] for s in group])
+        positions = tuple(lazy.dims.index(p) for p in present)
+        total = plates.plate_sum(lazy, positions, absent, reduced)  # leading dim: the stack
+        for step, value in zip(group, total.unbind(0)):
+            results[step.out] = value
+            slots[step.input] = None
+    return results
 
 
 def _dense(term):

@@ -21,7 +21,7 @@ import pyro.distributions as dist
 
 from torch.distributions.utils import probs_to_logits
 
-from enumdist.engine.factors import align, compact, name_dims
+from enumdist.engine.factors import Factor, align, compact, name_dims
 
 
 class LazyBernoulliLogProb:
@@ -84,6 +84,28 @@ class LazyBernoulliLogProb:
             normaliser.append((self.mask.tensor.to(self.logits.tensor.dtype), self.mask.dims))
         normaliser = einsum(normaliser)
         return (linear - normaliser).expand(tuple(self.sizes[d] for d in out_dims))
+
+
+    def signature(self):
+        """Lazy factors with equal signatures can be stacked and reduced in one einsum."""
+        return tuple(None if p is None else (p.dims, tuple(p.tensor.shape))
+                     for p in (self.logits, self.value, self.mask))
+
+
+STACK = "__stack__"
+
+
+def stack(factors):
+    """Stack lazy factors of one signature along a new leading dim named :data:`STACK`."""
+    first = factors[0]
+
+    def stacked(part):
+        if getattr(first, part) is None:
+            return None
+        dims = (STACK,) + getattr(first, part).dims
+        return Factor(torch.stack([getattr(f, part).tensor for f in factors]), dims)
+
+    return type(first)(stacked("logits"), stacked("value"), stacked("mask"))
 
 
 def _bernoulli(fn, value, mask, dim_names, describe, singleton_names):
