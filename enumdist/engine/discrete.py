@@ -96,9 +96,10 @@ def infer_discrete(fn=None, first_available_dim=None, temperature=1, *,
     def decoded(*args, **kwargs):
         plates = LOCAL
         if shard_plates:
-            from enumdist.engine.sharding import ShardedPlates
+            from enumdist.engine.sharding import ShardedPlates, single_process
 
-            plates = ShardedPlates(shard_plates, process_group)
+            if not single_process(process_group):
+                plates = ShardedPlates(shard_plates, process_group)
         with poutine.block():  # the decoding runs are not part of the caller's trace
             values = decode(fn, args, kwargs, first_available_dim, temperature, plates)
         return FixValues(values)(fn)(*args, **kwargs)

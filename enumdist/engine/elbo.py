@@ -17,7 +17,7 @@ from pyro.infer.elbo import ELBO
 
 from enumdist.engine import loss as loss_stage
 from enumdist.engine import trace as trace_stage
-from enumdist.engine.contract import LOCAL
+from enumdist.engine.contract import LOCAL, LocalPlates
 from enumdist.engine.sequential import model_sequential_sites, sequential_elbo
 
 
@@ -27,6 +27,18 @@ def default_memory_budget() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     except (ValueError, OSError, AttributeError):  # pragma: no cover - exotic platforms
         return 8 * 2**30
+
+
+class LocalShardCheck(LocalPlates):
+    """Single-process stand-in for sharded plates: still checks that the plates exist."""
+
+    def __init__(self, shard_plates):
+        self.shard_plates = tuple(shard_plates)
+
+    def prepare(self, problem) -> None:
+        from enumdist.engine.sharding import check_shard_plates
+
+        check_shard_plates(self.shard_plates, problem)
 
 
 class EnumELBO(ELBO):
@@ -86,8 +98,10 @@ class EnumELBO(ELBO):
     def _plates_backend(self):
         if not self.shard_plates:
             return LOCAL
-        from enumdist.engine.sharding import ShardedPlates
+        from enumdist.engine.sharding import ShardedPlates, single_process
 
+        if single_process(self.process_group):  # one rank holds all the data: nothing to reduce
+            return LocalShardCheck(self.shard_plates)
         return ShardedPlates(self.shard_plates, self.process_group)
 
     def _prepare(self, model, guide, args, kwargs):

@@ -54,15 +54,26 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
+def single_process(group=None) -> bool:
+    """True when ``torch.distributed`` is not running, or runs a single rank."""
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return True
+    return tdist.get_world_size(group) == 1
+
+
+def check_shard_plates(shard_plates, problem) -> None:
+    missing = sorted(set(shard_plates) - set(problem.plates))
+    if missing:
+        raise EnumerationError(
+            f"shard_plates names {missing}, but the model has no such plate (its plates: "
+            f"{sorted(problem.plates)}); name a plate the data is split along."
+        )
+
+
 class ShardedPlates(LocalPlates):
     """Plate back end for plates whose elements are split across the ranks of ``group``."""
 
     def __init__(self, shard_plates, group=None):
-        if not (tdist.is_available() and tdist.is_initialized()):
-            raise RuntimeError(
-                f"shard_plates={list(shard_plates)} needs torch.distributed to be initialised "
-                "(torch.distributed.init_process_group('gloo' or 'nccl')) before the first call."
-            )
         self.shard = frozenset(shard_plates)
         self.group = group
         self.world_size = tdist.get_world_size(group)
@@ -139,12 +150,7 @@ class ShardedPlates(LocalPlates):
 
     def prepare(self, problem) -> None:
         """Check the shard plates exist and rescale subsampled ones to the union of ranks."""
-        missing = sorted(self.shard - set(problem.plates))
-        if missing:
-            raise EnumerationError(
-                f"shard_plates names {missing}, but the model has no such plate (its plates: "
-                f"{sorted(problem.plates)}); name a plate the data is split along."
-            )
+        check_shard_plates(self.shard, problem)
         for name in sorted(self.shard):
             plate = problem.plates[name]
             if plate.full_size == plate.size:

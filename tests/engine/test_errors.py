@@ -112,3 +112,12 @@ def test_memory_budget_preflight_on_the_elimination():
     with pytest.raises(MemoryBudgetError, match=r"tensor over \[.*\] of shape \((30|500), (30|500), (30|500), (30|500)\) \(103.0 MiB\)"):
         enumdist.EnumELBO(max_plate_nesting=1, memory_budget=50 * 2**20).loss(
             model, no_guide, torch.randn(500))
+
+
+def test_shard_plates_on_one_process_check_the_plate_and_run_locally():
+    data = torch.randn(5)
+    sharded = enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["data"]).loss(mixture, no_guide, data)
+    local = enumdist.EnumELBO(max_plate_nesting=1).loss(mixture, no_guide, data)
+    assert sharded == local
+    with pytest.raises(EnumerationError, match=r"shard_plates names \['sequences'\].*plates: \['data'\]"):
+        enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["sequences"]).loss(mixture, no_guide, data)
