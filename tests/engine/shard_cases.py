@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyro
 import torch
+from pyro.infer import SVI
+from pyro.optim import Adam
 
 from tests.engine import zoo
 
@@ -90,3 +93,23 @@ SHARD_CASES = [
               full=lambda args: (args[0], torch.cat(SUBSAMPLES))),
     ShardCase("unequal_shards", _case("hmm_masked"), "sequences", _hmm_axis, sizes=(1, 3)),
 ]
+
+
+def record_run(elbo, case, args, steps=3):
+    """Loss, gradients after ``loss_and_grads`` and parameters after ``steps`` SVI steps."""
+    model = case.case.model
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = case.case.guide_factory(model)
+    loss = elbo.loss(model, guide, *args)
+    elbo.loss_and_grads(model, guide, *args)
+    grads = {n: pyro.param(n).unconstrained().grad.clone() for n in pyro.get_param_store().keys()
+             if pyro.param(n).unconstrained().grad is not None}
+    comm = getattr(elbo, "last_comm_bytes", 0)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = case.case.guide_factory(model)
+    svi = SVI(model, guide, Adam({"lr": 0.05}), loss=elbo)
+    losses = [svi.step(*args) for _ in range(steps)]
+    params = {n: pyro.param(n).detach().clone() for n in pyro.get_param_store().keys()}
+    return {"loss": loss, "grads": grads, "svi_losses": losses, "params": params, "comm": comm}

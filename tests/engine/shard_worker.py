@@ -11,34 +11,17 @@ import torch
 import torch.distributed as tdist
 import pyro
 from pyro import poutine
-from pyro.infer import SVI
-from pyro.optim import Adam
 
 import enumdist
 from enumdist.engine.errors import ModelStructureError, ShardError
 from tests.engine import zoo
-from tests.engine.shard_cases import SHARD_CASES
+from tests.engine.shard_cases import SHARD_CASES, record_run
 
 
-def sharded_run(case, rank, world, steps=3):
-    args = case.local_args(rank, world)
-    model, mpn = case.case.model, case.case.max_plate_nesting
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    guide = case.case.guide_factory(model)
-    elbo = enumdist.EnumELBO(max_plate_nesting=mpn, shard_plates=[case.plate])
-    loss = elbo.loss(model, guide, *args)
-    elbo.loss_and_grads(model, guide, *args)
-    grads = {n: pyro.param(n).unconstrained().grad.clone() for n in pyro.get_param_store().keys()
-             if pyro.param(n).unconstrained().grad is not None}
-    comm = elbo.last_comm_bytes
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    guide = case.case.guide_factory(model)
-    svi = SVI(model, guide, Adam({"lr": 0.05}), loss=elbo)
-    losses = [svi.step(*args) for _ in range(steps)]
-    params = {n: pyro.param(n).detach().clone() for n in pyro.get_param_store().keys()}
-    return {"loss": loss, "grads": grads, "svi_losses": losses, "params": params, "comm": comm}
+def sharded_run(case, rank, world):
+    elbo = enumdist.EnumELBO(max_plate_nesting=case.case.max_plate_nesting,
+                             shard_plates=[case.plate])
+    return record_run(elbo, case, case.local_args(rank, world))
 
 
 def comm_bytes_for_size(n, rank, world):

@@ -10,12 +10,11 @@ import torch
 import torch.multiprocessing as mp
 import pyro
 from pyro import poutine
-from pyro.infer import SVI, TraceEnum_ELBO
-from pyro.optim import Adam
+from pyro.infer import TraceEnum_ELBO
 
 import enumdist
 from tests.engine import shard_worker
-from tests.engine.shard_cases import SHARD_CASES
+from tests.engine.shard_cases import SHARD_CASES, record_run
 
 WORLD = 2
 RTOL = 1e-6
@@ -41,25 +40,11 @@ def ranks(tmp_path_factory):
     return results
 
 
-def full_data_run(case, steps=3):
+def full_data_run(case):
     """The oracle: Pyro's TraceEnum_ELBO on one process with all the data."""
     torch.set_default_dtype(torch.float64)
-    args, model, mpn = case.full_args(), case.case.model, case.case.max_plate_nesting
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    guide = case.case.guide_factory(model)
-    elbo = TraceEnum_ELBO(max_plate_nesting=mpn)
-    loss = elbo.loss(model, guide, *args)
-    elbo.loss_and_grads(model, guide, *args)
-    grads = {n: pyro.param(n).unconstrained().grad.clone() for n in pyro.get_param_store().keys()
-             if pyro.param(n).unconstrained().grad is not None}
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    guide = case.case.guide_factory(model)
-    svi = SVI(model, guide, Adam({"lr": 0.05}), loss=elbo)
-    losses = [svi.step(*args) for _ in range(steps)]
-    params = {n: pyro.param(n).detach().clone() for n in pyro.get_param_store().keys()}
-    return {"loss": loss, "grads": grads, "svi_losses": losses, "params": params}
+    elbo = TraceEnum_ELBO(max_plate_nesting=case.case.max_plate_nesting)
+    return record_run(elbo, case, case.full_args())
 
 
 @pytest.mark.parametrize("case", SHARD_CASES, ids=[c.name for c in SHARD_CASES])
