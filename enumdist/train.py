@@ -43,8 +43,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     elbo = instantiate_group(cfg, "elbo")  # a factory: built per process in EnumModule.setup
     module = EnumModule(
         model, elbo=elbo, guide=guide,
-        optimizer=instantiate(cfg.optim.optimizer),
-        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+        optimizer=instantiate(cfg.optim.optimizer, _convert_="all"),  # plain lists in checkpoints
+        scheduler=instantiate(cfg.optim.scheduler, _convert_="all") if cfg.optim.get("scheduler") else None,
         scheduler_interval=cfg.optim.scheduler_interval,
         validate=cfg.validate,
         hparams=OmegaConf.to_container(cfg, resolve=True),  # plain containers: weights-only loadable
@@ -93,7 +93,7 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
 
 def report(metrics: dict[str, float], run_dir: Path, pictures: list[str]) -> None:
     """Rank 0's closing words: held-out loss per observation and where the run's files are."""
-    for key in ("train/loss_per_obs", "valid/loss_per_obs", "test/loss_per_obs"):
+    for key in ("train/loss_per_obs", "valid/loss_per_obs", "test/loss_per_obs", "test/accuracy"):
         if key in metrics:
             print(f"{key.replace('/', ' ').replace('_per_obs', ' per observation'):<32} {metrics[key]:.5f}")
     print(f"run directory: {run_dir}")

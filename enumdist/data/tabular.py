@@ -8,6 +8,9 @@ semi-supervised classifiers.
   semi-supervised classifier (default digits: 64 features, 10 classes, ~10% of training rows
   labeled); :func:`load_partially_labeled` gives the same rows one split at a time, with the
   withheld training labels set to ``UNLABELED`` (-1), for per-split data modules.
+- :func:`load_semisupervised_split` -- what the training pipeline loads for a semi-supervised
+  experiment: the partially labeled train split; valid/test with every label withheld (and kept
+  aside as ``true_labels`` for accuracy).
 
 Splits: row ``i`` of data set ``name`` goes to train/valid/test by SHA-256 of ``"name/i"``
 (~70/15/15, :mod:`enumdist.data.splits`); within train, a row is labeled iff a second hash with
@@ -155,3 +158,26 @@ def load_semisupervised(
         valid=load_partially_labeled(split="valid", **load),
         test=load_partially_labeled(split="test", **load),
     )
+
+
+def load_semisupervised_split(
+    split: str,
+    *,
+    name: str = "digits",
+    labeled_fraction: float = 0.1,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
+    """One split for training a semi-supervised classifier with a per-split data module.
+
+    Returns ``{"features": [N, D], "labels": long [N]}``: in ``train`` the labels of
+    :func:`load_partially_labeled` (labeled and unlabeled rows together, one table); in
+    ``valid``/``test`` *every* label is ``UNLABELED``, so that the model enumerates the class and
+    the held-out loss is ``-log p(features)``, the score of an unlabeled point. Those splits also
+    carry ``"true_labels"`` long [N], the withheld labels, for accuracy metrics; the model never
+    reads that key.
+    """
+    data = load_partially_labeled(name, split, labeled_fraction=labeled_fraction, dtype=dtype)
+    if split == "train":
+        return {"features": data.features, "labels": data.labels}
+    return {"features": data.features, "labels": torch.full_like(data.labels, UNLABELED),
+            "true_labels": data.labels}

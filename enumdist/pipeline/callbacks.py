@@ -3,6 +3,7 @@
 - :class:`TrainHistory` writes ``<run_dir>/train_history.csv`` (``step,loss_per_obs``) on rank 0,
   atomically, and keeps its rows in checkpoints so a resumed run continues the same file.
 - :class:`Throughput` logs observations per second of the global batch.
+- :class:`ClassAccuracy` logs held-out accuracy of the MAP class (semi-supervised classifiers).
 - :class:`AtomicCheckpointIO` writes checkpoints to a temporary file *in the target directory*
   and renames it into place. Lightning's own writer goes through ``fsspec``'s transaction,
   which writes to ``tempfile.mkstemp()`` (``/tmp``) and then ``shutil.move``s: that is a copy,
@@ -108,6 +109,45 @@ class Throughput(pl.Callback):
         elapsed = time.perf_counter() - self.start
         if elapsed > 0:
             pl_module.log("train/obs_per_s", pl_module.last_observations / elapsed, rank_zero_only=True)
+
+
+class ClassAccuracy(pl.Callback):
+    """Logs ``valid/accuracy`` and ``test/accuracy``: the MAP class of every held-out item
+    (``enumdist.infer_discrete`` at temperature 0, through the decoding stage's ``decode_batch``)
+    against ``batch[labels_key]``.
+
+    ``state`` names the decoded state (a key of the model's ``state_sites``) holding one class
+    per item. The data must hide the labels from the model (so the class is enumerated, not
+    observed) and keep them under ``labels_key``; see ``load_semisupervised_split``. Correct
+    counts are summed over ranks, so the logged value is the accuracy of the global batch.
+    """
+
+    def __init__(self, state: str = "class", labels_key: str = "true_labels"):
+        self.state, self.labels_key = state, labels_key
+
+    def _log(self, split: str, trainer, pl_module, batch) -> None:
+        from enumdist.decoding.decoder import decode_batch
+
+        if self.labels_key not in batch:
+            raise KeyError(f"callbacks.class_accuracy: the {split} batch has no {self.labels_key!r} "
+                           f"field (it has {sorted(batch)}); set labels_key to the field of true labels")
+        decoded = decode_batch(pl_module.model, pl_module.guide, batch, temperature=0)[self.state]
+        if decoded.shape[1] != 1:
+            raise ValueError(f"callbacks.class_accuracy: state {self.state!r} holds "
+                             f"{decoded.shape[1]} values per item; expected one class per item")
+        labels = batch[self.labels_key]
+        counts = torch.tensor([float((decoded[:, 0] == labels).sum()), float(len(labels))],
+                              dtype=torch.float64, device=labels.device)
+        if trainer.world_size > 1:
+            counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        correct, total = counts.tolist()
+        pl_module.log(f"{split}/accuracy", correct / total, rank_zero_only=True, batch_size=int(total))
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._log("valid", trainer, pl_module, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._log("test", trainer, pl_module, batch)
 
 
 class SaveRankParameters(pl.Callback):
