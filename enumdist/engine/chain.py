@@ -55,18 +55,6 @@ def _finite_max(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.amax(dim=dim, keepdim=True).clamp(min=torch.finfo(x.dtype).min)
 
 
-def log_matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``log(exp(x) @ exp(y))`` over the last two dims, batched; one real matmul."""
-    mx = _finite_max(x, -1)
-    my = _finite_max(y, -2)
-    return torch.log(torch.exp(x - mx) @ torch.exp(y - my)) + mx + my
-
-
-def _log_identity(s: int, like: torch.Tensor) -> torch.Tensor:
-    eye = torch.full((s, s), -math.inf, dtype=like.dtype, device=like.device)
-    return eye.fill_diagonal_(0.0)
-
-
 # -- messages: v_t = valid_t ? (v_{t-1} + pre_t) (x) A_t + post_t : v_{t-1} ------------------------
 #
 # The forward messages are (pre=0, post=emissions, A=trans); the backward messages are the same
@@ -144,61 +132,121 @@ def _sequential_backward(probs, shift, scaled_emissions, emission_max, valid):
     return out, c
 
 
-def _scan_messages(v0, trans, pre, post, valid, block=None):
-    """All messages ``[N, T, S]`` by a blocked associative scan.
+def _blocked_messages(h0, probs, emissions, increments, keep, emission_first, block=None):
+    """Scaled messages of ``v_t = keep_t ? step_t(v_{t-1}) : v_{t-1}`` for ``t = 1..M`` by a
+    blocked scan in probability space; ``step_t(v) = (v @ A_t) * g_t``, or ``(v * g_t) @ A_t``
+    when ``emission_first``.
 
-    The ``T - 1`` step matrices are cut into blocks of ``K`` (default ``max(S, sqrt T)``). Block
-    products are built for all blocks at once (``K`` batched log-matmuls), an inclusive
-    Hillis-Steele scan over blocks (``log2(T/K)`` rounds) gives each block its incoming message,
-    and ``K`` batched vector-matrix steps fill in the messages inside every block. Only ``T/K``
-    matrices live at a time: ``O(N·T·S²/K) <= O(N·T·S)`` memory.
+    ``h0 [N, S]``: the (positive, scaled) message ``v_0``; ``probs [M|1, S, S]``: ``A_t``;
+    ``emissions [M, N, S]``: ``g_t``; ``increments [M, N]``: the log-scale a kept step adds
+    (the shifts taken out of ``A_t`` and ``g_t``); ``keep [M, N]`` bool. Returns time-major
+    ``(h [M, N, S], c [M, N])`` with ``log v_t = log h_t + c_t + log h0``-offset (rows of ``h``
+    sum to one).
+
+    The steps are cut into ``B`` blocks of ``K`` (default ``max(S, sqrt M)``): (1) ``K`` batched
+    steps build every block's matrix at once, each row normalised to sum one with its log-scale
+    kept (a row is a forward pass from one start state, so this is exactly as safe as the
+    sequential algorithm); (2) ``B`` vector steps, in log space, carry the message across
+    blocks; (3) ``K`` batched vector steps fill in the messages inside every block. Sequential
+    depth ``2K + B`` instead of ``M``; memory ``O(N·M·S)`` (block matrices: ``N·M·S²/K``).
     """
-    n, t_total = valid.shape
-    s = v0.shape[-1]
-    num_steps = t_total - 1
-    if num_steps == 0:
-        return v0.unsqueeze(1)
-    k = block or max(s, int(math.isqrt(num_steps)))
-    k = min(k, num_steps)
-    num_blocks = -(-num_steps // k)
-    # steps[b, j] = 1 + b*k + j; steps past the end are padded with identities via `valid`.
-    steps = torch.arange(num_blocks * k, device=v0.device).reshape(num_blocks, k) + 1
-    in_range = steps < t_total
-    steps = steps.clamp(max=t_total - 1)
-    keep = valid[:, steps] & in_range  # [N, B, K]: False -> identity matrix
-    identity = _log_identity(s, trans)
+    m, n, s = emissions.shape
+    k = min(block or max(s, math.isqrt(m)), m)
+    b = -(-m // k)
+    pad = b * k - m  # steps past M: never kept, their outputs dropped
 
-    def matrices(j):  # [N, B, S, S]
-        a = trans[0] if trans.shape[0] == 1 else trans[steps[:, j]]
-        m = a.expand(n, num_blocks, s, s)
-        if pre is not None:
-            m = m + pre[:, steps[:, j]].unsqueeze(-1)
-        if post is not None:
-            m = m + post[:, steps[:, j]].unsqueeze(-2)
-        return torch.where(keep[:, :, j, None, None], m, identity)
+    def by_block(x, fill):  # [M, ...] -> [K, B, ...]: slice j is step j of every block
+        if pad:
+            x = torch.cat([x, x.new_full((pad, *x.shape[1:]), fill)])
+        return x.reshape(b, k, *x.shape[1:]).transpose(0, 1).contiguous()
 
-    blocks = matrices(0)
-    for j in range(1, k):
-        blocks = log_matmul(blocks, matrices(j))
-    # inclusive scan over blocks: prefix[b] = blocks[0] (x) ... (x) blocks[b]
-    prefix = blocks
-    shift = 1
-    while shift < num_blocks:
-        combined = log_matmul(prefix[:, :-shift], prefix[:, shift:])
-        prefix = torch.cat([prefix[:, :shift], combined], dim=1)
-        shift *= 2
-    # message entering block b: v0 (x) prefix[b-1]
-    entering = log_matmul(v0[:, None, None, :], prefix[:, :-1]).squeeze(-2)  # [N, B-1, S]
-    v = torch.cat([v0[:, None], entering], dim=1)  # [N, B, S]
-    out = v0.new_empty(n, num_blocks, k, s)
+    g = by_block(emissions, 1.0)
+    keep = by_block(keep, False)
+    increments = by_block(increments, 0.0) * keep
+    mixed = (~keep.flatten(1).all(1)).tolist()  # slices where some step is an identity
+    homogeneous = probs.shape[0] == 1
+    a = probs[0] if homogeneous else by_block(probs, 0.0)
+    tiny = torch.finfo(h0.dtype).tiny
+
+    def advance(v, j):  # step j of every block, rows normalised; v [B, N, S] or [B, N, S, S]
+        g_j = g[j] if v.dim() == 3 else g[j].unsqueeze(-2)
+        u = v * g_j if emission_first else v
+        u = u @ a if homogeneous else (u.reshape(b, -1, s) @ a[j]).reshape(v.shape)
+        if not emission_first:
+            u = u.mul_(g_j)
+        z = u.sum(-1, keepdim=True).clamp_(min=tiny)  # a dead row stays 0, its scale -inf
+        u = u.div_(z)
+        if mixed[j]:
+            keep_j = keep[j].reshape(b, n, *([1] * (v.dim() - 2)))
+            u, z = torch.where(keep_j, u, v), torch.where(keep_j, z, 1.0)
+        return u, z.squeeze(-1)
+
+    # (1) all block matrices [B, N, S, S] (rows: start states) and their row log-scales
+    x = torch.eye(s, dtype=h0.dtype, device=h0.device).expand(b, n, s, s)
+    row_norms = h0.new_empty(k, b, n, s)
     for j in range(k):
-        v = log_matmul(v.unsqueeze(-2), matrices(j)).squeeze(-2)
-        out[:, :, j] = v
-    out = out.reshape(n, num_blocks * k, s)[:, :num_steps]
-    return torch.cat([v0[:, None], out], dim=1)
+        x, row_norms[j] = advance(x, j)
+    row_scale = torch.log(row_norms).sum(0) + increments.sum(0).unsqueeze(-1)
+    # (2) the message entering each block
+    log_v = torch.log(h0)
+    entering = [log_v]
+    for i in range(b - 1):
+        log_v = log_v + row_scale[i]
+        top = _finite_max(log_v, -1)
+        log_v = torch.log((torch.exp(log_v - top).unsqueeze(-2) @ x[i]).squeeze(-2)) + top
+        entering.append(log_v)
+    v, c_entering = _scaled(torch.stack(entering))  # [B, N, S], [B, N]
+    # (3) the messages inside every block
+    out = h0.new_empty(k, b, n, s)
+    norms = h0.new_empty(k, b, n)
+    for j in range(k):
+        v, norms[j] = advance(v, j)
+        out[j] = v
+    c = c_entering + torch.cumsum(torch.log(norms) + increments, dim=0)
+    return (out.transpose(0, 1).reshape(b * k, n, s)[:m],
+            c.transpose(0, 1).reshape(b * k, n)[:m])
 
 
-METHODS = ("sequential", "scan")
+def _step_increments(shift, emission_max):
+    """Log-scale taken out of steps ``t = 1..T-1``: emission max plus transition shift, [N, T-1]."""
+    step_shift = shift.reshape(-1)[1:] if shift.shape[0] > 1 else shift.reshape(())
+    return emission_max[:, 1:] + step_shift
+
+
+def _scan_forward(init_logits, probs, shift, scaled_emissions, emission_max, valid, block=None):
+    """:func:`_sequential_forward`'s messages by :func:`_blocked_messages` (any row order)."""
+    h_init, c_init = _scaled(init_logits)
+    h0, c0 = h_init * scaled_emissions[:, 0], c_init + emission_max[:, 0]
+    if valid.shape[1] == 1:
+        return h0.unsqueeze(1), c0.unsqueeze(1)
+    h, c = _blocked_messages(h0, probs[1:] if probs.shape[0] > 1 else probs,
+                             scaled_emissions[:, 1:].transpose(0, 1),
+                             _step_increments(shift, emission_max).T, valid[:, 1:].T,
+                             emission_first=False, block=block)
+    return torch.cat([h0.unsqueeze(0), h]).transpose(0, 1), torch.cat([c0.unsqueeze(0), c + c0]).T
+
+
+def _scan_backward(probs, shift, scaled_emissions, emission_max, valid, block=None):
+    """:func:`_sequential_backward`'s messages by :func:`_blocked_messages` on reversed time
+    (step ``r`` is ``t = T - r``, matrices transposed, the emission applied first)."""
+    n, t_total, s = scaled_emissions.shape
+    ones = scaled_emissions.new_ones(1, n, s)
+    if t_total == 1:
+        return ones.transpose(0, 1), emission_max.new_zeros(n, 1)
+    step_probs = probs.transpose(-1, -2)
+    if probs.shape[0] > 1:
+        step_probs = step_probs[1:].flip(0)
+    h, c = _blocked_messages(ones[0], step_probs, scaled_emissions[:, 1:].transpose(0, 1).flip(0),
+                             _step_increments(shift, emission_max).T.flip(0),
+                             valid[:, 1:].T.flip(0), emission_first=True, block=block)
+    return torch.cat([h.flip(0), ones]).transpose(0, 1), torch.cat([c.flip(0), c.new_zeros(1, n)]).T
+
+
+# method -> (forward messages, backward messages), both as scaled ``(h [N, T, S], c [N, T])``
+METHODS = {
+    "sequential": (_sequential_forward, _sequential_backward),
+    "scan": (_scan_forward, _scan_backward),
+}
 
 
 # -- log-likelihood with its own adjoint -------------------------------------------------------
@@ -222,16 +270,6 @@ def _prepare(init_logits, trans_logits, emission_log_probs, lengths):
     return valid
 
 
-def _scan_backward(trans, emissions, valid):
-    """``log beta [N, T, S]`` by the scan: the forward recursion on reversed time, transposed."""
-    rev = lambda x: torch.cat([x[:, :1], x[:, 1:].flip(1)], dim=1)  # noqa: E731  index s -> T-s
-    trans_rev = trans.transpose(-1, -2)
-    if trans.shape[0] != 1:
-        trans_rev = torch.cat([trans_rev[:1], trans_rev[1:].flip(0)], dim=0)
-    v0 = emissions.new_zeros(emissions.shape[0], emissions.shape[2])
-    return _scan_messages(v0, trans_rev, rev(emissions), None, rev(valid)).flip(1)
-
-
 def _transition_probs(trans):
     """``(exp(A - shift), shift [T|1, 1, 1])``: per-step shifted transition probabilities."""
     shift = _finite_max(trans.flatten(-2), -1).unsqueeze(-1)
@@ -247,12 +285,8 @@ class _ChainLogZ(torch.autograd.Function):
         trans = trans_logits if trans_logits.dim() == 3 else trans_logits.unsqueeze(0)
         probs, shift = _transition_probs(trans)
         scaled_emissions, emission_max = _scaled(emissions)
-        if method == "sequential":
-            h, c = _sequential_forward(init_logits, probs, shift, scaled_emissions,
-                                       emission_max, valid)
-        else:
-            h, c = _scaled(_scan_messages(init_logits + emissions[:, 0], trans, None, emissions,
-                                          valid))
+        forward, _ = METHODS[method]
+        h, c = forward(init_logits, probs, shift, scaled_emissions, emission_max, valid)
         log_z = torch.log(h[:, -1].sum(-1)) + c[:, -1]
         ctx.save_for_backward(trans_logits, emissions, valid, h, c, log_z)
         ctx.method = method
@@ -264,11 +298,8 @@ class _ChainLogZ(torch.autograd.Function):
         trans = trans_logits if trans_logits.dim() == 3 else trans_logits.unsqueeze(0)
         probs, shift = _transition_probs(trans)
         scaled_emissions, emission_max = _scaled(emissions)
-        if ctx.method == "sequential":
-            h_beta, c_beta = _sequential_backward(probs, shift, scaled_emissions, emission_max,
-                                                  valid)
-        else:
-            h_beta, c_beta = _scaled(_scan_backward(trans, emissions, valid))
+        _, backward = METHODS[ctx.method]
+        h_beta, c_beta = backward(probs, shift, scaled_emissions, emission_max, valid)
         weight = torch.where(valid, grad.unsqueeze(-1), torch.zeros((), dtype=grad.dtype))
         # posterior marginals gamma_t = exp(alpha_t + beta_t - log Z) = d log Z / d e_t
         gamma = h_alpha * h_beta * (torch.exp(c_alpha + c_beta - log_z[:, None]) * weight)[..., None]
@@ -303,7 +334,7 @@ def chain_log_likelihood(init_logits, trans_logits, emission_log_probs, lengths=
     (associative scan, ``O(sqrt T + log T)`` depth, for long chains).
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
     valid = _prepare(init_logits, trans_logits, emission_log_probs, lengths)
     order = _sorted(valid.sum(1))
     if order is None:

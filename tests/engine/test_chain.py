@@ -11,7 +11,9 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from enumdist.engine.chain import (
     _prepare,
     _scaled,
-    _scan_messages,
+    _scan_backward,
+    _scan_forward,
+    _sequential_backward,
     _sequential_forward,
     _transition_probs,
     chain_log_likelihood,
@@ -82,16 +84,21 @@ def test_custom_adjoint_equals_autograd_of_brute_force(method, time_varying):
         assert torch.allclose(a, e, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("block", [None, 1, 3, 64])
-def test_scan_messages_equal_sequential(block):
+@pytest.mark.parametrize("block", [None, 1, 3, 64, 299])
+@pytest.mark.parametrize("time_varying", [False, True], ids=["homogeneous", "time_varying"])
+def test_scan_messages_equal_sequential(block, time_varying):
     torch.manual_seed(0)
-    n, t, s = 2, 300, 4
-    init, trans, emissions = torch.randn(s), torch.randn(1, s, s), torch.randn(n, t, s)
-    valid = _prepare(init, trans[0], emissions, torch.tensor([300, 137]))
-    h, c = _sequential_forward(init, *_transition_probs(trans), *_scaled(emissions), valid)
-    expected = torch.log(h) + c[..., None]
-    actual = _scan_messages(init + emissions[:, 0], trans, None, emissions, valid, block=block)
-    assert torch.allclose(actual, expected, rtol=1e-10)
+    n, t, s = 3, 300, 4
+    init, emissions = torch.randn(s), torch.randn(n, t, s)
+    trans = torch.randn(t if time_varying else 1, s, s)
+    valid = _prepare(init, trans if time_varying else trans[0], emissions,
+                     torch.tensor([300, 137, 1]))
+    inputs = (*_transition_probs(trans), *_scaled(emissions), valid)
+    for sequential, scan in [(_sequential_forward(init, *inputs),
+                              _scan_forward(init, *inputs, block=block)),
+                             (_sequential_backward(*inputs), _scan_backward(*inputs, block=block))]:
+        expected, actual = (torch.log(h) + c[..., None] for h, c in (sequential, scan))
+        assert torch.allclose(actual, expected, rtol=1e-10)
 
 
 def test_long_chain_scan_equals_sequential_with_grads():
@@ -106,6 +113,25 @@ def test_long_chain_scan_equals_sequential_with_grads():
         results.append([log_z, *torch.autograd.grad(log_z.sum(), leaves)])
     for seq, scan in zip(*results):
         assert torch.allclose(seq, scan, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("time_varying", [False, True], ids=["homogeneous", "time_varying"])
+def test_scan_equals_sequential_on_ragged_chain(time_varying):
+    """Values and all three gradients, unsorted ragged lengths, a non-uniform upstream grad."""
+    generator = torch.Generator().manual_seed(1)
+    n, t, s = 4, 300, 5
+    args = [torch.randn(*shape, generator=generator, dtype=torch.float64)
+            for shape in [(s,), ((t,) if time_varying else ()) + (s, s), (n, t, s)]]
+    lengths = torch.tensor([211, 300, 1, 299])
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    results = {}
+    for method in ("sequential", "scan"):
+        leaves = [a.clone().requires_grad_() for a in args]
+        log_z = chain_log_likelihood(*leaves, lengths, method)
+        results[method] = [log_z, *torch.autograd.grad((log_z * weights).sum(), leaves)]
+    for name, seq, scan in zip(["log_z", "init", "trans", "emissions"], *results.values()):
+        assert torch.allclose(scan, seq, rtol=1e-7, atol=1e-12), name
+    assert torch.all(results["scan"][3][2, 1:] == 0)  # steps past a length get no gradient
 
 
 def test_chain_map_equals_pyro_infer_discrete():
