@@ -34,6 +34,7 @@ forward algorithm.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -132,61 +133,82 @@ def _sequential_backward(probs, shift, scaled_emissions, emission_max, valid):
     return out, c
 
 
-def _blocked_messages(h0, probs, emissions, increments, keep, emission_first, block=None):
-    """Scaled messages of ``v_t = keep_t ? step_t(v_{t-1}) : v_{t-1}`` for ``t = 1..M`` by a
-    blocked scan in probability space; ``step_t(v) = (v @ A_t) * g_t``, or ``(v * g_t) @ A_t``
-    when ``emission_first``.
+class _Steps(NamedTuple):
+    """Steps ``t = 1..T-1`` in blocks of ``K`` laid out ``[K, B, ...]``: slice ``j`` holds step
+    ``t = 1 + b·K + j`` of every block ``b``; steps past ``T - 1`` are padding, never kept."""
 
-    ``h0 [N, S]``: the (positive, scaled) message ``v_0``; ``probs [M|1, S, S]``: ``A_t``;
-    ``emissions [M, N, S]``: ``g_t``; ``increments [M, N]``: the log-scale a kept step adds
-    (the shifts taken out of ``A_t`` and ``g_t``); ``keep [M, N]`` bool. Returns time-major
-    ``(h [M, N, S], c [M, N])`` with ``log v_t = log h_t + c_t + log h0``-offset (rows of ``h``
-    sum to one).
+    emissions: torch.Tensor  # [K, B, N, S] scaled
+    increments: torch.Tensor  # [K, B, N] log-scale taken out of a kept step, 0 if not kept
+    keep: torch.Tensor  # [K, B, N] bool
+    mixed: list  # [K] bool: slice j has a step that is not kept
+    probs: torch.Tensor  # [1, 1, S, S] (homogeneous) or [K, B, S, S]
 
-    The steps are cut into ``B`` blocks of ``K`` (default ``max(S, sqrt M)``): (1) ``K`` batched
-    steps build every block's matrix at once, each row normalised to sum one with its log-scale
-    kept (a row is a forward pass from one start state, so this is exactly as safe as the
-    sequential algorithm); (2) ``B`` vector steps, in log space, carry the message across
-    blocks; (3) ``K`` batched vector steps fill in the messages inside every block. Sequential
-    depth ``2K + B`` instead of ``M``; memory ``O(N·M·S)`` (block matrices: ``N·M·S²/K``).
-    """
-    m, n, s = emissions.shape
-    k = min(block or max(s, math.isqrt(m)), m)
-    b = -(-m // k)
-    pad = b * k - m  # steps past M: never kept, their outputs dropped
+    def times(self, x, j, transpose=False):
+        """``x [B, N, ..., S] @ A`` (or ``@ A.T``) for step ``j`` of every block."""
+        a = self.probs[min(j, self.probs.shape[0] - 1)]
+        a = a.transpose(-1, -2) if transpose else a
+        if a.shape[0] == 1:
+            return x @ a[0]
+        return (x.reshape(a.shape[0], -1, a.shape[-1]) @ a).reshape(x.shape)
 
-    def by_block(x, fill):  # [M, ...] -> [K, B, ...]: slice j is step j of every block
-        if pad:
-            x = torch.cat([x, x.new_full((pad, *x.shape[1:]), fill)])
-        return x.reshape(b, k, *x.shape[1:]).transpose(0, 1).contiguous()
-
-    g = by_block(emissions, 1.0)
-    keep = by_block(keep, False)
-    increments = by_block(increments, 0.0) * keep
-    mixed = (~keep.flatten(1).all(1)).tolist()  # slices where some step is an identity
-    homogeneous = probs.shape[0] == 1
-    a = probs[0] if homogeneous else by_block(probs, 0.0)
-    tiny = torch.finfo(h0.dtype).tiny
-
-    def advance(v, j):  # step j of every block, rows normalised; v [B, N, S] or [B, N, S, S]
-        g_j = g[j] if v.dim() == 3 else g[j].unsqueeze(-2)
-        u = v * g_j if emission_first else v
-        u = u @ a if homogeneous else (u.reshape(b, -1, s) @ a[j]).reshape(v.shape)
-        if not emission_first:
-            u = u.mul_(g_j)
-        z = u.sum(-1, keepdim=True).clamp_(min=tiny)  # a dead row stays 0, its scale -inf
+    def normalise(self, u, previous, j):
+        """Rows of ``u`` to sum one, ``previous`` where step ``j`` is not kept; ``(h, norm)``."""
+        z = u.sum(-1, keepdim=True).clamp_(min=torch.finfo(u.dtype).tiny)  # dead row: stays 0
         u = u.div_(z)
-        if mixed[j]:
-            keep_j = keep[j].reshape(b, n, *([1] * (v.dim() - 2)))
-            u, z = torch.where(keep_j, u, v), torch.where(keep_j, z, 1.0)
+        if self.mixed[j]:
+            keep = self.keep[j].reshape(*self.keep.shape[1:], *([1] * (u.dim() - 2)))
+            u, z = torch.where(keep, u, previous), torch.where(keep, z, 1.0)
         return u, z.squeeze(-1)
 
-    # (1) all block matrices [B, N, S, S] (rows: start states) and their row log-scales
+
+def _blocked_steps(probs, shift, scaled_emissions, emission_max, valid, block=None):
+    """:class:`_Steps` for ``T - 1 >= 1`` steps; ``K`` defaults to ``max(S, sqrt(T - 1))``."""
+    n, t_total, s = scaled_emissions.shape
+    m = t_total - 1
+    k = min(block or max(s, math.isqrt(m)), m)
+    b = -(-m // k)
+
+    def by_block(x, fill):  # [M, ...] -> [K, B, ...]
+        x = torch.cat([x, x.new_full((b * k - m, *x.shape[1:]), fill)])
+        return x.reshape(b, k, *x.shape[1:]).transpose(0, 1).contiguous()
+
+    keep = by_block(valid[:, 1:].T, False)
+    step_shift = shift.reshape(-1)[1:] if shift.shape[0] > 1 else shift.reshape(())
+    increments = by_block((emission_max[:, 1:] + step_shift).T, 0.0) * keep
+    return _Steps(
+        emissions=by_block(scaled_emissions[:, 1:].transpose(0, 1), 1.0),
+        increments=increments,
+        keep=keep,
+        mixed=(~keep.flatten(1).all(1)).tolist(),
+        probs=probs[None] if probs.shape[0] == 1 else by_block(probs[1:], 0.0),
+    )
+
+
+def _scan_forward(init_logits, probs, shift, scaled_emissions, emission_max, valid, block=None):
+    """:func:`_sequential_forward`'s messages by a blocked scan; rows in any order. Returns
+    ``(h, c, blocks)``; ``blocks`` (the block matrices) are what :func:`_scan_backward` needs.
+
+    Probability space, steps cut into ``B`` blocks of ``K``: (1) ``K`` batched steps build every
+    block's matrix ``F_b = prod_t A_t diag(g_t)`` (not-kept steps: identity), each row
+    normalised to sum one with its log-scale kept -- a row is a forward pass from one start
+    state, so this is as safe as the sequential algorithm; (2) ``B`` vector steps in log space
+    carry the message across blocks; (3) ``K`` batched vector steps fill in every block.
+    Sequential depth ``2K + B`` instead of ``T``; memory ``O(N·T·S)`` (``F``: ``N·T·S²/K``).
+    """
+    n, t_total, s = scaled_emissions.shape
+    h_init, c_init = _scaled(init_logits)
+    h0, c0 = h_init * scaled_emissions[:, 0], c_init + emission_max[:, 0]
+    if t_total == 1:
+        return h0.unsqueeze(1), c0.unsqueeze(1), ()
+    steps = _blocked_steps(probs, shift, scaled_emissions, emission_max, valid, block)
+    k, b = steps.keep.shape[:2]
+    # (1) block matrices [B, N, S, S], rows: start states
     x = torch.eye(s, dtype=h0.dtype, device=h0.device).expand(b, n, s, s)
     row_norms = h0.new_empty(k, b, n, s)
     for j in range(k):
-        x, row_norms[j] = advance(x, j)
-    row_scale = torch.log(row_norms).sum(0) + increments.sum(0).unsqueeze(-1)
+        u = steps.times(x, j).mul_(steps.emissions[j].unsqueeze(-2))
+        x, row_norms[j] = steps.normalise(u, x, j)
+    row_scale = torch.log(row_norms).sum(0) + steps.increments.sum(0).unsqueeze(-1)
     # (2) the message entering each block
     log_v = torch.log(h0)
     entering = [log_v]
@@ -196,57 +218,52 @@ def _blocked_messages(h0, probs, emissions, increments, keep, emission_first, bl
         log_v = torch.log((torch.exp(log_v - top).unsqueeze(-2) @ x[i]).squeeze(-2)) + top
         entering.append(log_v)
     v, c_entering = _scaled(torch.stack(entering))  # [B, N, S], [B, N]
-    # (3) the messages inside every block
+    # (3) alpha_{1 + bK + j}
     out = h0.new_empty(k, b, n, s)
     norms = h0.new_empty(k, b, n)
     for j in range(k):
-        v, norms[j] = advance(v, j)
+        v, norms[j] = steps.normalise(steps.times(v, j).mul_(steps.emissions[j]), v, j)
         out[j] = v
-    c = c_entering + torch.cumsum(torch.log(norms) + increments, dim=0)
-    return (out.transpose(0, 1).reshape(b * k, n, s)[:m],
-            c.transpose(0, 1).reshape(b * k, n)[:m])
+    c = c_entering + torch.cumsum(torch.log(norms) + steps.increments, dim=0)
+    h = torch.cat([h0.unsqueeze(0), out.transpose(0, 1).reshape(b * k, n, s)[: t_total - 1]])
+    c = torch.cat([c0.unsqueeze(0), c.transpose(0, 1).reshape(b * k, n)[: t_total - 1] + c0])
+    return h.transpose(0, 1), c.T, (x, row_scale)
 
 
-def _step_increments(shift, emission_max):
-    """Log-scale taken out of steps ``t = 1..T-1``: emission max plus transition shift, [N, T-1]."""
-    step_shift = shift.reshape(-1)[1:] if shift.shape[0] > 1 else shift.reshape(())
-    return emission_max[:, 1:] + step_shift
-
-
-def _scan_forward(init_logits, probs, shift, scaled_emissions, emission_max, valid, block=None):
-    """:func:`_sequential_forward`'s messages by :func:`_blocked_messages` (any row order)."""
-    h_init, c_init = _scaled(init_logits)
-    h0, c0 = h_init * scaled_emissions[:, 0], c_init + emission_max[:, 0]
-    if valid.shape[1] == 1:
-        return h0.unsqueeze(1), c0.unsqueeze(1)
-    h, c = _blocked_messages(h0, probs[1:] if probs.shape[0] > 1 else probs,
-                             scaled_emissions[:, 1:].transpose(0, 1),
-                             _step_increments(shift, emission_max).T, valid[:, 1:].T,
-                             emission_first=False, block=block)
-    return torch.cat([h0.unsqueeze(0), h]).transpose(0, 1), torch.cat([c0.unsqueeze(0), c + c0]).T
-
-
-def _scan_backward(probs, shift, scaled_emissions, emission_max, valid, block=None):
-    """:func:`_sequential_backward`'s messages by :func:`_blocked_messages` on reversed time
-    (step ``r`` is ``t = T - r``, matrices transposed, the emission applied first)."""
+def _scan_backward(probs, shift, scaled_emissions, emission_max, valid, blocks, block=None):
+    """:func:`_sequential_backward`'s messages from the forward pass's block matrices: block
+    ``b`` maps ``beta`` at its last step to ``beta`` before its first, ``F_b @ beta``; then ``K``
+    batched steps ``beta_{t-1} = A_t (g_t * beta_t)`` fill in every block, last step first."""
     n, t_total, s = scaled_emissions.shape
-    ones = scaled_emissions.new_ones(1, n, s)
+    ones = scaled_emissions.new_ones(n, 1, s)
     if t_total == 1:
-        return ones.transpose(0, 1), emission_max.new_zeros(n, 1)
-    step_probs = probs.transpose(-1, -2)
-    if probs.shape[0] > 1:
-        step_probs = step_probs[1:].flip(0)
-    h, c = _blocked_messages(ones[0], step_probs, scaled_emissions[:, 1:].transpose(0, 1).flip(0),
-                             _step_increments(shift, emission_max).T.flip(0),
-                             valid[:, 1:].T.flip(0), emission_first=True, block=block)
-    return torch.cat([h.flip(0), ones]).transpose(0, 1), torch.cat([c.flip(0), c.new_zeros(1, n)]).T
+        return ones, emission_max.new_zeros(n, 1)
+    x, row_scale = blocks
+    steps = _blocked_steps(probs, shift, scaled_emissions, emission_max, valid, block)
+    k, b = steps.keep.shape[:2]
+    # beta at each block's last step, b*K + K: past T - 1 (and past a length) it is ones
+    log_v = torch.zeros_like(row_scale[0])
+    leaving = [log_v]
+    for i in range(b - 1, 0, -1):
+        top = _finite_max(log_v, -1)
+        log_v = torch.log((x[i] @ torch.exp(log_v - top).unsqueeze(-1)).squeeze(-1))
+        log_v = log_v + row_scale[i] + top
+        leaving.append(log_v)
+    v, c_leaving = _scaled(torch.stack(leaving[::-1]))  # [B, N, S], [B, N]
+    # beta_{bK + j}, j = K-1..0
+    out = v.new_empty(k, b, n, s)
+    norms = v.new_empty(k, b, n)
+    for j in range(k - 1, -1, -1):
+        u = steps.times(v * steps.emissions[j], j, transpose=True)
+        v, norms[j] = steps.normalise(u, v, j)
+        out[j] = v
+    c = c_leaving + (torch.log(norms) + steps.increments).flip(0).cumsum(0).flip(0)
+    h = out.transpose(0, 1).reshape(b * k, n, s)[: t_total - 1].transpose(0, 1)
+    c = c.transpose(0, 1).reshape(b * k, n)[: t_total - 1].T
+    return torch.cat([h, ones], dim=1), torch.cat([c, c.new_zeros(n, 1)], dim=1)
 
 
-# method -> (forward messages, backward messages), both as scaled ``(h [N, T, S], c [N, T])``
-METHODS = {
-    "sequential": (_sequential_forward, _sequential_backward),
-    "scan": (_scan_forward, _scan_backward),
-}
+METHODS = ("sequential", "scan")
 
 
 # -- log-likelihood with its own adjoint -------------------------------------------------------
@@ -285,21 +302,30 @@ class _ChainLogZ(torch.autograd.Function):
         trans = trans_logits if trans_logits.dim() == 3 else trans_logits.unsqueeze(0)
         probs, shift = _transition_probs(trans)
         scaled_emissions, emission_max = _scaled(emissions)
-        forward, _ = METHODS[method]
-        h, c = forward(init_logits, probs, shift, scaled_emissions, emission_max, valid)
+        if method == "scan":
+            h, c, blocks = _scan_forward(init_logits, probs, shift, scaled_emissions,
+                                         emission_max, valid)
+        else:
+            h, c = _sequential_forward(init_logits, probs, shift, scaled_emissions,
+                                       emission_max, valid)
+            blocks = ()
         log_z = torch.log(h[:, -1].sum(-1)) + c[:, -1]
-        ctx.save_for_backward(trans_logits, emissions, valid, h, c, log_z)
+        ctx.save_for_backward(trans_logits, emissions, valid, h, c, log_z, *blocks)
         ctx.method = method
         return log_z
 
     @staticmethod
     def backward(ctx, grad):
-        trans_logits, emissions, valid, h_alpha, c_alpha, log_z = ctx.saved_tensors
+        trans_logits, emissions, valid, h_alpha, c_alpha, log_z, *blocks = ctx.saved_tensors
         trans = trans_logits if trans_logits.dim() == 3 else trans_logits.unsqueeze(0)
         probs, shift = _transition_probs(trans)
         scaled_emissions, emission_max = _scaled(emissions)
-        _, backward = METHODS[ctx.method]
-        h_beta, c_beta = backward(probs, shift, scaled_emissions, emission_max, valid)
+        if ctx.method == "scan":
+            h_beta, c_beta = _scan_backward(probs, shift, scaled_emissions, emission_max, valid,
+                                            blocks)
+        else:
+            h_beta, c_beta = _sequential_backward(probs, shift, scaled_emissions, emission_max,
+                                                  valid)
         weight = torch.where(valid, grad.unsqueeze(-1), torch.zeros((), dtype=grad.dtype))
         # posterior marginals gamma_t = exp(alpha_t + beta_t - log Z) = d log Z / d e_t
         gamma = h_alpha * h_beta * (torch.exp(c_alpha + c_beta - log_z[:, None]) * weight)[..., None]
@@ -334,7 +360,7 @@ def chain_log_likelihood(init_logits, trans_logits, emission_log_probs, lengths=
     (associative scan, ``O(sqrt T + log T)`` depth, for long chains).
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     valid = _prepare(init_logits, trans_logits, emission_log_probs, lengths)
     order = _sorted(valid.sum(1))
     if order is None:

@@ -94,9 +94,10 @@ def test_scan_messages_equal_sequential(block, time_varying):
     valid = _prepare(init, trans if time_varying else trans[0], emissions,
                      torch.tensor([300, 137, 1]))
     inputs = (*_transition_probs(trans), *_scaled(emissions), valid)
-    for sequential, scan in [(_sequential_forward(init, *inputs),
-                              _scan_forward(init, *inputs, block=block)),
-                             (_sequential_backward(*inputs), _scan_backward(*inputs, block=block))]:
+    h, c, blocks = _scan_forward(init, *inputs, block=block)
+    for sequential, scan in [(_sequential_forward(init, *inputs), (h, c)),
+                             (_sequential_backward(*inputs),
+                              _scan_backward(*inputs, blocks, block=block))]:
         expected, actual = (torch.log(h) + c[..., None] for h, c in (sequential, scan))
         assert torch.allclose(actual, expected, rtol=1e-10)
 
