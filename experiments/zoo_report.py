@@ -30,7 +30,12 @@ from pyro.infer import TraceEnum_ELBO
 
 import enumdist
 from enumdist import models
-from enumdist.data import load_chorales, load_python_docs, load_semisupervised, load_tabular
+from enumdist.data import (
+    load_chorales,
+    load_python_docs,
+    load_semisupervised,
+    load_tabular,
+)
 from enumdist.pipeline.guides import auto
 
 HMMS = [models.HMM, models.AutoregressiveHMM, models.FactorialHMM, models.PartiallyFactorialHMM,

@@ -6,11 +6,15 @@ from __future__ import annotations
 import csv
 
 import pyro
-import pytest
 import pyro.distributions as dist
+import pytest
 import torch
 
-from enumdist.data.tabular import UNLABELED, load_partially_labeled, load_semisupervised_split
+from enumdist.data.tabular import (
+    UNLABELED,
+    load_partially_labeled,
+    load_semisupervised_split,
+)
 from enumdist.models import SemiSupervisedClassifier
 from tests.pipeline.test_train import final_state, train_with
 
