@@ -133,37 +133,41 @@ def _sequential_backward(probs, shift, scaled_emissions, emission_max, valid):
     return out, c
 
 
+def _normalised(u):
+    """Rows of ``u`` scaled to sum one (in place) and their sums; a zero row stays zero."""
+    z = u.sum(-1, keepdim=True).clamp_(min=torch.finfo(u.dtype).tiny)
+    return u.div_(z), z.squeeze(-1)
+
+
 class _Steps(NamedTuple):
-    """Steps ``t = 1..T-1`` in blocks of ``K`` laid out ``[K, B, ...]``: slice ``j`` holds step
-    ``t = 1 + b·K + j`` of every block ``b``; steps past ``T - 1`` are padding, never kept."""
+    """Steps ``t = 1..T-1`` in ``B`` blocks of ``K``, laid out ``[K, B, ...]``: slice ``j`` holds
+    step ``t = 1 + b·K + j`` of every block ``b``. Padding past ``T - 1`` is never kept."""
 
     emissions: torch.Tensor  # [K, B, N, S] scaled
     increments: torch.Tensor  # [K, B, N] log-scale taken out of a kept step, 0 if not kept
-    keep: torch.Tensor  # [K, B, N] bool
+    keep: torch.Tensor  # [K, B, N] bool: t < length
     mixed: list  # [K] bool: slice j has a step that is not kept
     probs: torch.Tensor  # [1, 1, S, S] (homogeneous) or [K, B, S, S]
 
     def times(self, x, j, transpose=False):
-        """``x [B, N, ..., S] @ A`` (or ``@ A.T``) for step ``j`` of every block."""
-        a = self.probs[min(j, self.probs.shape[0] - 1)]
+        """``x [B, N, ..., S] @ A_t`` (or ``A_t^T``) for step ``j`` of every block."""
+        a = self.probs[j if self.probs.shape[0] > 1 else 0]
         a = a.transpose(-1, -2) if transpose else a
         if a.shape[0] == 1:
             return x @ a[0]
         return (x.reshape(a.shape[0], -1, a.shape[-1]) @ a).reshape(x.shape)
 
-    def normalise(self, u, previous, j):
-        """Rows of ``u`` to sum one, ``previous`` where step ``j`` is not kept; ``(h, norm)``."""
-        z = u.sum(-1, keepdim=True).clamp_(min=torch.finfo(u.dtype).tiny)  # dead row: stays 0
-        u = u.div_(z)
-        if self.mixed[j]:
-            keep = self.keep[j].reshape(*self.keep.shape[1:], *([1] * (u.dim() - 2)))
-            u, z = torch.where(keep, u, previous), torch.where(keep, z, 1.0)
-        return u, z.squeeze(-1)
+    def hold(self, new, old, norms, j):
+        """Messages ``[B, N, S]`` after step ``j``: ``old`` (norm 1) where it is not kept."""
+        if not self.mixed[j]:
+            return new, norms
+        keep = self.keep[j]
+        return torch.where(keep.unsqueeze(-1), new, old), torch.where(keep, norms, 1.0)
 
 
 def _blocked_steps(probs, shift, scaled_emissions, emission_max, valid, block=None):
     """:class:`_Steps` for ``T - 1 >= 1`` steps; ``K`` defaults to ``max(S, sqrt(T - 1))``."""
-    n, t_total, s = scaled_emissions.shape
+    t_total, s = scaled_emissions.shape[1:]
     m = t_total - 1
     k = min(block or max(s, math.isqrt(m)), m)
     b = -(-m // k)
@@ -174,26 +178,52 @@ def _blocked_steps(probs, shift, scaled_emissions, emission_max, valid, block=No
 
     keep = by_block(valid[:, 1:].T, False)
     step_shift = shift.reshape(-1)[1:] if shift.shape[0] > 1 else shift.reshape(())
-    increments = by_block((emission_max[:, 1:] + step_shift).T, 0.0) * keep
     return _Steps(
         emissions=by_block(scaled_emissions[:, 1:].transpose(0, 1), 1.0),
-        increments=increments,
+        increments=by_block((emission_max[:, 1:] + step_shift).T, 0.0) * keep,
         keep=keep,
         mixed=(~keep.flatten(1).all(1)).tolist(),
         probs=probs[None] if probs.shape[0] == 1 else by_block(probs[1:], 0.0),
     )
 
 
+def _block_matrices(steps):
+    """``F_b = prod_t A_t diag(g_t)`` over block ``b``'s kept steps, for every block and
+    sequence at once (``K`` batched steps): rows normalised to sum one ``[B, N, S, S]`` and
+    their log-scales ``[B, N, S]``. A row is a forward pass from one start state, so this is
+    as safe as the sequential algorithm."""
+    k, b, n, s = steps.emissions.shape
+    # Past a sequence's end every step is an identity. Rather than masking each step, run on
+    # and fix up: the block holding the end keeps the product saved just before its first
+    # step not kept, blocks wholly past the end become identities.
+    kept = steps.keep.sum(0)  # [B, N]
+    ending_b, ending_n = ((kept > 0) & (kept < k)).nonzero(as_tuple=True)
+    ending_j = kept[ending_b, ending_n]
+    ends_at = {j: (ending_b[ending_j == j], ending_n[ending_j == j])
+               for j in ending_j.unique().tolist()}
+    eye = torch.eye(s, dtype=steps.emissions.dtype, device=steps.emissions.device)
+    x = eye.expand(b, n, s, s)
+    norms = steps.emissions.new_empty(k, b, n, s)
+    saved = []
+    for j in range(k):
+        if j in ends_at:
+            saved.append((ends_at[j], x[ends_at[j]]))
+        x, norms[j] = _normalised(steps.times(x, j).mul_(steps.emissions[j].unsqueeze(-2)))
+    for index, value in saved:
+        x[index] = value
+    x = torch.where((kept > 0)[..., None, None], x, eye)
+    log_norms = torch.where(steps.keep.unsqueeze(-1), torch.log(norms), 0.0)
+    return x, log_norms.sum(0) + steps.increments.sum(0).unsqueeze(-1)
+
+
 def _scan_forward(init_logits, probs, shift, scaled_emissions, emission_max, valid, block=None):
     """:func:`_sequential_forward`'s messages by a blocked scan; rows in any order. Returns
     ``(h, c, blocks)``; ``blocks`` (the block matrices) are what :func:`_scan_backward` needs.
 
-    Probability space, steps cut into ``B`` blocks of ``K``: (1) ``K`` batched steps build every
-    block's matrix ``F_b = prod_t A_t diag(g_t)`` (not-kept steps: identity), each row
-    normalised to sum one with its log-scale kept -- a row is a forward pass from one start
-    state, so this is as safe as the sequential algorithm; (2) ``B`` vector steps in log space
-    carry the message across blocks; (3) ``K`` batched vector steps fill in every block.
-    Sequential depth ``2K + B`` instead of ``T``; memory ``O(N·T·S)`` (``F``: ``N·T·S²/K``).
+    Probability space, steps cut into ``B`` blocks of ``K``: (1) ``K`` batched steps build all
+    block matrices (:func:`_block_matrices`); (2) ``B`` vector steps in log space carry the
+    message across blocks; (3) ``K`` batched vector steps fill in every block. Sequential
+    depth ``2K + B`` instead of ``T``; memory ``O(N·T·S)`` (block matrices: ``N·T·S²/K``).
     """
     n, t_total, s = scaled_emissions.shape
     h_init, c_init = _scaled(init_logits)
@@ -202,13 +232,7 @@ def _scan_forward(init_logits, probs, shift, scaled_emissions, emission_max, val
         return h0.unsqueeze(1), c0.unsqueeze(1), ()
     steps = _blocked_steps(probs, shift, scaled_emissions, emission_max, valid, block)
     k, b = steps.keep.shape[:2]
-    # (1) block matrices [B, N, S, S], rows: start states
-    x = torch.eye(s, dtype=h0.dtype, device=h0.device).expand(b, n, s, s)
-    row_norms = h0.new_empty(k, b, n, s)
-    for j in range(k):
-        u = steps.times(x, j).mul_(steps.emissions[j].unsqueeze(-2))
-        x, row_norms[j] = steps.normalise(u, x, j)
-    row_scale = torch.log(row_norms).sum(0) + steps.increments.sum(0).unsqueeze(-1)
+    x, row_scale = _block_matrices(steps)
     # (2) the message entering each block
     log_v = torch.log(h0)
     entering = [log_v]
@@ -218,16 +242,18 @@ def _scan_forward(init_logits, probs, shift, scaled_emissions, emission_max, val
         log_v = torch.log((torch.exp(log_v - top).unsqueeze(-2) @ x[i]).squeeze(-2)) + top
         entering.append(log_v)
     v, c_entering = _scaled(torch.stack(entering))  # [B, N, S], [B, N]
-    # (3) alpha_{1 + bK + j}
-    out = h0.new_empty(k, b, n, s)
+    # (3) alpha_t, time-major: slot 1 + bK + j is step j of block b
+    h = h0.new_empty(1 + b * k, n, s)
+    h[0] = h0
+    h_steps = h[1:].view(b, k, n, s)
     norms = h0.new_empty(k, b, n)
     for j in range(k):
-        v, norms[j] = steps.normalise(steps.times(v, j).mul_(steps.emissions[j]), v, j)
-        out[j] = v
+        u, z = _normalised(steps.times(v, j).mul_(steps.emissions[j]))
+        v, norms[j] = steps.hold(u, v, z, j)
+        h_steps[:, j] = v
     c = c_entering + torch.cumsum(torch.log(norms) + steps.increments, dim=0)
-    h = torch.cat([h0.unsqueeze(0), out.transpose(0, 1).reshape(b * k, n, s)[: t_total - 1]])
-    c = torch.cat([c0.unsqueeze(0), c.transpose(0, 1).reshape(b * k, n)[: t_total - 1] + c0])
-    return h.transpose(0, 1), c.T, (x, row_scale)
+    c = torch.cat([c0.unsqueeze(0), c.transpose(0, 1).reshape(b * k, n) + c0])
+    return h[:t_total].transpose(0, 1), c[:t_total].T, (x, row_scale)
 
 
 def _scan_backward(probs, shift, scaled_emissions, emission_max, valid, blocks, block=None):
@@ -235,13 +261,12 @@ def _scan_backward(probs, shift, scaled_emissions, emission_max, valid, blocks, 
     ``b`` maps ``beta`` at its last step to ``beta`` before its first, ``F_b @ beta``; then ``K``
     batched steps ``beta_{t-1} = A_t (g_t * beta_t)`` fill in every block, last step first."""
     n, t_total, s = scaled_emissions.shape
-    ones = scaled_emissions.new_ones(n, 1, s)
     if t_total == 1:
-        return ones, emission_max.new_zeros(n, 1)
+        return scaled_emissions.new_ones(n, 1, s), emission_max.new_zeros(n, 1)
     x, row_scale = blocks
     steps = _blocked_steps(probs, shift, scaled_emissions, emission_max, valid, block)
     k, b = steps.keep.shape[:2]
-    # beta at each block's last step, b*K + K: past T - 1 (and past a length) it is ones
+    # beta at each block's last step b*K + K; past T - 1 (and past a length) it is ones
     log_v = torch.zeros_like(row_scale[0])
     leaving = [log_v]
     for i in range(b - 1, 0, -1):
@@ -250,17 +275,18 @@ def _scan_backward(probs, shift, scaled_emissions, emission_max, valid, blocks, 
         log_v = log_v + row_scale[i] + top
         leaving.append(log_v)
     v, c_leaving = _scaled(torch.stack(leaving[::-1]))  # [B, N, S], [B, N]
-    # beta_{bK + j}, j = K-1..0
-    out = v.new_empty(k, b, n, s)
+    # beta_t, time-major: slot bK + j is filled by step j of block b, j = K-1..0
+    h = v.new_empty(b * k + 1, n, s)
+    h[-1] = 1.0
+    h_steps = h[:-1].view(b, k, n, s)
     norms = v.new_empty(k, b, n)
     for j in range(k - 1, -1, -1):
-        u = steps.times(v * steps.emissions[j], j, transpose=True)
-        v, norms[j] = steps.normalise(u, v, j)
-        out[j] = v
+        u, z = _normalised(steps.times(v * steps.emissions[j], j, transpose=True))
+        v, norms[j] = steps.hold(u, v, z, j)
+        h_steps[:, j] = v
     c = c_leaving + (torch.log(norms) + steps.increments).flip(0).cumsum(0).flip(0)
-    h = out.transpose(0, 1).reshape(b * k, n, s)[: t_total - 1].transpose(0, 1)
-    c = c.transpose(0, 1).reshape(b * k, n)[: t_total - 1].T
-    return torch.cat([h, ones], dim=1), torch.cat([c, c.new_zeros(n, 1)], dim=1)
+    c = torch.cat([c.transpose(0, 1).reshape(b * k, n), c.new_zeros(1, n)])
+    return h[:t_total].transpose(0, 1), c[:t_total].T
 
 
 METHODS = ("sequential", "scan")
