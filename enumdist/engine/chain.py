@@ -178,9 +178,10 @@ def _blocked_steps(probs, shift, scaled_emissions, emission_max, valid, block=No
 
     keep = by_block(valid[:, 1:].T, False)
     step_shift = shift.reshape(-1)[1:] if shift.shape[0] > 1 else shift.reshape(())
+    increments = by_block((emission_max[:, 1:] + step_shift).T, 0.0)
     return _Steps(
         emissions=by_block(scaled_emissions[:, 1:].transpose(0, 1), 1.0),
-        increments=by_block((emission_max[:, 1:] + step_shift).T, 0.0) * keep,
+        increments=torch.where(keep, increments, 0.0),  # not `* keep`: may be -inf
         keep=keep,
         mixed=(~keep.flatten(1).all(1)).tolist(),
         probs=probs[None] if probs.shape[0] == 1 else by_block(probs[1:], 0.0),
