@@ -7,8 +7,8 @@ known to be a first-order chain, the same numbers come out of a fused forward al
 * :func:`chain_log_likelihood` -- ``log p(y_n)`` per sequence, with its *own* adjoint (a
   forward-backward pass in :class:`_ChainLogZ`) instead of autograd through every step. Two
   ways to compute the messages: ``method="sequential"`` (one vector-matrix product per step)
-  and ``method="scan"`` (blocked associative scan of log-matrix products: ``O(K + log(T/K))``
-  sequential depth, for long chains). Both keep ``O(N·T·S)`` memory.
+  and ``method="scan"`` (blocked scan: ``K`` batched steps build all ``T/K`` block matrices,
+  ``O(K + T/K)`` python steps instead of ``T``, for long chains). Both keep ``O(N·T·S)`` memory.
 * :func:`chain_map` -- Viterbi states (equal to Pyro's ``infer_discrete(temperature=0)``).
 * :func:`chain_sample` -- one exact joint posterior draw (forward filtering, backward sampling).
 * :func:`bernoulli_emission_log_probs` -- all steps' emission log-probs in one matmul.
@@ -26,9 +26,9 @@ Conventions (all functions). ``S`` states, ``N`` sequences, ``T`` steps.
   step's state then sums to one).
 
 Weights need not be normalised: the result is the log of the sum over all paths. Numerics are
-log-space with exp-normalisation per product (``log(exp(a - max a) @ exp(B - max B))``); states
-unreachable from every state of non-negligible weight underflow to ``-inf`` as in any scaled
-forward algorithm.
+scaled probability space: every message (and every row of a scan block matrix) is normalised to
+sum one after each product and its log-norm kept; states unreachable from every state of
+non-negligible weight underflow to ``-inf`` as in any scaled forward algorithm.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 
-# -- log-space products ------------------------------------------------------------------------
+# -- scaling ---------------------------------------------------------------------------------
 
 
 def _finite_max(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -56,10 +56,10 @@ def _finite_max(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.amax(dim=dim, keepdim=True).clamp(min=torch.finfo(x.dtype).min)
 
 
-# -- messages: v_t = valid_t ? (v_{t-1} + pre_t) (x) A_t + post_t : v_{t-1} ------------------------
+# -- messages: alpha_t = (alpha_{t-1} @ A_t) * g_t, beta_{t-1} = A_t @ (g_t * beta_t) -----------
 #
-# The forward messages are (pre=0, post=emissions, A=trans); the backward messages are the same
-# recursion run on reversed time with A transposed and the emission moved to `pre`.
+# Both in scaled probability space, as ``(h, c)`` with ``log message = log h + c``; a step
+# ``t >= length`` is an identity. Two back ends: one step at a time, or a blocked scan.
 
 
 def _scaled(x: torch.Tensor):

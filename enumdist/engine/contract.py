@@ -32,7 +32,10 @@ class LocalPlates:
         """Run the tracing function ``fn`` (the sharded back end syncs failures across ranks)."""
         return fn()
 
-    def plate_sum(self, x: torch.Tensor, positions, absent_count: int, plates) -> torch.Tensor:
+    def plate_sum(self, x: torch.Tensor, positions, absent_count: int, plates,
+                  out_dims=None) -> torch.Tensor:
+        """Sum over the plate dims at ``positions`` (a product in log space); ``out_dims`` name
+        the result's dims (the sharded back end needs them to line ranks up)."""
         out = x.sum(dim=positions) if positions else x
         return out * absent_count if absent_count != 1 else out
 
@@ -80,7 +83,8 @@ def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
         else:
             positions = tuple(step.input_dims.index(p) for p in step.plates)
             reduced = step.ordinal - step.target
-            out = plates.plate_sum(slots[step.input], positions, step.absent_count, reduced)
+            out = plates.plate_sum(slots[step.input], positions, step.absent_count, reduced,
+                                   step.out_dims)
         slots[step.out] = out
     return [(slots[slot], dims, ordinal) for slot, dims, ordinal in plan.outputs]
 
@@ -104,7 +108,8 @@ def _batch_lazy_plate_sums(steps, slots, plates):
             continue
         lazy = stack([slots[s.input] for s in group])
         positions = tuple(lazy.dims.index(p) for p in present)
-        total = plates.plate_sum(lazy, positions, absent, reduced)  # leading dim: the stack
+        out_dims = tuple(d for d in lazy.dims if d not in present)  # leading dim: the stack
+        total = plates.plate_sum(lazy, positions, absent, reduced, out_dims)
         for step, value in zip(group, total.unbind(0)):
             results[step.out] = value
             slots[step.input] = None

@@ -94,9 +94,11 @@ class ShardedPlates(LocalPlates):
     def touches_shard(self, plates) -> bool:
         return bool(self.shard.intersection(plates))
 
-    def plate_sum(self, x, positions, absent_count, plates):
-        out = super().plate_sum(x, positions, absent_count, plates)
-        return self.all_reduce(out) if self.touches_shard(plates) else out
+    def plate_sum(self, x, positions, absent_count, plates, out_dims=None):
+        out = super().plate_sum(x, positions, absent_count, plates, out_dims)
+        if not self.touches_shard(plates):
+            return out
+        return _in_canonical_order(out, out_dims, self.all_reduce)
 
     def sum_terms(self, local, sharded):
         return local + self.all_reduce(sharded)
@@ -104,9 +106,12 @@ class ShardedPlates(LocalPlates):
     def broadcast_decision(self, value, dims):
         if self.touches_shard(dims):
             return value  # a local variable: each rank decides its own elements
-        value = value.contiguous()
-        tdist.broadcast(value, src=self._src(), group=self.group)
-        return value
+        def broadcast(canonical):
+            canonical = canonical.contiguous()
+            tdist.broadcast(canonical, src=self._src(), group=self.group)
+            return canonical
+
+        return _in_canonical_order(value, dims, broadcast)
 
     # -- before any data crosses ranks ------------------------------------------------------
 
@@ -163,13 +168,26 @@ class ShardedPlates(LocalPlates):
                     term.scale = term.scale * correction
 
 
+def _in_canonical_order(tensor, dims, collective):
+    """Apply ``collective`` with the dims sorted by name, then restore this rank's order.
+
+    Ranks may lay a message's dims out in different orders (a one-item shard keeps a dim that
+    a larger shard broadcasts); summing element by element must still line up.
+    """
+    if dims is None or len(dims) < 2:
+        return collective(tensor)
+    order = sorted(range(len(dims)), key=lambda i: dims[i])
+    inverse = sorted(range(len(dims)), key=lambda i: order[i])
+    return collective(tensor.permute(order)).permute(inverse)
+
+
 def structure_signature(problem, shard) -> str:
     """What must agree across ranks: sites, their dims and plates (not the shard sizes)."""
     lines = []
     for kind, terms in (("model", problem.log_factors), ("cost", problem.costs),
                         ("guide", problem.guide_costs)):
         for t in terms:
-            sizes = [(d, "*" if d in shard else s) for d, s in t.factor.sizes.items()]
+            sizes = sorted((d, "*" if d in shard else s) for d, s in t.factor.sizes.items())
             lines.append(f"{kind} {t.name} {sorted(t.ordinal)} {sizes}")
     return "\n".join(lines)
 

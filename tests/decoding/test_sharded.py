@@ -1,12 +1,11 @@
 """Decoding with two gloo ranks (spawned explicitly) equals decoding in one process."""
 
 import pyarrow.parquet as pq
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import make_run_dir
+from decoding_run_dirs import make_run_dir
 
 from enumdist.decoding import run_decoding
 
@@ -26,12 +25,8 @@ def _rank(rank, world_size, init_file, run_dir):
         dist.destroy_process_group()
 
 
-def test_two_ranks_equal_one_process(tmp_path, engine):
-    if engine != "enumdist":
-        pytest.skip("needs enumdist's sharded infer_discrete")
-    # 8 items, 2 per rank and step: no shard of a single item (the engine's sharded site
-    # summary treats a size-1 shard plate dim as broadcast -- reported to the engine's owner)
-    run_dir, _ = make_run_dir(tmp_path, num_test=8)
+def test_two_ranks_equal_one_process(tmp_path):
+    run_dir, _ = make_run_dir(tmp_path, num_test=7)  # odd: the last step gives one rank 1 item
     single = pq.read_table(run_decoding(run_dir, OPTIONS)["decoded"])
     for path in (run_dir / "decoded").rglob("*.parquet"):
         path.unlink()

@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import pyro
 import pytest
 import torch
-from conftest import NUM_KEYS, hmm_marginals, make_run_dir, piano_rolls
+from decoding_run_dirs import NUM_KEYS, hmm_marginals, make_run_dir, piano_rolls
 from pyro import poutine
 
 import enumdist.decoding.stage as stage
@@ -122,7 +122,7 @@ def test_unknown_option_is_named(hmm_run):
 
 
 def test_mixture_decoding_replays_the_trained_guide(tmp_path):
-    from conftest import make_mixture_run_dir
+    from decoding_run_dirs import make_mixture_run_dir
 
     run_dir, model, guide = make_mixture_run_dir(tmp_path)
     outputs = run_decoding(run_dir, dict(OPTIONS, split="test"))

@@ -80,6 +80,7 @@ _NUM_ITEMS = {
     "subsampled": lambda args: 2,
     "unequal_shards": lambda args: args[0].shape[1],
     "global_outside_plate": lambda args: len(args[0]),
+    "bernoulli_hmm_one_item_shard": lambda args: args[0].shape[0],
 }
 
 SHARD_CASES = [
@@ -92,6 +93,9 @@ SHARD_CASES = [
     ShardCase("subsampled", _case("subsampled_plate"), "data", _subsample_slice, sizes=(1, 1),
               full=lambda args: (args[0], torch.cat(SUBSAMPLES))),
     ShardCase("unequal_shards", _case("hmm_masked"), "sequences", _hmm_axis, sizes=(1, 3)),
+    # nested plates, lazy emissions and a one-item shard: ranks lay dims out differently
+    ShardCase("bernoulli_hmm_one_item_shard", _case("bernoulli_hmm_nested_plates"), "sequences",
+              _first_axis, sizes=(1, 4)),
 ]
 
 
