@@ -94,8 +94,8 @@ def test_scan_messages_equal_sequential(block, time_varying):
     valid = _prepare(init, trans if time_varying else trans[0], emissions,
                      torch.tensor([300, 137, 1]))
     inputs = (*_transition_probs(trans), *_scaled(emissions), valid)
-    h, c, blocks = _scan_forward(init, *inputs, block=block)
-    for sequential, scan in [(_sequential_forward(init, *inputs), (h, c)),
+    h_alpha, c_alpha, blocks = _scan_forward(init, *inputs, block=block)
+    for sequential, scan in [(_sequential_forward(init, *inputs), (h_alpha, c_alpha)),
                              (_sequential_backward(*inputs),
                               _scan_backward(*inputs, blocks, block=block))]:
         expected, actual = (torch.log(h) + c[..., None] for h, c in (sequential, scan))
