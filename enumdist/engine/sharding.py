@@ -117,15 +117,15 @@ class ShardedPlates(LocalPlates):
 
     def guarded(self, fn):
         """Run ``fn`` (tracing), then agree with all ranks that it worked everywhere."""
-        error, result = None, None
+        error, result, one_item = None, None, False
         try:
             result = fn()
-            if hasattr(result, "log_factors"):
-                self.canonicalise(result)
             signature = structure_signature(result, self.shard)
+            one_item = any(result.plates[p].size == 1 for p in self.shard if p in result.plates)
         except Exception as exc:  # noqa: BLE001 - reported to all ranks below
             error, signature = exc, ""
-        status = torch.tensor([error is not None, zlib.crc32(signature.encode())], dtype=torch.int64)
+        status = torch.tensor([error is not None, zlib.crc32(signature.encode()), one_item],
+                              dtype=torch.int64)
         statuses = [torch.zeros_like(status) for _ in range(self.world_size)]
         tdist.all_gather(statuses, status, group=self.group)
         failed = [r for r, s in enumerate(statuses) if s[0]]
@@ -140,14 +140,18 @@ class ShardedPlates(LocalPlates):
             summaries = [None] * self.world_size
             tdist.all_gather_object(summaries, signature, group=self.group)
             raise ModelStructureError(describe_mismatch(summaries, self.rank))
+        if any(s[2] for s in statuses):
+            self.canonicalise(result)
         return result
 
     def canonicalise(self, problem) -> None:
         """Give every term inside a shard plate that plate's dim, on every rank.
 
-        A factor may broadcast over a plate (its dim dropped) on one rank and not on another
-        (e.g. a one-item shard); the elimination plan, and so the sequence of all-reduces, must
-        not depend on that.
+        Where every shard holds two or more items, a factor has the shard dim on all ranks or
+        on none (it varies over the plate or is broadcast). A one-item shard cannot tell the
+        two apart, so then every rank expands every such term: the elimination plan, and so the
+        sequence of all-reduces, must be the same everywhere. (Slower: broadcast factors become
+        per-item ones; runs avoid it by giving each rank at least two items.)
         """
         for term in problem.log_factors + problem.costs + problem.guide_costs:
             shard = {p: problem.plates[p].size for p in self.shard & term.ordinal}
@@ -182,12 +186,12 @@ def _in_canonical_order(tensor, dims, collective):
 
 
 def structure_signature(problem, shard) -> str:
-    """What must agree across ranks: sites, their dims and plates (not the shard sizes)."""
+    """What must agree across ranks: sites, their dims and plates (not the shard dims)."""
     lines = []
     for kind, terms in (("model", problem.log_factors), ("cost", problem.costs),
                         ("guide", problem.guide_costs)):
         for t in terms:
-            sizes = sorted((d, "*" if d in shard else s) for d, s in t.factor.sizes.items())
+            sizes = sorted((d, s) for d, s in t.factor.sizes.items() if d not in shard)
             lines.append(f"{kind} {t.name} {sorted(t.ordinal)} {sizes}")
     return "\n".join(lines)
 
