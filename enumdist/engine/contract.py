@@ -99,7 +99,7 @@ def _batch_lazy_plate_sums(steps, slots, plates):
     groups: dict = {}
     for step in steps:
         if isinstance(step, PlateStep) and isinstance(slots[step.input], LazyBernoulliLogProb):
-            key = (slots[step.input].signature(), step.plates, step.absent_count,
+            key = (slots[step.input].signature(step.ordinal), step.plates, step.absent_count,
                    step.ordinal - step.target)
             groups.setdefault(key, []).append(step)
     results = {}

@@ -86,9 +86,14 @@ class LazyBernoulliLogProb:
         return (linear - normaliser).expand(tuple(self.sizes[d] for d in out_dims))
 
 
-    def signature(self):
-        """Lazy factors with equal signatures can be stacked and reduced in one einsum."""
-        return tuple(None if p is None else (p.dims, tuple(p.tensor.shape))
+    def signature(self, plates):
+        """Lazy factors with equal signatures can be stacked and reduced in one einsum.
+
+        Variables are anonymous here (``x_3`` and ``x_4`` play the same part in two steps of a
+        chain); plates, shapes and the layout of the parts must agree.
+        """
+        return tuple(None if p is None else
+                     (tuple(d if d in plates else "*" for d in p.dims), tuple(p.tensor.shape))
                      for p in (self.logits, self.value, self.mask))
 
 
