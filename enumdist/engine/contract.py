@@ -8,9 +8,14 @@ One routine, :func:`contract`, runs every plan. What it computes is set by two p
   dim on this process; ``enumdist.engine.sharding.ShardedPlates`` also adds the partial sums of
   the other ranks (all-reduce), which makes a plate split across processes exact.
 
-With ``tape=[]`` the forward pass records each product tensor, and :func:`backtrack` walks the
-tape backwards to choose a value for every eliminated variable (Viterbi / forward-filtering
-backward-sampling on chains, their plated generalisation elsewhere).
+A plan may also hold :class:`~enumdist.engine.plan.ChainStep` s -- runs of eliminations shaped
+like a first-order chain -- which execute in one call to the fused kernels of ``chain.py``
+(forward-backward with its own adjoint, Viterbi, forward-filtering backward-sampling) instead
+of one autograd node per time step; and same-shaped lazy emission factors are reduced over
+their plates in one batched einsum.
+
+With ``tape=[]`` the forward pass records each product tensor (or a chain's inputs), and
+:func:`backtrack` walks the tape backwards to choose a value for every eliminated variable.
 """
 
 from __future__ import annotations
