@@ -18,7 +18,7 @@ from pyro.infer.elbo import ELBO
 from enumdist.engine import loss as loss_stage
 from enumdist.engine import trace as trace_stage
 from enumdist.engine.contract import LOCAL, LocalPlates
-from enumdist.engine.sequential import model_sequential_sites, sequential_elbo
+from enumdist.engine.sequential import sequential_elbo
 
 
 def default_memory_budget() -> int:
@@ -146,7 +146,7 @@ class EnumELBO(ELBO):
 
         def trace():
             traces = trace_stage.run_traces(model, guide, args, kwargs, self.max_plate_nesting)
-            sequential = model_sequential_sites(*traces)
+            sequential = trace_stage.model_sequential_sites(*traces)
             if sequential and self.shard_plates:
                 raise NotImplementedError(
                     f"model sites {sequential} use sequential enumeration, which is not "

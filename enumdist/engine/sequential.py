@@ -47,10 +47,6 @@ class AsParallel(Messenger):
             msg["infer"] = dict(msg["infer"], enumerate="parallel")
 
 
-def model_sequential_sites(model_trace, guide_trace) -> list[str]:
-    return trace_stage.model_sequential_sites(model_trace, guide_trace)
-
-
 def _supports(model_trace, names):
     supports = []
     for name in names:
@@ -115,18 +111,6 @@ class _LogSumExpOverRuns(torch.autograd.Function):
         return (None, None, *totals)
 
 
-def _trace_params(traces):
-    params = {}
-    for trace in traces:
-        for name, site in trace.nodes.items():
-            if site["type"] == "param":
-                value = site["value"]
-                value = value.unconstrained() if hasattr(value, "unconstrained") else value
-                if value.requires_grad:
-                    params.setdefault(name, value)
-    return list(params.values())
-
-
 def sequential_elbo(elbo, model, guide, args, kwargs, names, traces):
     """The ELBO with the global sites ``names`` enumerated one value (combination) at a time.
 
@@ -160,6 +144,7 @@ def sequential_elbo(elbo, model, guide, args, kwargs, names, traces):
          for t in first.guide_costs),
         torch.zeros(()),
     )
-    params = _trace_params((first.model_trace, first.guide_trace))
+    params = [p for p in trace_stage.trace_params(first.model_trace, first.guide_trace)
+              if p.requires_grad]
     del first
     return _LogSumExpOverRuns.apply(run, combinations, *params) + guide_part

@@ -35,6 +35,7 @@ import torch.distributed as tdist
 from enumdist.engine.contract import LocalPlates
 from enumdist.engine.errors import EnumerationError, ModelStructureError, ShardError
 from enumdist.engine.factors import expand_plates
+from enumdist.engine.trace import trace_params
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -215,24 +216,13 @@ def describe_mismatch(summaries, rank) -> str:
     )
 
 
-def trace_params(problem):
-    """Unconstrained parameter tensors seen in the model and guide traces, in a fixed order."""
-    params = {}
-    for trace in (problem.model_trace, problem.guide_trace):
-        for name, site in trace.nodes.items():
-            if site["type"] == "param":
-                value = site["value"]
-                value = value.unconstrained() if hasattr(value, "unconstrained") else value
-                params.setdefault(name, value)
-    return [params[k] for k in sorted(params)]
-
-
 def average_gradients(problem, group=None) -> int:
     """Average the ``.grad`` of the traced parameters over ranks (in one all-reduce).
 
     Returns the number of bytes reduced.
     """
-    params = [p for p in trace_params(problem) if p.requires_grad]
+    params = [p for p in trace_params(problem.model_trace, problem.guide_trace)
+              if p.requires_grad]
     if not params:
         return 0
     flat = torch.cat([

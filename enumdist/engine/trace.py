@@ -405,3 +405,15 @@ def check_enumeration_requests(model_trace, guide_trace):
                 f"(poutine.block(guide, hide=['{name}']) or AutoGuide(poutine.block(model, "
                 f"hide=['{name}']))) or drop its infer={{'enumerate': ...}}."
             )
+
+
+def trace_params(*traces) -> list:
+    """Unconstrained parameter tensors seen in ``traces``, once each, ordered by name."""
+    params = {}
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if site["type"] == "param":
+                value = site["value"]
+                params.setdefault(name, value.unconstrained() if hasattr(value, "unconstrained")
+                                  else value)
+    return [params[k] for k in sorted(params)]
