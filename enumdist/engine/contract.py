@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from enumdist.engine.factors import align
-from enumdist.engine.lazy import LazyBernoulliLogProb, stack
+from enumdist.engine.lazy import CategoricalTable, LazyBernoulliLogProb, log_tables, stack
 from enumdist.engine.plan import ChainStep, Plan, PlateStep, SumStep
 
 
@@ -88,10 +88,11 @@ def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
         else:
             positions = tuple(step.input_dims.index(p) for p in step.plates)
             reduced = step.ordinal - step.target
-            out = plates.plate_sum(slots[step.input], positions, step.absent_count, reduced,
-                                   step.out_dims)
+            term = slots[step.input]
+            term = term if isinstance(term, LazyBernoulliLogProb) else _dense(term)
+            out = plates.plate_sum(term, positions, step.absent_count, reduced, step.out_dims)
         slots[step.out] = out
-    return [(slots[slot], dims, ordinal) for slot, dims, ordinal in plan.outputs]
+    return [(_dense(slots[slot]), dims, ordinal) for slot, dims, ordinal in plan.outputs]
 
 
 def _batch_lazy_plate_sums(steps, slots, plates):
@@ -125,6 +126,12 @@ def _dense(term):
     return term if torch.is_tensor(term) else term.tensor
 
 
+def _renamed(table, pair):
+    """``table`` over the chain pair ``(v_t, v_t+1)`` with those dims renamed prev / next."""
+    names = {pair[0]: "prev", pair[1]: "next"}
+    return CategoricalTable(table.param, tuple(names[d] for d in table.dims), table.is_logits)
+
+
 def chain_inputs(step, slots):
     """Stack a chain's factors: emissions ``[N, T, S]`` and transitions ``[T, S, S]``."""
     first = _dense(slots[step.unary[0][0][0]])
@@ -145,10 +152,16 @@ def chain_inputs(step, slots):
     emissions = torch.stack(emissions, 0).reshape(len(step.vars), num_states, -1).permute(2, 0, 1)
     per_element = any(d in step.plates for _, dims in step.pairwise for d in dims)
     if not per_element:  # shared transitions [T, S, S]: the fused kernels
-        transitions = [first.new_zeros(num_states, num_states)]
-        for t, (slot, dims) in enumerate(step.pairwise):
-            transitions.append(align(_dense(slots[slot]), dims, step.vars[t : t + 2]))
-        return emissions, torch.stack(transitions, 0), shape[1:]
+        pairs = [slots[slot] for slot, _ in step.pairwise]
+        if all(isinstance(p, CategoricalTable) and p.is_logits == pairs[0].is_logits
+               for p in pairs):  # one log for the stacked parameters of every step
+            stacked = log_tables([_renamed(p, step.vars[t : t + 2])
+                                  for t, p in enumerate(pairs)], ("prev", "next"))
+        else:
+            stacked = torch.stack([align(_dense(slots[slot]), dims, step.vars[t : t + 2])
+                                   for t, (slot, dims) in enumerate(step.pairwise)], 0)
+        return emissions, torch.cat([stacked.new_zeros((1,) + stacked.shape[1:]), stacked]), \
+            shape[1:]
     full = (num_states, num_states) + shape[1:]
     transitions = [first.new_zeros(full)]
     for t, (slot, dims) in enumerate(step.pairwise):

@@ -9,11 +9,14 @@ rank passes its own slice of those plates and every rank gets the full-data loss
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
+import pyro
 import torch
 from pyro.infer.elbo import ELBO
+from pyro.distributions.util import is_validation_enabled
 
 from enumdist.engine import loss as loss_stage
 from enumdist.engine import trace as trace_stage
@@ -51,6 +54,12 @@ class EnumELBO(ELBO):
     :param memory_budget: bytes; an elimination that would build a larger tensor is refused
         before it allocates (default: half the physical memory).
     :param validate: check observations (NaN, support) and enumeration requests.
+
+    Distribution arguments (``Categorical(probs)`` lies on the simplex, ...) are checked as Pyro
+    checks them (``pyro.enable_validation``), but only on the first call and on any call whose
+    loss is not finite, which is then run again with the checks to name the bad argument:
+    torch's per-distribution checks cost more than the rest of a step on a long python-loop HMM,
+    and parameters that pass them once only fail them later by turning NaN or infinite.
     """
 
     def __init__(
@@ -86,6 +95,7 @@ class EnumELBO(ELBO):
         self.memory_budget = default_memory_budget() if memory_budget is None else memory_budget
         self.validate = validate
         self.last_problem = None
+        self._arguments_checked = False
         #: bytes all-reduced by the last call (messages, and gradients in loss_and_grads)
         self.last_comm_bytes = 0
 
@@ -145,7 +155,9 @@ class EnumELBO(ELBO):
         plates = self._plates_backend()
 
         def trace():
-            traces = trace_stage.run_traces(model, guide, args, kwargs, self.max_plate_nesting)
+            with self._argument_checks():
+                traces = trace_stage.run_traces(model, guide, args, kwargs,
+                                                self.max_plate_nesting)
             sequential = trace_stage.model_sequential_sites(*traces)
             if sequential and self.shard_plates:
                 raise NotImplementedError(
@@ -165,12 +177,24 @@ class EnumELBO(ELBO):
         self.last_comm_bytes = getattr(plates, "bytes_reduced", 0)
         return loss_stage.elbo(traced, plates, self.memory_budget)
 
+    def _argument_checks(self):
+        """Distribution-argument checks on, as Pyro has them, or off once they have passed."""
+        if self._arguments_checked:
+            return pyro.validation_enabled(False)
+        return contextlib.nullcontext()
+
     def _elbo(self, model, guide, args, kwargs):
         model, guide = self._prepare(model, guide, args, kwargs)
+        checked = self._arguments_checked
         total = 0.0
         for _ in range(1 if self.vectorize_particles else self.num_particles):
             total = total + self._particle_elbo(model, guide, args, kwargs)
-        return total / self.num_particles if self.num_particles != 1 else total
+        total = total / self.num_particles if self.num_particles != 1 else total
+        if checked and torch.is_tensor(total) and not bool(torch.isfinite(total)):
+            self._arguments_checked = False  # run again with the checks: they name the culprit
+            return self._elbo(model, guide, args, kwargs)
+        self._arguments_checked = is_validation_enabled()
+        return total
 
     # -- the TraceEnum_ELBO interface -------------------------------------------------------
 

@@ -73,14 +73,14 @@ def align(tensor: torch.Tensor, dims: tuple[str, ...], target: tuple[str, ...]) 
     return tensor.reshape(shape)
 
 
-def name_dims(
-    tensor: torch.Tensor,
+def named_shape(
+    shape,
     dim_names: dict[int, str],
     *,
     describe: str,
     singleton_names: frozenset = frozenset(),
-) -> Factor:
-    """Turn a Pyro-layout tensor (numbered negative dims) into a :class:`Factor`.
+) -> tuple[list[str], list[int]]:
+    """Names and sizes of the dims of a Pyro-layout ``shape`` that a factor keeps.
 
     ``dim_names`` maps each negative dim that may carry a non-singleton size to its name.
     A non-singleton dim that is not named is a layout error in the model; ``describe`` is a
@@ -89,8 +89,8 @@ def name_dims(
     every rank must see the same dims).
     """
     names, sizes = [], []
-    for pos in range(-tensor.dim(), 0):
-        size = tensor.shape[pos]
+    for pos in range(-len(shape), 0):
+        size = shape[pos]
         name = dim_names.get(pos)
         if size == 1 and name not in singleton_names:
             continue
@@ -103,6 +103,20 @@ def name_dims(
             )
         names.append(name)
         sizes.append(size)
+    return names, sizes
+
+
+def name_dims(
+    tensor: torch.Tensor,
+    dim_names: dict[int, str],
+    *,
+    describe: str,
+    singleton_names: frozenset = frozenset(),
+) -> Factor:
+    """Turn a Pyro-layout tensor (numbered negative dims) into a :class:`Factor` (see
+    :func:`named_shape` for which dims it keeps)."""
+    names, sizes = named_shape(tensor.shape, dim_names, describe=describe,
+                               singleton_names=singleton_names)
     return Factor(tensor.reshape(sizes), tuple(names))
 
 

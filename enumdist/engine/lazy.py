@@ -21,7 +21,7 @@ import pyro.distributions as dist
 
 from torch.distributions.utils import probs_to_logits
 
-from enumdist.engine.factors import Factor, align, compact, name_dims
+from enumdist.engine.factors import Factor, align, compact, name_dims, named_shape
 
 
 class LazyBernoulliLogProb:
@@ -95,6 +95,54 @@ class LazyBernoulliLogProb:
         return tuple(None if p is None else
                      (tuple(d if d in plates else "*" for d in p.dims), tuple(p.tensor.shape))
                      for p in (self.logits, self.value, self.mask))
+
+
+class CategoricalTable:
+    """``log p(x = k | params)`` of an enumerated Categorical site, for every ``k`` at once.
+
+    At its own enumerated support a Categorical's log-prob is its normalised logits with the
+    event dim renamed to the variable: no gather is needed. The table keeps the *parameter* it
+    comes from (normalised probs or logits), so a chain of transition sites stacks its
+    parameters first and takes a single ``log`` (see :func:`log_tables`), instead of one
+    ``clamp``, ``log`` and ``gather`` per time step, each with its own backward node.
+    """
+
+    def __init__(self, param: torch.Tensor, dims: tuple[str, ...], is_logits: bool):
+        self.param, self.dims, self.is_logits = param, dims, is_logits
+        self.sizes = dict(zip(dims, param.shape))
+
+    def element_size(self) -> int:
+        return self.param.element_size()
+
+    @property
+    def data(self):
+        return self
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return self.param if self.is_logits else probs_to_logits(self.param)
+
+
+def log_tables(tables, dims) -> torch.Tensor:
+    """``torch.stack([t.tensor aligned to dims for t in tables])`` with one ``log`` for all."""
+    params = torch.stack([align(t.param, t.dims, dims) for t in tables])
+    return params if tables[0].is_logits else probs_to_logits(params)
+
+
+def enumerated_table(site, var_name, dim_names, describe, singleton_names):
+    """A :class:`CategoricalTable` for an enumerated model site, or None (evaluate eagerly)."""
+    fn = site["fn"]
+    if type(fn) is not dist.Categorical or site["args"] or site["kwargs"]:
+        return None
+    num_values = fn._num_events
+    if site["value"].numel() != num_values:  # expanded support (infer={'expand': True})
+        return None
+    is_logits = fn.__dict__.get("logits") is fn._param
+    param = compact(fn.logits if is_logits else fn.probs)
+    names, sizes = named_shape(param.shape[:-1], dim_names, describe=describe,
+                               singleton_names=singleton_names)
+    return CategoricalTable(param.reshape(sizes + [num_values]), tuple(names) + (var_name,),
+                            is_logits)
 
 
 STACK = "__stack__"

@@ -25,7 +25,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 from enumdist.engine.errors import EnumerationError, MemoryBudgetError
 from enumdist.engine.factors import Factor, compact, name_dims
-from enumdist.engine.lazy import lazy_log_prob
+from enumdist.engine.lazy import enumerated_table, lazy_log_prob
 
 
 @dataclass(frozen=True)
@@ -152,27 +152,91 @@ def _mask(log_prob: torch.Tensor, mask) -> torch.Tensor:
     return torch.where(mask, log_prob, log_prob.new_zeros(()))
 
 
+def _observation_error(site, problem: str) -> EnumerationError:
+    if problem == "nan":
+        return EnumerationError(
+            f"observed site '{site['name']}' contains NaN values; remove or mask them "
+            f"(poutine.mask) before fitting."
+        )
+    return EnumerationError(
+        f"observed site '{site['name']}' has values outside the support {site['fn'].support} of "
+        f"its {type(site['fn']).__name__} distribution; fix the data (or mask those entries)."
+    )
+
+
+def _site_mask(site):
+    mask = site["mask"]
+    return None if mask is None or mask is True or mask is False else mask
+
+
+def _support_key(support) -> tuple:
+    """Hashable identity of a constraint *value* (Categorical builds a new one per instance)."""
+    key = (type(support), tuple(sorted(vars(support).items())))
+    try:
+        hash(key)
+    except TypeError:  # unhashable attributes: group by the object itself
+        return (type(support), id(support))
+    return key
+
+
+def _left_pad(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Insert singleton dims after the leading (stack) dim until ``x`` has ``ndim`` dims."""
+    return x.reshape(x.shape[:1] + (1,) * (ndim - x.dim()) + x.shape[1:])
+
+
+def _stacked_ok(values, support, masks) -> bool:
+    """All stacked observations in support or masked out (masks right-aligned per site)."""
+    ok = support.check(values)
+    if masks is not None:
+        ndim = max(ok.dim(), masks.dim())
+        ok = _left_pad(ok, ndim) | ~_left_pad(masks, ndim)
+    return bool(torch.all(ok))
+
+
+def check_observations(sites) -> None:
+    """Refuse NaN or out-of-support observations, naming the site.
+
+    Sites with the same support, value shape and mask shape are checked as one stacked batch
+    (a python loop of per-site checks costs more than the model's own step on a long HMM); the
+    offending site is looked up one by one only when a batch fails.
+    """
+    groups: dict[tuple, list] = {}
+    for site in sites:
+        value, mask = site["value"], _site_mask(site)
+        if not torch.is_tensor(value):
+            continue
+        key = (_support_key(site["fn"].support), value.dtype, tuple(value.shape),
+               None if mask is None else tuple(mask.shape))
+        groups.setdefault(key, []).append(site)
+    for group in groups.values():
+        if len(group) == 1:
+            _check_observation(group[0])
+            continue
+        values = torch.stack([s["value"] for s in group])
+        masks = None if _site_mask(group[0]) is None else torch.stack([s["mask"] for s in group])
+        try:
+            ok = not (values.is_floating_point() and bool(torch.isnan(values).any()))
+            ok = ok and _stacked_ok(values, group[0]["fn"].support, masks)
+        except Exception:  # noqa: BLE001 - a support whose check does not batch
+            ok = False
+        if not ok:
+            for site in group:
+                _check_observation(site)
+
+
 def _check_observation(site):
     value = site["value"]
     if not torch.is_tensor(value):
         return
     if value.is_floating_point() and torch.isnan(value).any():
-        raise EnumerationError(
-            f"observed site '{site['name']}' contains NaN values; remove or mask them "
-            f"(poutine.mask) before fitting."
-        )
-    support = site["fn"].support
+        raise _observation_error(site, "nan")
+    mask = _site_mask(site)
     try:
-        ok = support.check(value)
+        ok = site["fn"].support.check(value)
     except Exception:  # noqa: BLE001 - exotic supports without a vectorised check
         return
-    if site["mask"] is not None and site["mask"] is not True and site["mask"] is not False:
-        ok = ok | ~site["mask"]
-    if not bool(torch.all(ok)):
-        raise EnumerationError(
-            f"observed site '{site['name']}' has values outside the support {support} of its "
-            f"{type(site['fn']).__name__} distribution; fix the data (or mask those entries)."
-        )
+    if not bool(torch.all(ok if mask is None else ok | ~mask)):
+        raise _observation_error(site, "support")
 
 
 class EnumRequests(Messenger):
@@ -343,15 +407,20 @@ def build_problem(
     plates, variables, id_to_var = collect_vars(model_trace, guide_trace, max_plate_nesting)
     problem = EnumProblem(plates, variables, model_trace=model_trace, guide_trace=guide_trace)
     sum_vars = problem.sum_vars
+    if validate:
+        check_observations(site for _, site in _sample_sites(model_trace) if site["is_observed"])
 
     for name, site in _sample_sites(model_trace):
         ordinal, _, _ = _plates_of(site)
         describe = f"model site '{name}'"
-        if validate and site["is_observed"]:
-            _check_observation(site)
         _preflight(site, memory_budget, "model")
         dim_names = _dim_names(site, id_to_var, max_plate_nesting)
         if name in variables:  # enumerated in the model: plain log-prob, no mask, no scale
+            table = None if mask_enumerated and _site_mask(site) is not None else \
+                enumerated_table(site, name, dim_names, describe, _singleton_plates(site))
+            if table is not None:
+                problem.log_factors.append(ModelTerm(name, table, ordinal, site["scale"]))
+                continue
             log_p = _log_prob(site)
             log_p = _mask(log_p, site["mask"]) if mask_enumerated else log_p
             factor = name_dims(log_p, dim_names, describe=describe,

@@ -4,6 +4,7 @@ import pytest
 import torch
 import pyro
 import pyro.distributions as dist
+from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 
 import enumdist
@@ -121,3 +122,46 @@ def test_shard_plates_on_one_process_check_the_plate_and_run_locally():
     assert sharded == local
     with pytest.raises(EnumerationError, match=r"shard_plates names \['sequences'\].*plates: \['data'\]"):
         enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["sequences"]).loss(mixture, no_guide, data)
+
+
+def test_out_of_support_found_in_a_batch_of_same_shaped_sites():
+    """Observations are checked stacked; the error still names the one bad site, and masked
+    entries (right-aligned masks of fewer dims than the value) are exempt."""
+    def model(data, mask):
+        with pyro.plate("keys", data.shape[-1], dim=-1), pyro.plate("rows", data.shape[-2], dim=-2):
+            z = pyro.sample("z", dist.Categorical(logits=torch.zeros(2)), infer=ENUM)
+            for t in range(data.shape[0]):
+                with poutine.mask(mask=mask[t]):
+                    pyro.sample(f"y_{t}", dist.Bernoulli(0.3 + 0.4 * z.double()), obs=data[t])
+
+    data = torch.randint(0, 2, (5, 3, 4)).double()
+    mask = torch.ones(5, 3, 1, dtype=torch.bool)
+    elbo = enumdist.EnumELBO(max_plate_nesting=2)
+    elbo.loss(model, no_guide, data, mask)
+    data[3, 1, 2] = 2.0
+    with pytest.raises(EnumerationError, match="observed site 'y_3'.*outside the support"):
+        with pyro.validation_enabled(False):
+            elbo.loss(model, no_guide, data, mask)
+    mask[3, 1] = False  # that row is masked out: the value no longer matters
+    with pyro.validation_enabled(False):
+        elbo.loss(model, no_guide, data, mask)
+    data[4, 0, 0] = float("nan")
+    with pytest.raises(EnumerationError, match="observed site 'y_4' contains NaN"):
+        elbo.loss(model, no_guide, data, mask)
+
+
+def test_invalid_distribution_argument_after_the_first_call_is_still_reported():
+    """Argument checks run on the first call and again whenever a loss is not finite."""
+    def model(data):
+        weights = pyro.param("weights", torch.tensor([0.5, 0.5]))
+        with pyro.plate("data", len(data)):
+            z = pyro.sample("z", dist.Categorical(probs=weights), infer=ENUM)
+            pyro.sample("x", dist.Normal(z.double(), 1.0), obs=data)
+
+    pyro.clear_param_store()
+    elbo = enumdist.EnumELBO(max_plate_nesting=1)
+    data = torch.randn(4)
+    assert torch.isfinite(torch.tensor(elbo.loss(model, no_guide, data)))
+    pyro.param("weights").data[0] = float("nan")
+    with pytest.raises(ValueError, match="probs.*Categorical.*Simplex"):
+        elbo.loss(model, no_guide, data)
