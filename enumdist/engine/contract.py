@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from enumdist.engine.factors import align
-from enumdist.engine.lazy import CategoricalTable, LazyBernoulliLogProb, log_tables, stack
+from enumdist.engine.lazy import STACK, CategoricalTable, LazyBernoulliLogProb, log_tables, stack
 from enumdist.engine.plan import ChainStep, Plan, PlateStep, SumStep
 
 
@@ -116,14 +116,72 @@ def _batch_lazy_plate_sums(steps, slots, plates):
         positions = tuple(lazy.dims.index(p) for p in present)
         out_dims = tuple(d for d in lazy.dims if d not in present)  # leading dim: the stack
         total = plates.plate_sum(lazy, positions, absent, reduced, out_dims)
-        for step, value in zip(group, total.unbind(0)):
-            results[step.out] = value
+        for index, step in enumerate(group):
+            results[step.out] = Row(total, index)
             slots[step.input] = None
     return results
 
 
+class Row:
+    """Row ``index`` of a batched result: a chain reads consecutive rows as one slice."""
+
+    def __init__(self, stack: torch.Tensor, index: int):
+        self.stack, self.index = stack, index
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return self.stack[self.index]
+
+
 def _dense(term):
     return term if torch.is_tensor(term) else term.tensor
+
+
+def _shape(term) -> tuple:
+    """A slot's shape without materialising it."""
+    if torch.is_tensor(term):
+        return tuple(term.shape)
+    if isinstance(term, Row):
+        return tuple(term.stack.shape[1:])
+    return tuple(term.sizes[d] for d in term.dims)
+
+
+def _chain_emissions(step, slots, num_states, plate_sizes):
+    """The chain's unary terms stacked ``[T, S, *plates]`` (each step's dims ``(v_t, plates)``).
+
+    When every step has one row of the same batched emission sum, in order (a python-loop HMM),
+    that batch is sliced instead of split into rows and stacked again; other unary terms (the
+    initial state's) are added to their steps.
+    """
+    shape = (num_states,) + tuple(plate_sizes[p] for p in step.plates)
+    rows = [[(slots[slot], dims) for slot, dims in units if isinstance(slots[slot], Row)]
+            for units in step.unary]
+    first = rows[0][0][0] if rows[0] else None
+    if first is not None and all(
+        len(r) == 1 and r[0][0].stack is first.stack and r[0][0].index == first.index + t
+        for t, r in enumerate(rows)
+    ):
+        dims = rows[0][0][1]
+        batch = first.stack[first.index : first.index + len(step.vars)]
+        batch = align(batch, (STACK,) + dims, (STACK, step.vars[0]) + step.plates)
+        emissions = batch.expand((len(step.vars),) + shape)
+        extra_steps, extras = [], []
+        for t, (var, units) in enumerate(zip(step.vars, step.unary)):
+            others = [(slots[s], d) for s, d in units if not isinstance(slots[s], Row)]
+            if others:
+                target = (var,) + step.plates
+                extra_steps.append(t)
+                extras.append(sum(align(_dense(x), d, target) for x, d in others).expand(shape))
+        if extras:
+            index = torch.tensor(extra_steps, device=emissions.device)
+            emissions = emissions.index_add(0, index, torch.stack(extras))
+        return emissions
+    emissions = []
+    for var, units in zip(step.vars, step.unary):
+        target = (var,) + step.plates
+        total = sum(align(_dense(slots[slot]), dims, target) for slot, dims in units)
+        emissions.append(total.expand(shape))
+    return torch.stack(emissions, 0)
 
 
 def _renamed(table, pair):
@@ -134,22 +192,16 @@ def _renamed(table, pair):
 
 def chain_inputs(step, slots):
     """Stack a chain's factors: emissions ``[N, T, S]`` and transitions ``[T, S, S]``."""
-    first = _dense(slots[step.unary[0][0][0]])
     num_states = None
     plate_sizes = {}
     for units in step.unary:
         for slot, dims in units:
-            t = _dense(slots[slot])
-            plate_sizes.update({d: n for d, n in zip(dims, t.shape) if d in step.plates})
-            num_states = num_states or t.shape[list(dims).index(next(
-                d for d in dims if d not in step.plates))]
+            sizes = dict(zip(dims, _shape(slots[slot])))
+            plate_sizes.update({d: n for d, n in sizes.items() if d in step.plates})
+            num_states = num_states or next(n for d, n in sizes.items() if d not in step.plates)
     shape = (num_states,) + tuple(plate_sizes[p] for p in step.plates)
-    emissions = []
-    for var, units in zip(step.vars, step.unary):
-        target = (var,) + step.plates
-        total = sum(align(_dense(slots[slot]), dims, target) for slot, dims in units)
-        emissions.append(total.expand(shape))
-    emissions = torch.stack(emissions, 0).reshape(len(step.vars), num_states, -1).permute(2, 0, 1)
+    emissions = _chain_emissions(step, slots, num_states, plate_sizes)
+    emissions = emissions.reshape(len(step.vars), num_states, -1).permute(2, 0, 1)
     per_element = any(d in step.plates for _, dims in step.pairwise for d in dims)
     if not per_element:  # shared transitions [T, S, S]: the fused kernels
         pairs = [slots[slot] for slot, _ in step.pairwise]
@@ -163,7 +215,7 @@ def chain_inputs(step, slots):
         return emissions, torch.cat([stacked.new_zeros((1,) + stacked.shape[1:]), stacked]), \
             shape[1:]
     full = (num_states, num_states) + shape[1:]
-    transitions = [first.new_zeros(full)]
+    transitions = [emissions.new_zeros(full)]
     for t, (slot, dims) in enumerate(step.pairwise):
         target = tuple(step.vars[t : t + 2]) + step.plates
         transitions.append(align(_dense(slots[slot]), dims, target).expand(full))

@@ -25,11 +25,16 @@ from enumdist.engine.factors import Factor, align, compact, name_dims, named_sha
 
 
 class LazyBernoulliLogProb:
-    """Masked ``log Bernoulli(value | logits)`` as (logits, value, mask), each a named tensor."""
+    """Masked ``log Bernoulli(value | param)`` as (param, value, mask), each a named tensor.
 
-    def __init__(self, logits, value, mask):
-        self.parts = [p for p in (logits, value, mask) if p is not None]
-        self.logits, self.value, self.mask = logits, value, mask
+    ``param`` holds logits, or probs (``is_logits=False``) turned into logits on first use:
+    :func:`stack` stacks the probs of many sites first, so one ``log`` serves them all.
+    """
+
+    def __init__(self, param, value, mask, is_logits=True):
+        self.parts = [p for p in (param, value, mask) if p is not None]
+        self.param, self.value, self.mask, self.is_logits = param, value, mask, is_logits
+        self._logits = param if is_logits else None
         dims = {}
         for part in self.parts:
             dims.update(dict.fromkeys(part.dims))
@@ -39,7 +44,14 @@ class LazyBernoulliLogProb:
             self.sizes.update(part.sizes)
 
     def element_size(self) -> int:
-        return self.logits.tensor.element_size()
+        return self.param.tensor.element_size()
+
+    @property
+    def logits(self) -> Factor:
+        if self._logits is None:
+            self._logits = Factor(probs_to_logits(self.param.tensor, is_binary=True),
+                                  self.param.dims)
+        return self._logits
 
     @property
     def data(self):
@@ -92,9 +104,10 @@ class LazyBernoulliLogProb:
         Variables are anonymous here (``x_3`` and ``x_4`` play the same part in two steps of a
         chain); plates, shapes and the layout of the parts must agree.
         """
-        return tuple(None if p is None else
-                     (tuple(d if d in plates else "*" for d in p.dims), tuple(p.tensor.shape))
-                     for p in (self.logits, self.value, self.mask))
+        return (self.is_logits,) + tuple(
+            None if p is None else
+            (tuple(d if d in plates else "*" for d in p.dims), tuple(p.tensor.shape))
+            for p in (self.param, self.value, self.mask))
 
 
 class CategoricalTable:
@@ -158,22 +171,21 @@ def stack(factors):
         dims = (STACK,) + getattr(first, part).dims
         return Factor(torch.stack([getattr(f, part).tensor for f in factors]), dims)
 
-    return type(first)(stacked("logits"), stacked("value"), stacked("mask"))
+    return type(first)(stacked("param"), stacked("value"), stacked("mask"), first.is_logits)
 
 
 def _bernoulli(fn, value, mask, dim_names, describe, singleton_names):
     if mask is False:
         return None
-    if fn.__dict__.get("logits") is fn._param:
-        logits = compact(fn.logits)
-    else:
-        logits = probs_to_logits(compact(fn.probs), is_binary=True)
+    is_logits = fn.__dict__.get("logits") is fn._param
+    param = compact(fn.logits if is_logits else fn.probs)
 
     def named(tensor):
         return name_dims(tensor, dim_names, describe=describe, singleton_names=singleton_names)
 
     mask_factor = None if mask is None or mask is True else named(mask)
-    return LazyBernoulliLogProb(named(logits), named(value.to(logits.dtype)), mask_factor)
+    return LazyBernoulliLogProb(named(param), named(value.to(param.dtype)), mask_factor,
+                                is_logits)
 
 
 #: distribution type -> rule(fn, value, mask, dim_names, describe, singleton_names) -> lazy|None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import pyro.distributions as dist
@@ -101,13 +102,31 @@ class EnumProblem:
         return next(iter(scales.values()))[1] if scales else 1.0
 
 
+class SiteLayout(NamedTuple):
+    """Where a site's plates sit: computed once per site, read by every stage of the build."""
+
+    ordinal: frozenset  # plate names
+    plate_dims: dict  # dim -> plate name
+    plates: dict  # plate name -> Plate
+    singletons: frozenset  # plates of size one (kept as dims, see factors.named_shape)
+
+
+def _layout(site) -> SiteLayout:
+    layout = site.get("_enumdist_layout")
+    if layout is None:
+        frames = [f for f in site["cond_indep_stack"] if f.vectorized]
+        plates = {f.name: Plate(f.name, f.dim, int(f.size),
+                                int(f.full_size if f.full_size is not None else f.size))
+                  for f in frames}
+        layout = SiteLayout(frozenset(plates), {f.dim: f.name for f in frames}, plates,
+                            frozenset(f.name for f in frames if f.size == 1))
+        site["_enumdist_layout"] = layout
+    return layout
+
+
 def _plates_of(site) -> tuple[frozenset, dict[int, str], dict[str, Plate]]:
-    frames = [f for f in site["cond_indep_stack"] if f.vectorized]
-    plates = {}
-    for f in frames:
-        full = f.full_size if f.full_size is not None else f.size
-        plates[f.name] = Plate(f.name, f.dim, int(f.size), int(full))
-    return frozenset(plates), {f.dim: f.name for f in frames}, plates
+    layout = _layout(site)
+    return layout.ordinal, layout.plate_dims, layout.plates
 
 
 # Distributions whose parameters are their only state: rebuilding one from compact parameters
@@ -193,6 +212,29 @@ def _stacked_ok(values, support, masks) -> bool:
     return bool(torch.all(ok))
 
 
+def _shared_base_ok(group) -> bool:
+    """True when the observations are views of one data tensor that is valid throughout.
+
+    A python-loop model observes ``data[:, t]`` step by step: checking ``data`` once is
+    cheaper than stacking its slices, and sufficient (not necessary: an invalid entry there may
+    be masked out, which the caller's exact check then sees).
+    """
+    base = group[0]["value"]._base
+    support = group[0]["fn"].support
+    if base is None or support.event_dim != 0 or base.dtype != group[0]["value"].dtype:
+        return False
+    if any(s["value"]._base is not base for s in group):
+        return False
+    if base.numel() > 2 * sum(s["value"].numel() for s in group):
+        return False  # a small slice of a large tensor: check the slices
+    try:
+        if base.is_floating_point() and bool(torch.isnan(base).any()):
+            return False
+        return bool(torch.all(support.check(base)))
+    except Exception:  # noqa: BLE001 - a support whose check does not apply to the base
+        return False
+
+
 def check_observations(sites) -> None:
     """Refuse NaN or out-of-support observations, naming the site.
 
@@ -211,6 +253,8 @@ def check_observations(sites) -> None:
     for group in groups.values():
         if len(group) == 1:
             _check_observation(group[0])
+            continue
+        if _shared_base_ok(group):
             continue
         values = torch.stack([s["value"] for s in group])
         masks = None if _site_mask(group[0]) is None else torch.stack([s["mask"] for s in group])
@@ -341,7 +385,7 @@ def collect_vars(model_trace, guide_trace, max_plate_nesting: int):
 
 
 def _singleton_plates(site) -> frozenset:
-    return frozenset(f.name for f in site["cond_indep_stack"] if f.vectorized and f.size == 1)
+    return _layout(site).singletons
 
 
 def _dim_names(site, id_to_var, max_plate_nesting) -> dict[int, str]:
