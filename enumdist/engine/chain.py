@@ -322,7 +322,7 @@ def _transition_probs(trans):
 
 class _ChainLogZ(torch.autograd.Function):
     """``log Z_n`` with a forward-backward adjoint; saves ``O(N·T·S)`` (scaled forward messages
-    and emissions). Rows must be sorted by length, longest first (see ``_sorted``)."""
+    and scaled emissions). Rows must be sorted by length, longest first (see ``_sorted``)."""
 
     @staticmethod
     def forward(ctx, init_logits, trans_logits, emissions, valid, method):
@@ -337,16 +337,17 @@ class _ChainLogZ(torch.autograd.Function):
                                        emission_max, valid)
             blocks = ()
         log_z = torch.log(h[:, -1].sum(-1)) + c[:, -1]
-        ctx.save_for_backward(trans_logits, emissions, valid, h, c, log_z, *blocks)
+        ctx.save_for_backward(trans_logits, scaled_emissions, emission_max, valid, h, c, log_z,
+                              *blocks)
         ctx.method = method
         return log_z
 
     @staticmethod
     def backward(ctx, grad):
-        trans_logits, emissions, valid, h_alpha, c_alpha, log_z, *blocks = ctx.saved_tensors
+        (trans_logits, scaled_emissions, emission_max, valid, h_alpha, c_alpha, log_z,
+         *blocks) = ctx.saved_tensors
         trans = trans_logits if trans_logits.dim() == 3 else trans_logits.unsqueeze(0)
         probs, shift = _transition_probs(trans)
-        scaled_emissions, emission_max = _scaled(emissions)
         if ctx.method == "scan":
             h_beta, c_beta = _scan_backward(probs, shift, scaled_emissions, emission_max, valid,
                                             blocks)

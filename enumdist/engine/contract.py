@@ -147,13 +147,13 @@ def _shape(term) -> tuple:
 
 
 def _chain_emissions(step, slots, num_states, plate_sizes):
-    """The chain's unary terms stacked ``[T, S, *plates]`` (each step's dims ``(v_t, plates)``).
+    """The chain's unary terms stacked ``[T, *plates, S]`` (each step's dims ``(v_t, plates)``).
 
     When every step has one row of the same batched emission sum, in order (a python-loop HMM),
     that batch is sliced instead of split into rows and stacked again; other unary terms (the
     initial state's) are added to their steps.
     """
-    shape = (num_states,) + tuple(plate_sizes[p] for p in step.plates)
+    shape = tuple(plate_sizes[p] for p in step.plates) + (num_states,)
     rows = [[(slots[slot], dims) for slot, dims in units if isinstance(slots[slot], Row)]
             for units in step.unary]
     first = rows[0][0][0] if rows[0] else None
@@ -163,13 +163,13 @@ def _chain_emissions(step, slots, num_states, plate_sizes):
     ):
         dims = rows[0][0][1]
         batch = first.stack[first.index : first.index + len(step.vars)]
-        batch = align(batch, (STACK,) + dims, (STACK, step.vars[0]) + step.plates)
+        batch = align(batch, (STACK,) + dims, (STACK,) + step.plates + (step.vars[0],))
         emissions = batch.expand((len(step.vars),) + shape)
         extra_steps, extras = [], []
         for t, (var, units) in enumerate(zip(step.vars, step.unary)):
             others = [(slots[s], d) for s, d in units if not isinstance(slots[s], Row)]
             if others:
-                target = (var,) + step.plates
+                target = step.plates + (var,)
                 extra_steps.append(t)
                 extras.append(sum(align(_dense(x), d, target) for x, d in others).expand(shape))
         if extras:
@@ -178,7 +178,7 @@ def _chain_emissions(step, slots, num_states, plate_sizes):
         return emissions
     emissions = []
     for var, units in zip(step.vars, step.unary):
-        target = (var,) + step.plates
+        target = step.plates + (var,)
         total = sum(align(_dense(slots[slot]), dims, target) for slot, dims in units)
         emissions.append(total.expand(shape))
     return torch.stack(emissions, 0)
@@ -200,8 +200,8 @@ def chain_inputs(step, slots):
             plate_sizes.update({d: n for d, n in sizes.items() if d in step.plates})
             num_states = num_states or next(n for d, n in sizes.items() if d not in step.plates)
     shape = (num_states,) + tuple(plate_sizes[p] for p in step.plates)
-    emissions = _chain_emissions(step, slots, num_states, plate_sizes)
-    emissions = emissions.reshape(len(step.vars), num_states, -1).permute(2, 0, 1)
+    emissions = _chain_emissions(step, slots, num_states, plate_sizes)  # [T, *plates, S]
+    emissions = emissions.reshape(len(step.vars), -1, num_states).transpose(0, 1)  # [N, T, S]
     per_element = any(d in step.plates for _, dims in step.pairwise for d in dims)
     if not per_element:  # shared transitions [T, S, S]: the fused kernels
         pairs = [slots[slot] for slot, _ in step.pairwise]

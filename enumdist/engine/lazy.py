@@ -32,7 +32,9 @@ class LazyBernoulliLogProb:
     """
 
     def __init__(self, param, value, mask, is_logits=True):
-        self.parts = [p for p in (param, value, mask) if p is not None]
+        # dims in order value, mask, param: plates first, so a plate sum comes out
+        # ``[..., plates, variable]`` -- the time-major, state-last layout the chain kernels read
+        self.parts = [p for p in (value, mask, param) if p is not None]
         self.param, self.value, self.mask, self.is_logits = param, value, mask, is_logits
         self._logits = param if is_logits else None
         dims = {}
