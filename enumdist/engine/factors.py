@@ -38,24 +38,34 @@ class Factor:
         return self.tensor.element_size()
 
 
-def compact(tensor: torch.Tensor) -> torch.Tensor:
+def compact_shape(tensor: torch.Tensor) -> tuple[int, ...]:
+    """``tensor``'s shape with every broadcast (stride-0) dimension reduced to size one."""
+    return tuple(1 if stride == 0 else size for size, stride in zip(tensor.shape, tensor.stride()))
+
+
+def compact(tensor: torch.Tensor, shape=None) -> torch.Tensor:
     """Undo ``expand``: keep one slice of every broadcast (stride-0) dimension.
 
     When the tensor is ``base.expand(...)``, the result is a plain view of ``base``, so that
     gradients reach ``base`` without ever being materialised at the expanded size (slicing the
-    expanded tensor would allocate and fill that size in the backward pass).
+    expanded tensor would allocate and fill that size in the backward pass). ``shape`` (the
+    compact shape with singleton dims dropped or added) views the result so in the same step:
+    one autograd node instead of two, which counts when there is one per site of a long model.
     """
-    shape = tuple(1 if stride == 0 else size for size, stride in zip(tensor.shape, tensor.stride()))
-    if shape == tuple(tensor.shape):
-        return tensor
+    full = compact_shape(tensor)
+    shape = full if shape is None else tuple(shape)
+    if full == tuple(tensor.shape):
+        return tensor if shape == full else tensor.reshape(shape)
     base = tensor._base
-    if base is not None and base.numel() == math.prod(shape):
+    if base is not None and base.numel() == math.prod(full):
         view = base.reshape(shape)
-        if view.storage_offset() == tensor.storage_offset() and all(
-            a == b for n, a, b in zip(shape, view.stride(), tensor.stride()) if n > 1
-        ):
+        kept = [s for n, s in zip(full, tensor.stride()) if n > 1]
+        if view.storage_offset() == tensor.storage_offset() and kept == [
+            s for n, s in zip(shape, view.stride()) if n > 1
+        ]:
             return view
-    return tensor.as_strided(shape, tensor.stride(), tensor.storage_offset())
+    compacted = tensor.as_strided(full, tensor.stride(), tensor.storage_offset())
+    return compacted if shape == full else compacted.reshape(shape)
 
 
 def align(tensor: torch.Tensor, dims: tuple[str, ...], target: tuple[str, ...]) -> torch.Tensor:
@@ -70,7 +80,7 @@ def align(tensor: torch.Tensor, dims: tuple[str, ...], target: tuple[str, ...]) 
     shape = [1] * len(target)
     for d, size in zip(dims, tensor.shape):
         shape[target.index(d)] = size
-    return tensor.reshape(shape)
+    return tensor if tensor.shape == tuple(shape) else tensor.reshape(shape)
 
 
 def named_shape(
@@ -117,7 +127,7 @@ def name_dims(
     :func:`named_shape` for which dims it keeps)."""
     names, sizes = named_shape(tensor.shape, dim_names, describe=describe,
                                singleton_names=singleton_names)
-    return Factor(tensor.reshape(sizes), tuple(names))
+    return Factor(tensor if tensor.shape == tuple(sizes) else tensor.reshape(sizes), tuple(names))
 
 
 def expand_plates(factor, plate_sizes: dict[str, int]) -> Factor:

@@ -21,7 +21,7 @@ import pyro.distributions as dist
 
 from torch.distributions.utils import probs_to_logits
 
-from enumdist.engine.factors import Factor, align, compact, name_dims, named_shape
+from enumdist.engine.factors import Factor, align, compact, compact_shape, name_dims, named_shape
 
 
 class LazyBernoulliLogProb:
@@ -153,10 +153,10 @@ def enumerated_table(site, var_name, dim_names, describe, singleton_names):
     if site["value"].numel() != num_values:  # expanded support (infer={'expand': True})
         return None
     is_logits = fn.__dict__.get("logits") is fn._param
-    param = compact(fn.logits if is_logits else fn.probs)
-    names, sizes = named_shape(param.shape[:-1], dim_names, describe=describe,
+    param = fn.logits if is_logits else fn.probs
+    names, sizes = named_shape(compact_shape(param)[:-1], dim_names, describe=describe,
                                singleton_names=singleton_names)
-    return CategoricalTable(param.reshape(sizes + [num_values]), tuple(names) + (var_name,),
+    return CategoricalTable(compact(param, sizes + [num_values]), tuple(names) + (var_name,),
                             is_logits)
 
 
@@ -180,13 +180,16 @@ def _bernoulli(fn, value, mask, dim_names, describe, singleton_names):
     if mask is False:
         return None
     is_logits = fn.__dict__.get("logits") is fn._param
-    param = compact(fn.logits if is_logits else fn.probs)
+    param = fn.logits if is_logits else fn.probs
+    names, sizes = named_shape(compact_shape(param), dim_names, describe=describe,
+                               singleton_names=singleton_names)
+    param = Factor(compact(param, sizes), tuple(names))
 
     def named(tensor):
         return name_dims(tensor, dim_names, describe=describe, singleton_names=singleton_names)
 
     mask_factor = None if mask is None or mask is True else named(mask)
-    return LazyBernoulliLogProb(named(param), named(value.to(param.dtype)), mask_factor,
+    return LazyBernoulliLogProb(param, named(value.to(param.tensor.dtype)), mask_factor,
                                 is_logits)
 
 
