@@ -527,6 +527,27 @@ def batched_viterbi(emissions, trans):
     return delta, pointers
 
 
+@torch.no_grad()
+def masked_viterbi(emissions, trans, mask):
+    """:func:`batched_viterbi` for transitions ``where(mask [N, T], trans [T, S, S], 0)``,
+    without building the ``[N, T, S, S]`` tensor: a masked step leaves every state the best
+    predecessor's score."""
+    n, t_total, s = emissions.shape
+    pointers = torch.arange(s, device=emissions.device).expand(n, t_total, s).clone()
+    delta = emissions[:, 0]
+    all_kept = mask.all(0).tolist()
+    for t in range(1, t_total):
+        best, arg = (delta.unsqueeze(-1) + trans[t]).max(dim=-2)
+        if not all_kept[t]:
+            free, free_arg = delta.max(dim=-1, keepdim=True)
+            keep = mask[:, t, None]
+            best = torch.where(keep, best, free)
+            arg = torch.where(keep, arg, free_arg)
+        pointers[:, t] = arg
+        delta = best + emissions[:, t]
+    return delta, pointers
+
+
 def batched_chain_map(emissions, trans):
     """Viterbi states ``[N, T]`` with per-sequence transitions."""
     delta, pointers = batched_viterbi(emissions, trans)

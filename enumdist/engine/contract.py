@@ -20,6 +20,8 @@ With ``tape=[]`` the forward pass records each product tensor (or a chain's inpu
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from enumdist.engine.factors import align
@@ -187,7 +189,38 @@ def _chain_emissions(step, slots, num_states, plate_sizes):
 def _renamed(table, pair):
     """``table`` over the chain pair ``(v_t, v_t+1)`` with those dims renamed prev / next."""
     names = {pair[0]: "prev", pair[1]: "next"}
-    return CategoricalTable(table.param, tuple(names[d] for d in table.dims), table.is_logits)
+    return CategoricalTable(table.param, tuple(names[d] for d in table.param_dims),
+                            table.is_logits)
+
+
+class MaskedTransitions(NamedTuple):
+    """Per-sequence transitions that are one shared table where ``mask`` holds and zero (no
+    constraint) elsewhere: ``infer_discrete`` masks the enumerated sites of padded steps."""
+
+    table: torch.Tensor  # [T, S, S]
+    mask: torch.Tensor  # [N, T] bool
+
+    def dense(self) -> torch.Tensor:
+        """``[N, T, S, S]``."""
+        return torch.where(self.mask[..., None, None], self.table, self.table.new_zeros(()))
+
+
+def _masked_transitions(step, pairs, num_plate_elements):
+    """:class:`MaskedTransitions` when every pairwise factor is a table over its pair with a
+    mask over the chain's plates only; else None."""
+    if not all(isinstance(p, CategoricalTable) and p.mask is not None
+               and p.is_logits == pairs[0].is_logits
+               and set(p.mask.dims) <= set(step.plates) for p in pairs):
+        return None
+    if any(set(p.param_dims) != set(step.vars[t : t + 2]) for t, p in enumerate(pairs)):
+        return None
+    table = log_tables([_renamed(p, step.vars[t : t + 2]) for t, p in enumerate(pairs)],
+                       ("prev", "next"))
+    masks = [align(p.mask.tensor, p.mask.dims, step.plates) for p in pairs]
+    shape = tuple(pairs[0].sizes[d] for d in step.plates)
+    mask = torch.stack([m.expand(shape).reshape(num_plate_elements) for m in masks], 1)
+    return MaskedTransitions(torch.cat([table.new_zeros((1,) + table.shape[1:]), table]),
+                             torch.cat([mask.new_ones(num_plate_elements, 1), mask], 1))
 
 
 def chain_inputs(step, slots):
@@ -214,6 +247,10 @@ def chain_inputs(step, slots):
                                    for t, (slot, dims) in enumerate(step.pairwise)], 0)
         return emissions, torch.cat([stacked.new_zeros((1,) + stacked.shape[1:]), stacked]), \
             shape[1:]
+    masked = _masked_transitions(step, [slots[slot] for slot, _ in step.pairwise],
+                                 emissions.shape[0])
+    if masked is not None:
+        return emissions, masked, shape[1:]
     full = (num_states, num_states) + shape[1:]
     transitions = [emissions.new_zeros(full)]
     for t, (slot, dims) in enumerate(step.pairwise):
@@ -232,6 +269,14 @@ def run_chain(step, slots, semiring, tape=None):
     from enumdist.engine import chain  # noqa: PLC0415 - the chain kernels load on first use
 
     emissions, transitions, plate_shape = chain_inputs(step, slots)
+    if isinstance(transitions, MaskedTransitions):
+        if semiring.name != "logsum":
+            delta, pointers = chain.masked_viterbi(emissions.detach(), transitions.table.detach(),
+                                                   transitions.mask)
+            if tape is not None:
+                tape.append((step, ("map", delta, pointers, plate_shape)))
+            return delta.amax(-1).reshape(plate_shape)
+        transitions = transitions.dense()
     if semiring.name == "logsum":
         if tape is not None:
             tape.append((step, ("sample", emissions.detach(), transitions.detach(), plate_shape)))

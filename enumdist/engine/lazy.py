@@ -122,9 +122,13 @@ class CategoricalTable:
     ``clamp``, ``log`` and ``gather`` per time step, each with its own backward node.
     """
 
-    def __init__(self, param: torch.Tensor, dims: tuple[str, ...], is_logits: bool):
-        self.param, self.dims, self.is_logits = param, dims, is_logits
+    def __init__(self, param: torch.Tensor, dims: tuple[str, ...], is_logits: bool,
+                 mask: Factor | None = None):
+        self.param, self.param_dims, self.is_logits, self.mask = param, dims, is_logits, mask
         self.sizes = dict(zip(dims, param.shape))
+        if mask is not None:  # infer_discrete masks enumerated sites: zero where masked out
+            self.sizes.update(mask.sizes)
+        self.dims = tuple(self.sizes)
 
     def element_size(self) -> int:
         return self.param.element_size()
@@ -134,18 +138,29 @@ class CategoricalTable:
         return self
 
     @property
-    def tensor(self) -> torch.Tensor:
+    def log_table(self) -> torch.Tensor:
+        """The unmasked table over ``param_dims``."""
         return self.param if self.is_logits else probs_to_logits(self.param)
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        if self.mask is None:
+            return self.log_table
+        table = align(self.log_table, self.param_dims, self.dims)
+        mask = align(self.mask.tensor, self.mask.dims, self.dims)
+        return torch.where(mask, table, table.new_zeros(())).expand(
+            tuple(self.sizes[d] for d in self.dims))
 
 
 def log_tables(tables, dims) -> torch.Tensor:
     """``torch.stack([t.tensor aligned to dims for t in tables])`` with one ``log`` for all."""
-    params = torch.stack([align(t.param, t.dims, dims) for t in tables])
+    params = torch.stack([align(t.param, t.param_dims, dims) for t in tables])
     return params if tables[0].is_logits else probs_to_logits(params)
 
 
-def enumerated_table(site, var_name, dim_names, describe, singleton_names):
-    """A :class:`CategoricalTable` for an enumerated model site, or None (evaluate eagerly)."""
+def enumerated_table(site, var_name, dim_names, describe, singleton_names, mask=None):
+    """A :class:`CategoricalTable` for an enumerated model site, or None (evaluate eagerly);
+    ``mask`` (a tensor in Pyro's layout) zeroes its log-prob where False."""
     fn = site["fn"]
     if type(fn) is not dist.Categorical or site["args"] or site["kwargs"]:
         return None
@@ -156,8 +171,10 @@ def enumerated_table(site, var_name, dim_names, describe, singleton_names):
     param = fn.logits if is_logits else fn.probs
     names, sizes = named_shape(compact_shape(param)[:-1], dim_names, describe=describe,
                                singleton_names=singleton_names)
+    if mask is not None:
+        mask = name_dims(mask, dim_names, describe=describe, singleton_names=singleton_names)
     return CategoricalTable(compact(param, sizes + [num_values]), tuple(names) + (var_name,),
-                            is_logits)
+                            is_logits, mask)
 
 
 STACK = "__stack__"

@@ -460,8 +460,9 @@ def build_problem(
         _preflight(site, memory_budget, "model")
         dim_names = _dim_names(site, id_to_var, max_plate_nesting)
         if name in variables:  # enumerated in the model: plain log-prob, no mask, no scale
-            table = None if mask_enumerated and _site_mask(site) is not None else \
-                enumerated_table(site, name, dim_names, describe, _singleton_plates(site))
+            table = None if mask_enumerated and site["mask"] is False else enumerated_table(
+                site, name, dim_names, describe, _singleton_plates(site),
+                _site_mask(site) if mask_enumerated else None)
             if table is not None:
                 problem.log_factors.append(ModelTerm(name, table, ordinal, site["scale"]))
                 continue

@@ -86,3 +86,32 @@ def test_samples_are_random_and_map_is_not():
 def test_bad_temperature_is_refused():
     with pytest.raises(ValueError, match="temperature must be 0"):
         enumdist.infer_discrete(hmm_masked, temperature=0.5)
+
+
+def test_map_with_masks_anywhere_in_the_chain_equals_pyro():
+    """Masked-out steps in the middle of sequences (not only past their ends): the chain's
+    masked transitions must act as Pyro's zeroed log-probs do."""
+    import pyro.distributions as dist
+
+    def model(ys, mask):
+        trans = pyro.param("trans_m", torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3],
+                                                    [0.3, 0.3, 0.4]], dtype=torch.float64))
+        with pyro.plate("sequences", ys.shape[1], dim=-1):
+            x = 0
+            for t in pyro.markov(range(ys.shape[0])):
+                with poutine.mask(mask=mask[t]):
+                    x = pyro.sample(f"x_{t}", dist.Categorical(trans[x]),
+                                    infer={"enumerate": "parallel"})
+                    pyro.sample(f"y_{t}", dist.Normal(x.double() - 1.0, 0.8), obs=ys[t])
+
+    generator = torch.Generator().manual_seed(3)
+    ys = torch.randn(9, 6, generator=generator, dtype=torch.float64)
+    mask = torch.rand(9, 6, generator=generator) > 0.3
+    results = []
+    for decode in (pyro.infer.infer_discrete, enumdist.infer_discrete):
+        pyro.clear_param_store()
+        trace = poutine.trace(decode(model, first_available_dim=-2, temperature=0)
+                              ).get_trace(ys, mask)
+        results.append(torch.stack([trace.nodes[f"x_{t}"]["value"].reshape(-1)
+                                    for t in range(9)]))
+    assert torch.equal(results[0], results[1])
