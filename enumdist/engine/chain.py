@@ -536,8 +536,9 @@ def masked_viterbi(emissions, trans, mask):
     pointers = torch.arange(s, device=emissions.device).expand(n, t_total, s).clone()
     delta = emissions[:, 0]
     all_kept = mask.all(0).tolist()
+    trans_by_next = trans.transpose(-1, -2).contiguous()  # reduce over the contiguous dim
     for t in range(1, t_total):
-        best, arg = (delta.unsqueeze(-1) + trans[t]).max(dim=-2)
+        best, arg = (delta.unsqueeze(-2) + trans_by_next[t]).max(dim=-1)
         if not all_kept[t]:
             free, free_arg = delta.max(dim=-1, keepdim=True)
             keep = mask[:, t, None]
