@@ -30,10 +30,11 @@ def params(num_keys: int, num_states: int = NUM_STATES):
     )
     generator = torch.Generator().manual_seed(0)
     # drawn in float32 whatever the default dtype, so float64 runs start from the same values
-    uniform = torch.rand(num_states, num_keys, generator=generator, dtype=torch.float32)
+    uniform = torch.rand(num_states, num_keys, generator=generator, dtype=torch.float32,
+                         device="cpu")  # the same draw on every device
     probs_y = pyro.param(
         "probs_y",
-        uniform.to(torch.get_default_dtype()) * 0.5 + 0.2,
+        uniform.to(torch.get_default_dtype()).to(torch.get_default_device()) * 0.5 + 0.2,
         constraint=dist.constraints.unit_interval,
     )
     return probs_x, probs_y
