@@ -141,6 +141,23 @@ def bernoulli_hmm(rolls, lengths):
                     pyro.sample(f"y_{t}", dist.Bernoulli(probs_y[x.squeeze(-1)]), obs=rolls[:, t])
 
 
+def logits_bernoulli_hmm(rolls, lengths):
+    """:func:`bernoulli_hmm` parameterised by logits (unnormalised: Categorical normalises)."""
+    num_seqs, num_steps, num_keys = rolls.shape
+    trans = pyro.param("trans_logits", _init(4, 4).log() + 0.3)
+    logits_y = pyro.param("logits_y", torch.linspace(-2.0, 2.0, 4 * num_keys,
+                                                     dtype=torch.float64).reshape(4, num_keys))
+    keys = pyro.plate("keys", num_keys, dim=-1)
+    with pyro.plate("sequences", num_seqs, dim=-2):
+        x = 0
+        for t in pyro.markov(range(num_steps)):
+            with poutine.mask(mask=(t < lengths).unsqueeze(-1)):
+                x = pyro.sample(f"x_{t}", dist.Categorical(logits=trans[x]), infer=ENUM)
+                with keys:
+                    pyro.sample(f"y_{t}", dist.Bernoulli(logits=logits_y[x.squeeze(-1)]),
+                                obs=rolls[:, t])
+
+
 def hmm_global_regime(ys):
     """A regime shared by all sequences, outside the sequences plate."""
     num_steps, num_seqs = ys.shape
@@ -249,6 +266,7 @@ def _cases():
         Case("hmm_second_order", hmm_second_order, (ys,), 1),
         Case("factorial_hmm", factorial_hmm, (ys,), 1),
         Case("bernoulli_hmm_nested_plates", bernoulli_hmm, (rolls, roll_lengths), 2),
+        Case("logits_bernoulli_hmm", logits_bernoulli_hmm, (rolls, roll_lengths), 2),
         Case("hmm_global_regime", hmm_global_regime, (ys,), 1),
         Case("nested_topics", nested_topics, (words,), 2),
         Case("global_outside_plate", global_outside_plate, (mix[:10],), 1),
