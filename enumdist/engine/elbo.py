@@ -191,7 +191,8 @@ class EnumELBO(ELBO):
             total = total + self._particle_elbo(model, guide, args, kwargs)
         total = total / self.num_particles if self.num_particles != 1 else total
         if checked and torch.is_tensor(total) and not bool(torch.isfinite(total)):
-            self._arguments_checked = False  # run again with the checks: they name the culprit
+            self._arguments_checked = False  # run again with all checks: they name the culprit
+            trace_stage.forget_checked_observations()
             return self._elbo(model, guide, args, kwargs)
         self._arguments_checked = is_validation_enabled()
         return total

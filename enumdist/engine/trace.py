@@ -14,6 +14,7 @@ the enumerated variables, classified the way ``TraceEnum_ELBO`` classifies them:
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -212,12 +213,25 @@ def _stacked_ok(values, support, masks) -> bool:
     return bool(torch.all(ok))
 
 
+#: data tensors found valid, with the (version, storage, support) they were valid for: a
+#: training loop observes the same tensor every step, and an unchanged tensor needs no new check
+#: (keyed by id: tensors compare elementwise, so they cannot be dictionary keys themselves)
+_VALID_DATA: dict[int, tuple[weakref.ref, set]] = {}
+
+
+def forget_checked_observations() -> None:
+    """Check every observation afresh from now on (e.g. after a non-finite loss: data may have
+    been changed behind torch's version counter, through ``.data`` or a shared numpy array)."""
+    _VALID_DATA.clear()
+
+
 def _shared_base_ok(group) -> bool:
     """True when the observations are views of one data tensor that is valid throughout.
 
     A python-loop model observes ``data[:, t]`` step by step: checking ``data`` once is
     cheaper than stacking its slices, and sufficient (not necessary: an invalid entry there may
-    be masked out, which the caller's exact check then sees).
+    be masked out, which the caller's exact check then sees). A data tensor found valid is not
+    checked again until it changes (its version counter moves).
     """
     base = group[0]["value"]._base
     support = group[0]["fn"].support
@@ -227,12 +241,23 @@ def _shared_base_ok(group) -> bool:
         return False
     if base.numel() > 2 * sum(s["value"].numel() for s in group):
         return False  # a small slice of a large tensor: check the slices
+    state = (base._version, base.data_ptr(), _support_key(support))
+    known = _VALID_DATA.get(id(base))
+    if known is not None and known[0]() is base and state in known[1]:
+        return True
     try:
         if base.is_floating_point() and bool(torch.isnan(base).any()):
             return False
-        return bool(torch.all(support.check(base)))
+        valid = bool(torch.all(support.check(base)))
     except Exception:  # noqa: BLE001 - a support whose check does not apply to the base
         return False
+    if valid:
+        if known is None or known[0]() is not base:
+            key = id(base)
+            known = _VALID_DATA[key] = (weakref.ref(base, lambda _: _VALID_DATA.pop(key, None)),
+                                        set())
+        known[1].add(state)
+    return valid
 
 
 def check_observations(sites) -> None:

@@ -165,3 +165,21 @@ def test_invalid_distribution_argument_after_the_first_call_is_still_reported():
     pyro.param("weights").data[0] = float("nan")
     with pytest.raises(ValueError, match="probs.*Categorical.*Simplex"):
         elbo.loss(model, no_guide, data)
+
+
+def test_data_changed_behind_the_version_counter_is_still_reported():
+    """A valid data tensor is not re-checked while unchanged; NaNs written through ``.data``
+    (which leaves the version counter alone) make the loss non-finite, and that re-checks."""
+    def model(data):
+        with pyro.plate("rows", data.shape[0], dim=-1):
+            z = pyro.sample("z", dist.Categorical(logits=torch.zeros(2)), infer=ENUM)
+            for t in range(data.shape[1]):
+                pyro.sample(f"y_{t}", dist.Normal(z.double(), 1.0), obs=data[:, t])
+
+    data = torch.randn(4, 5, dtype=torch.float64)
+    elbo = enumdist.EnumELBO(max_plate_nesting=1)
+    elbo.loss(model, no_guide, data)
+    elbo.loss(model, no_guide, data)
+    data.data[2, 3] = float("nan")
+    with pytest.raises(EnumerationError, match="observed site 'y_3' contains NaN"):
+        elbo.loss(model, no_guide, data)
