@@ -82,7 +82,7 @@ def _sequential_forward(init_logits, probs, shift, scaled_emissions, emission_ma
     # time-major copies: every per-step slice below is contiguous (much cheaper on CPU)
     emissions_by_step = scaled_emissions.transpose(0, 1).contiguous()
     out = emissions_by_step.new_empty(emissions_by_step.shape)
-    norms = torch.ones_like(emission_max.T)
+    norms = emission_max.new_ones(emission_max.shape[::-1])  # [T, N], rows contiguous
     ones = out.new_ones(out.shape[-1], 1)  # row sums as a matmul: faster than sum(-1) here
     h = h_init * emissions_by_step[0]
     z = h @ ones
@@ -92,6 +92,13 @@ def _sequential_forward(init_logits, probs, shift, scaled_emissions, emission_ma
     step_probs = [probs[0]] * t_total if probs.shape[0] == 1 else list(probs)
     for t in range(1, t_total):
         k = counts[t]
+        if k == n:  # every sequence still running: write in place, no slicing or copies
+            h_next, z = out[t], norms[t].unsqueeze(-1)
+            torch.mm(h, step_probs[t], out=h_next).mul_(emissions_by_step[t])
+            torch.mm(h_next, ones, out=z)
+            h = h_next.div_(z)
+            continue
+        h = h.clone() if h.data_ptr() == out[t - 1].data_ptr() else h
         if k:
             u = (h[:k] @ step_probs[t]).mul_(emissions_by_step[t, :k])
             z = u @ ones
@@ -111,7 +118,7 @@ def _sequential_backward(probs, shift, scaled_emissions, emission_max, valid):
     counts = valid.sum(0).tolist()
     emissions_by_step = scaled_emissions.transpose(0, 1).contiguous()
     out = emissions_by_step.new_empty(emissions_by_step.shape)
-    norms = torch.ones_like(emission_max.T)
+    norms = emission_max.new_ones(emission_max.shape[::-1])  # [T, N], rows contiguous
     ones = out.new_ones(out.shape[-1], 1)
     h = out.new_ones(n, out.shape[-1])
     out[-1] = h
@@ -119,6 +126,13 @@ def _sequential_backward(probs, shift, scaled_emissions, emission_max, valid):
         probs.transpose(-1, -2).contiguous())
     for t in range(t_total - 1, 0, -1):
         k = counts[t]
+        if k == n:  # every sequence still running: write in place, no slicing or copies
+            h_prev, z = out[t - 1], norms[t - 1].unsqueeze(-1)
+            torch.mm(h * emissions_by_step[t], step_probs_t[t], out=h_prev)
+            torch.mm(h_prev, ones, out=z)
+            h = h_prev.div_(z)
+            continue
+        h = h.clone() if h.data_ptr() == out[t].data_ptr() else h
         if k:
             u = (h[:k] * emissions_by_step[t, :k]) @ step_probs_t[t]
             z = u @ ones
