@@ -362,9 +362,10 @@ def run_traces(model, guide, args, kwargs, max_plate_nesting: int):
     )
     model_enum = EnumMessenger()  # continues the allocator state left by the guide
     requests = EnumRequests(first, "model")
-    model_trace = poutine.trace(
-        poutine.replay(model_enum(requests(model)), trace=guide_trace)
-    ).get_trace(*args, **kwargs)
+    program = model_enum(requests(model))
+    if any(site["type"] == "sample" for site in guide_trace.nodes.values()):
+        program = poutine.replay(program, trace=guide_trace)
+    model_trace = poutine.trace(program).get_trace(*args, **kwargs)
     model_trace.enumerate_requests = requests.requested
     return model_trace, guide_trace
 
