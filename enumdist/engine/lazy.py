@@ -85,6 +85,14 @@ class LazyBernoulliLogProb:
             out = out * missing if missing != 1 else out
             return align(out, kept, out_dims)
 
+        logits = self.logits
+        if self.mask is not None and not reduced.intersection(self.mask.dims):
+            # a mask constant along the summed plates (a padded time step) factors out of the
+            # sum: apply it to the small result, not to the data
+            linear = einsum([(self.value.tensor, self.value.dims), (logits.tensor, logits.dims)])
+            normaliser = einsum([(F.softplus(logits.tensor), logits.dims)])
+            mask = align(self.mask.tensor.to(logits.tensor.dtype), self.mask.dims, out_dims)
+            return ((linear - normaliser) * mask).expand(tuple(self.sizes[d] for d in out_dims))
         # Fold the mask into the data first: every einsum then has two operands, and torch
         # skips its (costly, per call) contraction-path search.
         weighted, weighted_dims = self.value.tensor, self.value.dims
