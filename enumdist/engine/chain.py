@@ -50,10 +50,23 @@ __all__ = [
 # -- scaling ---------------------------------------------------------------------------------
 
 
+def _row_max(x: torch.Tensor) -> torch.Tensor:
+    """``x.amax(-1, keepdim=True)``; for many short rows by halving (elementwise maxima are
+    about twice as fast as torch's reduction over a last dim of ~16 on CPU)."""
+    if x.numel() < 2**16 or x.shape[-1] < 8:
+        return x.amax(dim=-1, keepdim=True)
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        top = torch.maximum(x[..., :half], x[..., half : 2 * half])
+        x = torch.cat([top, x[..., 2 * half :]], -1) if x.shape[-1] % 2 else top
+    return x
+
+
 def _finite_max(x: torch.Tensor, dim: int) -> torch.Tensor:
     """``amax`` keeping the dim, usable as a shift for rows that are all ``-inf``."""
+    m = _row_max(x) if dim in (-1, x.dim() - 1) else x.amax(dim=dim, keepdim=True)
     # clamping -inf to the lowest float keeps x - m at -inf (not NaN) with one cheap op
-    return x.amax(dim=dim, keepdim=True).clamp(min=torch.finfo(x.dtype).min)
+    return m.clamp(min=torch.finfo(x.dtype).min)
 
 
 # -- messages: alpha_t = (alpha_{t-1} @ A_t) * g_t, beta_{t-1} = A_t @ (g_t * beta_t) -----------
@@ -375,8 +388,10 @@ class _ChainLogZ(torch.autograd.Function):
         scale = c_alpha[:, :-1] + emission_max[:, 1:] + c_beta[:, 1:] - log_z[:, None]
         if trans.shape[0] == 1:
             w = torch.exp(scale + shift.reshape(())) * weight[:, 1:]
-            left = (h_alpha[:, :-1] * w[..., None]).reshape(-1, h_alpha.shape[-1])
-            right = (scaled_emissions[:, 1:] * h_beta[:, 1:]).reshape(-1, h_beta.shape[-1])
+            # summed over all (n, t): flatten in the messages' own (time-major) memory order
+            left = (h_alpha[:, :-1] * w[..., None]).transpose(0, 1).reshape(-1, probs.shape[-1])
+            right = (scaled_emissions[:, 1:] * h_beta[:, 1:]).transpose(0, 1).reshape(
+                -1, probs.shape[-1])
             grad_trans = (left.T @ right) * probs[0]
         else:
             w = torch.exp(scale + shift[1:].reshape(1, -1)) * weight[:, 1:]
