@@ -370,10 +370,14 @@ def run_traces(model, guide, args, kwargs, max_plate_nesting: int):
     return model_trace, guide_trace
 
 
-def _sample_sites(trace):
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample" and not isinstance(site["fn"], _Subsample):
-            yield name, site
+def _sample_sites(trace) -> list:
+    """``[(name, site)]`` of the sample sites (not subsampling ones), listed once per trace."""
+    cached = getattr(trace, "_enumdist_sample_sites", None)
+    if cached is None or cached[0] != len(trace.nodes):
+        sites = [(name, site) for name, site in trace.nodes.items()
+                 if site["type"] == "sample" and type(site["fn"]) is not _Subsample]
+        cached = trace._enumdist_sample_sites = (len(trace.nodes), sites)
+    return cached[1]
 
 
 def collect_vars(model_trace, guide_trace, max_plate_nesting: int):
@@ -415,8 +419,7 @@ def _singleton_plates(site) -> frozenset:
 
 
 def _dim_names(site, id_to_var, max_plate_nesting) -> dict[int, str]:
-    _, plate_dims, _ = _plates_of(site)
-    names = dict(plate_dims)
+    names = dict(_layout(site).plate_dims)
     for dim, var_id in site["infer"].get("_dim_to_id", {}).items():
         if dim >= -max_plate_nesting:
             continue
@@ -481,55 +484,52 @@ def build_problem(
         check_observations(site for _, site in _sample_sites(model_trace) if site["is_observed"])
 
     for name, site in _sample_sites(model_trace):
-        ordinal, _, _ = _plates_of(site)
+        layout = _layout(site)
+        ordinal, scale = layout.ordinal, site["scale"]
         describe = f"model site '{name}'"
         _preflight(site, memory_budget, "model")
         dim_names = _dim_names(site, id_to_var, max_plate_nesting)
         if name in variables:  # enumerated in the model: plain log-prob, no mask, no scale
             table = None if mask_enumerated and site["mask"] is False else enumerated_table(
-                site, name, dim_names, describe, _singleton_plates(site),
+                site, name, dim_names, describe, layout.singletons,
                 _site_mask(site) if mask_enumerated else None)
             if table is not None:
-                problem.log_factors.append(ModelTerm(name, table, ordinal, site["scale"]))
+                problem.log_factors.append(ModelTerm(name, table, ordinal, scale))
                 continue
             log_p = _log_prob(site)
             log_p = _mask(log_p, site["mask"]) if mask_enumerated else log_p
             factor = name_dims(log_p, dim_names, describe=describe,
-                               singleton_names=_singleton_plates(site))
-            problem.log_factors.append(ModelTerm(name, factor, ordinal, site["scale"]))
+                               singleton_names=layout.singletons)
+            problem.log_factors.append(ModelTerm(name, factor, ordinal, scale))
             continue
-        singletons = _singleton_plates(site)
-        lazy = lazy_log_prob(site, dim_names, describe, singletons)
+        lazy = lazy_log_prob(site, dim_names, describe, layout.singletons)
         if lazy is not None and sum_vars.intersection(lazy.dims):
-            problem.log_factors.append(ModelTerm(name, lazy, ordinal, site["scale"]))
+            problem.log_factors.append(ModelTerm(name, lazy, ordinal, scale))
             continue
         masked = _mask(_log_prob(site), site["mask"])
         factor = name_dims(masked, dim_names, describe=describe,
-                           singleton_names=_singleton_plates(site))
+                           singleton_names=layout.singletons)
         if sum_vars.intersection(factor.dims):
-            problem.log_factors.append(ModelTerm(name, factor, ordinal, site["scale"]))
+            problem.log_factors.append(ModelTerm(name, factor, ordinal, scale))
         else:
-            problem.costs.append(ModelTerm(name, factor, ordinal, site["scale"]))
+            problem.costs.append(ModelTerm(name, factor, ordinal, scale))
 
     for name, site in _sample_sites(guide_trace):
-        ordinal, _, _ = _plates_of(site)
-        describe = f"guide site '{name}'"
+        layout = _layout(site)
+        ordinal = layout.ordinal
         dim_names = _dim_names(site, id_to_var, max_plate_nesting)
+
+        def named(tensor, name=name, dim_names=dim_names, layout=layout):
+            return name_dims(tensor, dim_names, describe=f"guide site '{name}'",
+                             singleton_names=layout.singletons)
+
         log_q = _log_prob(site)
-        factor = name_dims(_mask(log_q, site["mask"]), dim_names, describe=describe,
-                           singleton_names=_singleton_plates(site))
-        problem.guide_costs.append(ModelTerm(name, factor, ordinal, site["scale"]))
+        problem.guide_costs.append(
+            ModelTerm(name, named(_mask(log_q, site["mask"])), ordinal, site["scale"]))
         if name in variables:  # enumerated in the guide: weight q(z), with its gradient
-            problem.dice_factors.append(
-                ModelTerm(name, name_dims(log_q, dim_names, describe=describe,
-                                          singleton_names=_singleton_plates(site)), ordinal)
-            )
+            problem.dice_factors.append(ModelTerm(name, named(log_q), ordinal))
         elif not site["fn"].has_rsample:  # Monte Carlo, not reparameterised: score function
-            score = log_q - log_q.detach()
-            problem.dice_factors.append(
-                ModelTerm(name, name_dims(score, dim_names, describe=describe,
-                                          singleton_names=_singleton_plates(site)), ordinal)
-            )
+            problem.dice_factors.append(ModelTerm(name, named(log_q - log_q.detach()), ordinal))
     return problem
 
 
