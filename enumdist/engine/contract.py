@@ -20,6 +20,7 @@ With ``tape=[]`` the forward pass records each product tensor (or a chain's inpu
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -205,7 +206,7 @@ class MaskedTransitions(NamedTuple):
         return torch.where(self.mask[..., None, None], self.table, self.table.new_zeros(()))
 
 
-def _masked_transitions(step, pairs, num_plate_elements):
+def _masked_transitions(step, pairs, plate_shape):
     """:class:`MaskedTransitions` when every pairwise factor is a table over its pair with a
     mask over the chain's plates only; else None."""
     if not all(isinstance(p, CategoricalTable) and p.mask is not None
@@ -217,8 +218,8 @@ def _masked_transitions(step, pairs, num_plate_elements):
     table = log_tables([_renamed(p, step.vars[t : t + 2]) for t, p in enumerate(pairs)],
                        ("prev", "next"))
     masks = [align(p.mask.tensor, p.mask.dims, step.plates) for p in pairs]
-    shape = tuple(pairs[0].sizes[d] for d in step.plates)
-    mask = torch.stack([m.expand(shape).reshape(num_plate_elements) for m in masks], 1)
+    num_plate_elements = math.prod(plate_shape)
+    mask = torch.stack([m.expand(plate_shape).reshape(num_plate_elements) for m in masks], 1)
     return MaskedTransitions(torch.cat([table.new_zeros((1,) + table.shape[1:]), table]),
                              torch.cat([mask.new_ones(num_plate_elements, 1), mask], 1))
 
@@ -247,8 +248,7 @@ def chain_inputs(step, slots):
                                    for t, (slot, dims) in enumerate(step.pairwise)], 0)
         return emissions, torch.cat([stacked.new_zeros((1,) + stacked.shape[1:]), stacked]), \
             shape[1:]
-    masked = _masked_transitions(step, [slots[slot] for slot, _ in step.pairwise],
-                                 emissions.shape[0])
+    masked = _masked_transitions(step, [slots[slot] for slot, _ in step.pairwise], shape[1:])
     if masked is not None:
         return emissions, masked, shape[1:]
     full = (num_states, num_states) + shape[1:]

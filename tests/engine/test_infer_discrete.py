@@ -115,3 +115,30 @@ def test_map_with_masks_anywhere_in_the_chain_equals_pyro():
         results.append(torch.stack([trace.nodes[f"x_{t}"]["value"].reshape(-1)
                                     for t in range(9)]))
     assert torch.equal(results[0], results[1])
+
+
+def test_map_with_a_mask_over_some_of_the_chain_plates_equals_pyro():
+    """The chain lives in two plates; the mask varies along one of them only."""
+    import pyro.distributions as dist
+
+    def model(ys, mask):
+        trans = pyro.param("trans_p", torch.tensor([[0.8, 0.2], [0.3, 0.7]], dtype=torch.float64))
+        with pyro.plate("rows", ys.shape[1], dim=-2), pyro.plate("cols", ys.shape[2], dim=-1):
+            x = 0
+            for t in pyro.markov(range(ys.shape[0])):
+                with poutine.mask(mask=mask[t].unsqueeze(-1)):
+                    x = pyro.sample(f"x_{t}", dist.Categorical(trans[x]),
+                                    infer={"enumerate": "parallel"})
+                    pyro.sample(f"y_{t}", dist.Normal(2.0 * x.double() - 1.0, 1.0), obs=ys[t])
+
+    generator = torch.Generator().manual_seed(5)
+    ys = torch.randn(7, 3, 2, generator=generator, dtype=torch.float64)
+    mask = torch.rand(7, 3, generator=generator) > 0.3
+    results = []
+    for decode in (pyro.infer.infer_discrete, enumdist.infer_discrete):
+        pyro.clear_param_store()
+        trace = poutine.trace(decode(model, first_available_dim=-3, temperature=0)
+                              ).get_trace(ys, mask)
+        results.append(torch.stack([trace.nodes[f"x_{t}"]["value"].expand(3, 2)
+                                    for t in range(7)]))
+    assert torch.equal(results[0], results[1])
