@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -59,11 +60,8 @@ def timed(fn, repeats, name=None):
     result = fn()
     times = []
     for _ in range(repeats):
-        _sync()
-        start = time.perf_counter()
-        result = fn()
-        _sync()
-        times.append(time.perf_counter() - start)
+        seconds, result = once(fn)
+        times.append(seconds)
     if name:
         MEDIANS[name] = statistics.median(times)
     return min(times), result
@@ -78,22 +76,27 @@ def interleaved(contenders, rounds):
     for _ in range(rounds):
         for name, (fn, calls) in contenders.items():
             for _ in range(calls):
-                _sync()
-                start = time.perf_counter()
-                results[name] = fn()
-                _sync()
-                times[name].append(time.perf_counter() - start)
+                seconds, results[name] = once(fn)
+                times[name].append(seconds)
     for name in contenders:
         MEDIANS[name] = statistics.median(times[name])
     return [(min(times[name]), results[name]) for name in contenders]
 
 
 def once(fn):
-    _sync()
-    start = time.perf_counter()
-    result = fn()
-    _sync()
-    return time.perf_counter() - start, result
+    """(seconds, result) of one call. As ``timeit`` does, the garbage of earlier calls is
+    collected first and the collector is off during the call: one contender's garbage must not
+    be collected on the other's clock."""
+    gc.collect()
+    gc.disable()
+    try:
+        _sync()
+        start = time.perf_counter()
+        result = fn()
+        _sync()
+        return time.perf_counter() - start, result
+    finally:
+        gc.enable()
 
 
 def elbo_step(elbo, model, *args):
@@ -146,7 +149,7 @@ def run(quick: bool, device: str = "cpu"):
     (enum_s, enum_loss), (pyro_s, pyro_loss) = interleaved(
         {"enum": (elbo_step(enum_elbo, loop_model, seqs, lengths), 3),
          "pyro": (elbo_step(TraceEnum_ELBO(max_plate_nesting=2), loop_model, seqs, lengths), 1)},
-        repeats)
+        repeats + 3)
     row("5", "EnumELBO first call / later call (s)", f"{first:.2f} / {enum_s:.2f}", "first < 2 s")
     row("1", "ELBO+grad, python-loop model: TraceEnum_ELBO (s)", f"{pyro_s:.3f}")
     row("1", "ELBO+grad, python-loop model: EnumELBO (s)", f"{enum_s:.3f}")
@@ -277,7 +280,8 @@ def write_markdown(rows, notes, quick, path):
         *[f"- {note}" for note in notes],
         "- times are the best of several repeats after a warm-up call (the least noisy "
         "estimate on a shared machine; target 1 also shows the ratio of medians, and times its "
-        "two contenders in alternation); ratios come from the same process",
+        "two contenders in alternation); as in `timeit`, garbage is collected before and the "
+        "collector is off during each timed call; ratios come from the same process",
         "",
         "| target | measurement | value | goal |",
         "|---|---|---|---|",
