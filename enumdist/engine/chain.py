@@ -432,20 +432,31 @@ def chain_log_likelihood(init_logits, trans_logits, emission_log_probs, lengths=
 
 
 def _max_messages(init_logits, trans_logits, emissions, valid):
-    """Viterbi scores ``delta [N, S]`` at the end and back-pointers ``[N, T, S]``."""
+    """Viterbi scores ``delta [N, S]`` at the end and back-pointers ``[N, T, S]``.
+
+    Time-major inside, with each transition matrix transposed so that the maximum over the
+    previous state runs along contiguous memory (first maximum on ties, as before).
+    """
     n, t_total, s = emissions.shape
     trans = trans_logits if trans_logits.dim() == 3 else trans_logits.unsqueeze(0)
+    by_next = trans.transpose(-1, -2).contiguous()  # [T|1, next, prev]
+    emissions_by_step = emissions.transpose(0, 1).contiguous()
+    keep_by_step = valid.T.unsqueeze(-1)
+    all_kept = valid.all(0).tolist()
     identity = torch.arange(s, device=emissions.device).expand(n, s)
-    pointers = identity.new_empty(n, t_total, s)
-    pointers[:, 0] = identity
-    delta = init_logits + emissions[:, 0]
+    pointers = identity.new_empty(t_total, n, s)
+    pointers[0] = identity
+    delta = init_logits + emissions_by_step[0]
     for t in range(1, t_total):
-        a = trans[0 if trans.shape[0] == 1 else t]
-        best, arg = (delta.unsqueeze(-1) + a).max(dim=-2)
-        keep = valid[:, t, None]
-        delta = torch.where(keep, best + emissions[:, t], delta)
-        pointers[:, t] = torch.where(keep, arg, identity)
-    return delta, pointers
+        best, arg = (delta.unsqueeze(-2) + by_next[t if by_next.shape[0] > 1 else 0]).max(-1)
+        if all_kept[t]:
+            pointers[t] = arg
+            delta = best.add_(emissions_by_step[t])
+        else:
+            keep = keep_by_step[t]
+            delta = torch.where(keep, best + emissions_by_step[t], delta)
+            pointers[t] = torch.where(keep, arg, identity)
+    return delta, pointers.transpose(0, 1)
 
 
 def _follow(pointers, last):

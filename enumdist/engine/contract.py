@@ -286,9 +286,12 @@ def run_chain(step, slots, semiring, tape=None):
             init = emissions.new_zeros(emissions.shape[-1])
             out = chain.chain_log_likelihood(init, transitions, emissions)
         return out.reshape(plate_shape)
-    if transitions.dim() == 3:  # shared transitions: give every sequence a view of them
-        transitions = transitions.expand((emissions.shape[0],) + transitions.shape)
-    delta, pointers = chain.batched_viterbi(emissions.detach(), transitions.detach())
+    if transitions.dim() == 3:  # shared transitions: nothing masked
+        everywhere = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
+        delta, pointers = chain.masked_viterbi(emissions.detach(), transitions.detach(),
+                                               everywhere)
+    else:
+        delta, pointers = chain.batched_viterbi(emissions.detach(), transitions.detach())
     if tape is not None:
         tape.append((step, ("map", delta, pointers, plate_shape)))
     return delta.amax(-1).reshape(plate_shape)
