@@ -21,6 +21,7 @@ from pyro.distributions.util import is_validation_enabled
 from enumdist.engine import loss as loss_stage
 from enumdist.engine import trace as trace_stage
 from enumdist.engine.contract import LOCAL, LocalPlates
+from enumdist.engine.observations import forget_checked_observations
 from enumdist.engine.sequential import sequential_elbo
 
 
@@ -192,7 +193,7 @@ class EnumELBO(ELBO):
         total = total / self.num_particles if self.num_particles != 1 else total
         if checked and torch.is_tensor(total) and not bool(torch.isfinite(total)):
             self._arguments_checked = False  # run again with all checks: they name the culprit
-            trace_stage.forget_checked_observations()
+            forget_checked_observations()
             return self._elbo(model, guide, args, kwargs)
         self._arguments_checked = is_validation_enabled()
         return total
