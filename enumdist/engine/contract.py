@@ -194,6 +194,11 @@ def _renamed(table, pair):
                             table.is_logits)
 
 
+def _with_unused_first_step(transitions: torch.Tensor) -> torch.Tensor:
+    """Prepend the (unused, zero) transition into step 0: the kernels index them by step."""
+    return torch.cat([transitions.new_zeros((1,) + transitions.shape[1:]), transitions])
+
+
 class MaskedTransitions(NamedTuple):
     """Per-sequence transitions that are one shared table where ``mask`` holds and zero (no
     constraint) elsewhere: ``infer_discrete`` masks the enumerated sites of padded steps."""
@@ -220,7 +225,7 @@ def _masked_transitions(step, pairs, plate_shape):
     masks = [align(p.mask.tensor, p.mask.dims, step.plates) for p in pairs]
     num_plate_elements = math.prod(plate_shape)
     mask = torch.stack([m.expand(plate_shape).reshape(num_plate_elements) for m in masks], 1)
-    return MaskedTransitions(torch.cat([table.new_zeros((1,) + table.shape[1:]), table]),
+    return MaskedTransitions(_with_unused_first_step(table),
                              torch.cat([mask.new_ones(num_plate_elements, 1), mask], 1))
 
 
@@ -246,8 +251,7 @@ def chain_inputs(step, slots):
         else:
             stacked = torch.stack([align(_dense(slots[slot]), dims, step.vars[t : t + 2])
                                    for t, (slot, dims) in enumerate(step.pairwise)], 0)
-        return emissions, torch.cat([stacked.new_zeros((1,) + stacked.shape[1:]), stacked]), \
-            shape[1:]
+        return emissions, _with_unused_first_step(stacked), shape[1:]
     masked = _masked_transitions(step, [slots[slot] for slot, _ in step.pairwise], shape[1:])
     if masked is not None:
         return emissions, masked, shape[1:]

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import pyro
+import pyro.distributions as dist
 from pyro import poutine
 
 import enumdist
@@ -22,14 +23,26 @@ def decoded_values(infer_discrete, case, temperature):
             and type(site["fn"]).__name__ != "_Subsample"}
 
 
-@pytest.mark.parametrize("case", DECODABLE, ids=[c.name for c in DECODABLE])
-def test_map_equals_pyro(case):
-    expected = decoded_values(pyro.infer.infer_discrete, case, 0)
-    actual = decoded_values(enumdist.infer_discrete, case, 0)
+def assert_same_values(expected, actual):
     assert expected.keys() == actual.keys()
     for name in expected:
         e, a = torch.broadcast_tensors(expected[name], actual[name])
         assert torch.equal(e, a), name
+
+
+def map_values(infer_discrete, model, args, first_available_dim):
+    """``{site: MAP value}`` of every latent site, decoded by ``infer_discrete``."""
+    pyro.clear_param_store()
+    decoder = infer_discrete(model, first_available_dim=first_available_dim, temperature=0)
+    trace = poutine.trace(decoder).get_trace(*args)
+    return {name: site["value"] for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]}
+
+
+@pytest.mark.parametrize("case", DECODABLE, ids=[c.name for c in DECODABLE])
+def test_map_equals_pyro(case):
+    assert_same_values(decoded_values(pyro.infer.infer_discrete, case, 0),
+                       decoded_values(enumdist.infer_discrete, case, 0))
 
 
 def test_map_equals_brute_force_argmax():
@@ -91,7 +104,6 @@ def test_bad_temperature_is_refused():
 def test_map_with_masks_anywhere_in_the_chain_equals_pyro():
     """Masked-out steps in the middle of sequences (not only past their ends): the chain's
     masked transitions must act as Pyro's zeroed log-probs do."""
-    import pyro.distributions as dist
 
     def model(ys, mask):
         trans = pyro.param("trans_m", torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3],
@@ -107,19 +119,12 @@ def test_map_with_masks_anywhere_in_the_chain_equals_pyro():
     generator = torch.Generator().manual_seed(3)
     ys = torch.randn(9, 6, generator=generator, dtype=torch.float64)
     mask = torch.rand(9, 6, generator=generator) > 0.3
-    results = []
-    for decode in (pyro.infer.infer_discrete, enumdist.infer_discrete):
-        pyro.clear_param_store()
-        trace = poutine.trace(decode(model, first_available_dim=-2, temperature=0)
-                              ).get_trace(ys, mask)
-        results.append(torch.stack([trace.nodes[f"x_{t}"]["value"].reshape(-1)
-                                    for t in range(9)]))
-    assert torch.equal(results[0], results[1])
+    assert_same_values(map_values(pyro.infer.infer_discrete, model, (ys, mask), -2),
+                       map_values(enumdist.infer_discrete, model, (ys, mask), -2))
 
 
 def test_map_with_a_mask_over_some_of_the_chain_plates_equals_pyro():
     """The chain lives in two plates; the mask varies along one of them only."""
-    import pyro.distributions as dist
 
     def model(ys, mask):
         trans = pyro.param("trans_p", torch.tensor([[0.8, 0.2], [0.3, 0.7]], dtype=torch.float64))
@@ -134,11 +139,5 @@ def test_map_with_a_mask_over_some_of_the_chain_plates_equals_pyro():
     generator = torch.Generator().manual_seed(5)
     ys = torch.randn(7, 3, 2, generator=generator, dtype=torch.float64)
     mask = torch.rand(7, 3, generator=generator) > 0.3
-    results = []
-    for decode in (pyro.infer.infer_discrete, enumdist.infer_discrete):
-        pyro.clear_param_store()
-        trace = poutine.trace(decode(model, first_available_dim=-3, temperature=0)
-                              ).get_trace(ys, mask)
-        results.append(torch.stack([trace.nodes[f"x_{t}"]["value"].expand(3, 2)
-                                    for t in range(7)]))
-    assert torch.equal(results[0], results[1])
+    assert_same_values(map_values(pyro.infer.infer_discrete, model, (ys, mask), -3),
+                       map_values(enumdist.infer_discrete, model, (ys, mask), -3))
