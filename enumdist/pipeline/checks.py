@@ -20,7 +20,7 @@ def instantiate_group(cfg: DictConfig, key: str, **kwargs) -> Any:
     """``hydra.utils.instantiate(cfg[key])`` with an error that names ``key`` and its ``_target_``."""
     node = cfg.get(key)
     if node is None or "_target_" not in node:
-        raise ConfigError(f"{key}: no config with a _target_ (choose one of conf/{key}/*.yaml)")
+        raise ConfigError(f"{key}: no config with a _target_ (choose one of enumdist/conf/{key}/*.yaml)")
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:

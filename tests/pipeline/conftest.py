@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "conf"
+CONF = ROOT / "enumdist" / "conf"
 TEST_CONF = Path(__file__).resolve().parent / "conf"
 SEARCHPATH = f"hydra.searchpath=[file://{TEST_CONF}]"
 
