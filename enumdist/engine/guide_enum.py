@@ -33,9 +33,8 @@ from pyro.poutine import Trace
 
 
 def is_sequential(site) -> bool:
-    """A latent guide site that Pyro enumerates by re-running the program once per value."""
-    return (site["infer"].get("enumerate") == "sequential" and not site["is_observed"]
-            and site["infer"].get("num_samples") is None)
+    """A latent site that Pyro enumerates by re-running the guide once per value (or sample)."""
+    return site["infer"].get("enumerate") == "sequential" and not site["is_observed"]
 
 
 def has_sequential_sites(guide_trace) -> bool:
@@ -44,8 +43,8 @@ def has_sequential_sites(guide_trace) -> bool:
 
 
 def num_samples(site):
-    """``n`` of a Monte Carlo enumerated site (``{"enumerate": "parallel", "num_samples": n}``)."""
-    if site["infer"].get("enumerate") == "parallel":
+    """``n`` of a Monte Carlo enumerated site (``{"enumerate": ..., "num_samples": n}``)."""
+    if site["infer"].get("enumerate"):
         return site["infer"].get("num_samples")
     return None
 
@@ -55,11 +54,12 @@ def dice_factor(site, log_q, masked_log_q, enumerated: bool):
 
     ``log_q`` is the site's log-prob, ``masked_log_q`` the same with the site's mask applied
     (the score function is masked and never scaled, as in Pyro's ``ScoreParts``);
-    ``enumerated`` says the site has an enumeration dim.
+    ``enumerated`` says the site has an enumeration dim. A sequential site with
+    ``num_samples=n`` is re-run once per sample and weighs each run by ``1/n``.
     """
     fn = site["fn"]
     score = None if fn.has_rsample else masked_log_q
-    n = num_samples(site) if enumerated else None
+    n = num_samples(site)
     if n is not None:
         weight = (score - score.detach()) if score is not None else torch.zeros_like(log_q)
         return weight - math.log(n), 0.0
