@@ -356,7 +356,8 @@ def test_model_enumerated_site_sampled_by_the_guide_uses_the_guide_sample():
 
 def mean_field_chain_guide(data):
     for t in pyro.markov(range(len(data))):
-        probs = pyro.param(f"q{t}", torch.tensor([0.5 + 0.01 * t, 0.5 - 0.01 * t]),
+        shift = 0.01 * (t % 40)
+        probs = pyro.param(f"q{t}", torch.tensor([0.5 + shift, 0.5 - shift]),
                            constraint=dist.constraints.simplex)
         pyro.sample(f"z{t}", dist.Categorical(probs), infer=PAR)
 
@@ -401,8 +402,10 @@ def test_sequential_monte_carlo_sites_equal_pyro():
     def guide():
         probs = pyro.param("probs", torch.tensor([0.4, 0.6]), constraint=dist.constraints.simplex)
         loc = pyro.param("loc", torch.tensor(0.5))
-        pyro.sample("z", dist.Categorical(probs), infer={"enumerate": "sequential", "num_samples": 5})
-        pyro.sample("x", dist.Normal(loc, 1.0), infer={"enumerate": "sequential", "num_samples": 3})
+        pyro.sample("z", dist.Categorical(probs), infer={"enumerate": "sequential",
+                                                         "num_samples": 5})
+        pyro.sample("x", dist.Normal(loc, 1.0), infer={"enumerate": "sequential",
+                                                       "num_samples": 3})
 
     assert_equals_pyro(model, guide, max_plate_nesting=0, seed=4)
 
