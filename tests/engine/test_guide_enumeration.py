@@ -435,3 +435,12 @@ def test_guide_enumeration_with_several_particles_equals_pyro(how, vectorize):
     assert_equals_pyro(particles_model, particles_guide(how), torch.tensor([0.0, 1.0, 1.0]),
                        max_plate_nesting=1 + vectorize, num_particles=3,
                        vectorize_particles=vectorize)
+
+
+def test_sequential_sites_on_both_sides_are_refused():
+    def model():
+        pyro.sample("w", dist.Bernoulli(0.4), infer=SEQ)
+        pyro.sample("z", dist.Bernoulli(0.25))
+
+    with pytest.raises(NotImplementedError, match=r"model sites \['w'\].*guide"):
+        enumdist.EnumELBO(max_plate_nesting=0).loss(model, bernoulli_guide)
