@@ -14,7 +14,7 @@ import torch
 
 from enumdist.engine.contract import LOCAL, contract
 from enumdist.engine.dice import expected_costs
-from enumdist.engine.errors import MemoryBudgetError
+from enumdist.engine.errors import MemoryBudgetError, format_bytes
 from enumdist.engine.plan import cached_plan
 from enumdist.engine.semiring import LOG_SUM
 
@@ -36,20 +36,12 @@ def plan_for(problem, terms, memory_budget=None):
         if numel * itemsize > memory_budget:
             raise MemoryBudgetError(
                 f"the elimination would build a tensor over {list(dims)} of shape "
-                f"{tuple(sizes[d] for d in dims)} ({_fmt_bytes(numel * itemsize)}), over "
-                f"memory_budget={_fmt_bytes(memory_budget)}. Reduce the number of variables that "
+                f"{tuple(sizes[d] for d in dims)} ({format_bytes(numel * itemsize)}), over "
+                f"memory_budget={format_bytes(memory_budget)}. Reduce the number of variables that "
                 "interact at once (pyro.markov history, fewer states), enumerate a global "
                 "variable with infer={'enumerate': 'sequential'}, or raise memory_budget."
             )
     return plan
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def full_sum(tensor: torch.Tensor, dims, ordinal, sizes) -> torch.Tensor:
