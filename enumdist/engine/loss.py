@@ -12,44 +12,11 @@ import math
 
 import torch
 
-from enumdist.engine.contract import LOCAL, contract
-from enumdist.engine.errors import MemoryBudgetError
+from enumdist.engine.contract import contract
 from enumdist.engine.factors import align
-from enumdist.engine.plan import cached_plan
+from enumdist.engine.plan import plan_for, problem_sizes  # noqa: F401 - re-exported
+from enumdist.engine.plates import LOCAL
 from enumdist.engine.semiring import LOG_SUM
-
-
-def problem_sizes(problem) -> dict[str, int]:
-    sizes = {name: plate.size for name, plate in problem.plates.items()}
-    sizes.update({name: var.size for name, var in problem.vars.items()})
-    return sizes
-
-
-def plan_for(problem, terms, memory_budget=None):
-    """The cached elimination plan for ``terms`` (model log-factors), checked against a budget."""
-    structure = [(t.factor.dims, t.ordinal) for t in terms]
-    sizes = problem_sizes(problem)
-    plan = cached_plan(structure, sizes, problem.sum_vars, problem.plates.keys())
-    if memory_budget is not None and terms:
-        itemsize = terms[0].factor.element_size()
-        dims, numel = plan.largest
-        if numel * itemsize > memory_budget:
-            raise MemoryBudgetError(
-                f"the elimination would build a tensor over {list(dims)} of shape "
-                f"{tuple(sizes[d] for d in dims)} ({_fmt_bytes(numel * itemsize)}), over "
-                f"memory_budget={_fmt_bytes(memory_budget)}. Reduce the number of variables that "
-                "interact at once (pyro.markov history, fewer states), enumerate a global "
-                "variable with infer={'enumerate': 'sequential'}, or raise memory_budget."
-            )
-    return plan
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def full_sum(tensor: torch.Tensor, dims, ordinal, sizes) -> torch.Tensor:
@@ -89,12 +56,20 @@ def elbo(problem, plates=LOCAL, memory_budget=None) -> torch.Tensor:
     """The (differentiable, surrogate) ELBO of one particle."""
     terms = elbo_terms(problem, plates, memory_budget)
     sizes = problem_sizes(problem)
-    if problem.dice_factors:
-        return dice_expectation(terms, problem.dice_factors, sizes)
-    inside = [full_sum(t, d, o, sizes) for t, d, o in terms if plates.touches_shard(o)]
-    outside = [full_sum(t, d, o, sizes) for t, d, o in terms if not plates.touches_shard(o)]
     zero = _zero(problem)
-    return plates.sum_terms(sum(outside, zero), sum(inside, zero))
+    # Terms inside a sharded plate hold this rank's items only; the plate back end adds the
+    # other ranks' (terms outside it are the same on every rank). An expectation is linear in
+    # its terms, so the DiCE path splits the same way.
+    inside = [t for t in terms if plates.touches_shard(t[2])]
+    outside = [t for t in terms if not plates.touches_shard(t[2])]
+    if problem.dice_factors:
+        def total(group):
+            value = dice_expectation(group, problem.dice_factors, sizes) if group else None
+            return zero if value is None else value
+    else:
+        def total(group):
+            return sum((full_sum(t, d, o, sizes) for t, d, o in group), zero)
+    return plates.sum_terms(total(outside), total(inside))
 
 
 def _zero(problem):
