@@ -78,6 +78,7 @@ class EnumELBO(ELBO):
         self.memory_budget = default_memory_budget() if memory_budget is None else memory_budget
         self.validate = validate
         self.last_problem = None
+        self._last_call = (plates_for(), ())  # (plate back end, traces) of the last call
         self._arguments_checked = False
         #: bytes all-reduced by the last call (messages, and gradients in loss_and_grads)
         self.last_comm_bytes = 0
@@ -146,9 +147,11 @@ class EnumELBO(ELBO):
             sequential, traces = traced
             value = sequential_elbo(self, model, guide, args, kwargs, sequential, traces, plates)
             self.last_comm_bytes = plates.bytes_reduced
+            self._last_call = (plates, traces)
             return value
         plates.prepare(traced)
         self.last_problem = traced
+        self._last_call = (plates, (traced.model_trace, traced.guide_trace))
         elbo = loss_stage.elbo(traced, plates, self.memory_budget)
         self.last_comm_bytes = plates.bytes_reduced
         return elbo
@@ -197,10 +200,9 @@ class EnumELBO(ELBO):
         loss = -self._elbo(model, guide, args, kwargs)
         if torch.is_tensor(loss) and loss.requires_grad:
             loss.backward(retain_graph=self.retain_graph)
-            if self.shard_plates:
-                from enumdist.engine.sharding import average_gradients
-
-                self.last_comm_bytes += average_gradients(self.last_problem, self.process_group)
+            plates, traces = self._last_call
+            if plates.sharded:
+                self.last_comm_bytes += plates.average_gradients(trace_stage.trace_params(*traces))
         return float(loss.detach()) if torch.is_tensor(loss) else float(loss)
 
     def _trace_all_parallel(self, model, guide, args, kwargs):

@@ -8,7 +8,8 @@ asks which back end it runs on; it calls the interface of :class:`LocalPlates`:
 * ``prepare(problem)`` checks the problem once it is traced (shard plates exist, subsampling);
 * ``plate_sum`` takes a product over plates; ``sum_terms`` adds the terms inside the sharded
   plates to those outside them; ``touches_shard`` says which are which;
-* ``broadcast_decision`` makes a value chosen while decoding agree on every rank.
+* ``broadcast_decision`` makes a value chosen while decoding agree on every rank;
+* ``average_gradients`` turns the gradients of a sharded backward pass into full-data ones.
 
 Three back ends, and :func:`plates_for` picks one for a call:
 
@@ -38,6 +39,8 @@ class LocalPlates:
 
     #: bytes sent to other ranks so far (messages, statuses); always 0 here
     bytes_reduced = 0
+    #: whether results combine several ranks (then gradients need averaging)
+    sharded = False
 
     def prepare(self, problem) -> None:
         """Hook run once the problem is traced (the sharded back end checks ranks here)."""
@@ -62,6 +65,11 @@ class LocalPlates:
 
     def broadcast_decision(self, value: torch.Tensor, dims) -> torch.Tensor:
         return value
+
+    def average_gradients(self, params) -> int:
+        """Average the parameters' ``.grad`` over ranks (after a sharded backward pass, which
+        sums over ranks); returns the bytes sent. Nothing to do on one process."""
+        return 0
 
 
 LOCAL = LocalPlates()

@@ -31,11 +31,12 @@ import zlib
 
 import torch
 import torch.distributed as tdist
+from pyro.poutine.indep_messenger import IndepMessenger
 
 from enumdist.engine.plates import LocalPlates, check_shard_plates, single_process  # noqa: F401
 from enumdist.engine.errors import EnumerationError, ModelStructureError, ShardError
 from enumdist.engine.factors import expand_plates
-from enumdist.engine.trace import EnumProblem, trace_params
+from enumdist.engine.trace import EnumProblem
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -62,6 +63,8 @@ class _AllReduceSum(torch.autograd.Function):
 class ShardedPlates(LocalPlates):
     """Plate back end for plates whose elements are split across the ranks of ``group``."""
 
+    sharded = True
+
     def __init__(self, shard_plates, group=None, adjoint="sum"):
         if adjoint not in ("sum", "own"):
             raise ValueError(f"adjoint must be 'sum' or 'own', got {adjoint!r}")
@@ -85,6 +88,9 @@ class ShardedPlates(LocalPlates):
 
     def touches_shard(self, plates) -> bool:
         return bool(self.shard.intersection(plates))
+
+    def average_gradients(self, params) -> int:
+        return average_gradients(params, self.group)
 
     def plate_sum(self, x, positions, absent_count, plates, out_dims=None):
         out = super().plate_sum(x, positions, absent_count, plates, out_dims)
@@ -128,6 +134,9 @@ class ShardedPlates(LocalPlates):
                 signature = repr(type(result))
         except Exception as exc:  # noqa: BLE001 - reported to all ranks below
             error = exc
+            empty = _empty_plate(exc)
+            if empty in shard:
+                local_sizes[shard.index(empty)] = 0
         status = torch.tensor([error is not None, zlib.crc32(signature.encode()), *local_sizes],
                               dtype=torch.int64)
         statuses = [torch.zeros_like(status) for _ in range(self.world_size)]
@@ -186,6 +195,21 @@ class ShardedPlates(LocalPlates):
                     term.scale = term.scale * correction
 
 
+def _empty_plate(exc) -> str | None:
+    """The plate whose construction raised ``exc`` because its size was 0, if that is what
+    happened (Pyro refuses ``pyro.plate(name, 0)`` with a ZeroDivisionError)."""
+    if not isinstance(exc, ZeroDivisionError):
+        return None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "__init__" and isinstance(frame.f_locals.get("self"),
+                                                             IndepMessenger):
+            return frame.f_locals.get("name")
+        tb = tb.tb_next
+    return None
+
+
 def _in_canonical_order(tensor, dims, collective):
     """Apply ``collective`` with the dims sorted by name, then restore this rank's order.
 
@@ -229,13 +253,12 @@ def describe_mismatch(summaries, rank) -> str:
     )
 
 
-def average_gradients(problem, group=None) -> int:
-    """Average the ``.grad`` of the traced parameters over ranks (in one all-reduce).
+def average_gradients(params, group=None) -> int:
+    """Average the ``.grad`` of ``params`` over the ranks of ``group`` (in one all-reduce).
 
     Returns the number of bytes reduced.
     """
-    params = [p for p in trace_params(problem.model_trace, problem.guide_trace)
-              if p.requires_grad]
+    params = [p for p in params if p.requires_grad]
     if not params:
         return 0
     flat = torch.cat([
