@@ -145,7 +145,8 @@ class EnumELBO(ELBO):
         traced = plates.guarded(trace)
         if isinstance(traced, tuple):
             sequential, traces = traced
-            value = sequential_elbo(self, model, guide, args, kwargs, sequential, traces, plates)
+            value = sequential_elbo(self.trace_problem, model, guide, args, kwargs, sequential,
+                                    traces, plates, self.memory_budget)
             self.last_comm_bytes = plates.bytes_reduced
             self._last_call = (plates, traces)
             return value

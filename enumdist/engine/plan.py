@@ -145,6 +145,8 @@ class Plan:
     num_slots: int
     var_ordinal: dict
     largest: tuple[tuple[str, ...], int]  # (dims, elements) of the largest product tensor
+    #: (elements kept by all steps, largest forward working set, largest backward working set)
+    memory: tuple[int, int, int] = (0, 0, 0)
 
 
 def var_ordinals(factors) -> dict[str, frozenset]:
@@ -243,7 +245,8 @@ def make_plan(structure, sizes, sum_vars, plate_names) -> Plan:
             buckets.setdefault(target, []).append(out)
 
     steps = fuse_chains(steps, sizes, plate_names)
-    return Plan(tuple(steps), tuple(outputs), len(dims_of), var_ordinal, largest)
+    return Plan(tuple(steps), tuple(outputs), len(dims_of), var_ordinal, largest,
+                _memory_of(steps, sizes))
 
 
 @lru_cache(maxsize=256)
@@ -315,7 +318,15 @@ def _step_cost(step, sizes, backward: bool) -> tuple[int, int]:
     return 0, 0  # a plate step makes a smaller tensor out of a larger one
 
 
-def peak_bytes(plan: Plan, sizes, itemsize: int, input_elements: int, execution: str) -> int:
+def _memory_of(steps, sizes) -> tuple[int, int, int]:
+    """:attr:`Plan.memory`, computed once per plan (plans are cached by structure and sizes)."""
+    forward = [_step_cost(step, sizes, False) for step in steps]
+    backward = [_step_cost(step, sizes, True) for step in steps]
+    return (sum(k for k, _ in forward), max((t for _, t in forward), default=0),
+            max((t for _, t in backward), default=0))
+
+
+def peak_bytes(plan: Plan, itemsize: int, input_elements: int, execution: str) -> int:
     """Estimated peak bytes of executing ``plan`` once (and its backward pass or decoding).
 
     ``input_elements``: elements of the input factors, alive throughout. The estimate is the
@@ -327,9 +338,9 @@ def peak_bytes(plan: Plan, sizes, itemsize: int, input_elements: int, execution:
     if execution not in EXECUTIONS:
         raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
     backward = execution in (GRADIENT, MARGINALS)
-    costs = [_step_cost(step, sizes, backward) for step in plan.steps]
-    kept = sum(k for k, _ in costs) if execution != FORWARD else 0
-    transient = max((t for _, t in costs), default=0)
+    kept, forward_set, backward_set = plan.memory
+    kept = kept if execution != FORWARD else 0
+    transient = backward_set if backward else forward_set
     inputs = input_elements * (2 if backward else 1)
     return itemsize * (inputs + kept + transient)
 
@@ -355,7 +366,7 @@ def plan_for(problem, terms, memory_budget=None, execution=None, expanded_inputs
         math.prod(sizes[d] for d in set(t.factor.dims) | (t.ordinal if expanded_inputs else set()))
         for t in terms
     )
-    peak = peak_bytes(plan, sizes, itemsize, inputs, execution)
+    peak = peak_bytes(plan, itemsize, inputs, execution)
     if peak > memory_budget:
         dims, numel = plan.largest
         error = MemoryBudgetError(

@@ -111,12 +111,14 @@ class _LogSumExpOverRuns(torch.autograd.Function):
         return (None, None, *totals)
 
 
-def sequential_elbo(elbo, model, guide, args, kwargs, names, traces, plates=LOCAL):
+def sequential_elbo(trace_problem, model, guide, args, kwargs, names, traces, plates=LOCAL,
+                    memory_budget=None):
     """The ELBO with the global sites ``names`` enumerated one value (combination) at a time.
 
     Peak memory is that of one run: the forward pass keeps only each run's scalar, and the
     backward pass re-runs the values one after another (same guide sample: the RNG state is
-    restored before every run). ``plates`` is the call's plate back end: sharded, every run is
+    restored before every run). ``trace_problem(model, guide, args, kwargs)`` traces one run
+    into an :class:`EnumProblem`. ``plates`` is the call's plate back end: sharded, every run is
     the full-data one on every rank (each run is traced under ``plates.guarded``, so a failure
     on one rank stops all of them), and so is their log-sum-exp.
     """
@@ -130,7 +132,7 @@ def sequential_elbo(elbo, model, guide, args, kwargs, names, traces, plates=LOCA
             if cuda_state is not None:
                 torch.cuda.set_rng_state_all(cuda_state)
             fixed = FixValues(dict(zip(names, combination)))(model)
-            problem = elbo.trace_problem(fixed, guide, args, kwargs)
+            problem = trace_problem(fixed, guide, args, kwargs)
             _check_unscaled(problem, names)
             return problem
 
@@ -141,7 +143,7 @@ def sequential_elbo(elbo, model, guide, args, kwargs, names, traces, plates=LOCA
     def run(combination):
         problem = problem_for(combination)
         problem.guide_costs = []  # the guide term is added once, below
-        return loss_stage.elbo(problem, plates, elbo.memory_budget)
+        return loss_stage.elbo(problem, plates, memory_budget)
 
     combinations = list(itertools.product(*supports))
     first = problem_for(combinations[0])

@@ -82,6 +82,7 @@ _NUM_ITEMS = {
     "unequal_shards": lambda args: args[0].shape[1],
     "global_outside_plate": lambda args: len(args[0]),
     "bernoulli_hmm_one_item_shard": lambda args: args[0].shape[0],
+    "score_function_guide": lambda args: len(args[0]),
 }
 
 SHARD_CASES = [
@@ -97,6 +98,8 @@ SHARD_CASES = [
     # nested plates, lazy emissions and a one-item shard: ranks lay dims out differently
     ShardCase("bernoulli_hmm_one_item_shard", _case("bernoulli_hmm_nested_plates"), "sequences",
               _first_axis, sizes=(1, 4)),
+    # a global the guide samples without reparameterisation: DiCE score-function weights
+    ShardCase("score_function_guide", _case("score_function_guide"), "data", _first_axis),
 ]
 
 
@@ -108,7 +111,7 @@ def record_run(elbo, case, args, steps=3, model=None):
     pyro.set_rng_seed(0)
     guide = case.case.guide_factory(model)
     loss = elbo.loss(model, guide, *args)
-    differentiable = float(elbo.differentiable_loss(model, guide, *args))
+    differentiable = float(elbo.differentiable_loss(model, guide, *args).detach())
     elbo.loss_and_grads(model, guide, *args)
     grads = {n: pyro.param(n).unconstrained().grad.clone() for n in pyro.get_param_store().keys()
              if pyro.param(n).unconstrained().grad is not None}
