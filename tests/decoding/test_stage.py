@@ -26,7 +26,7 @@ def pyro_map_states(model, sequences, lengths):
 def test_map_equals_pyro_and_outputs_exist(hmm_run):
     run_dir, model = hmm_run
     outputs = run_decoding(run_dir, dict(OPTIONS, marginals=True))
-    for name in ("decoded", "manifest", "loss_curve", "transitions", "piano_roll"):
+    for name in ("decoded", "manifest", "transitions", "piano_roll", "marginals"):
         assert outputs[name].is_file(), name
     rows = pq.read_table(outputs["decoded"]).to_pylist()
     test = torch.load(run_dir.parent / "data" / "test.pt")
@@ -126,7 +126,7 @@ def test_mixture_decoding_replays_the_trained_guide(tmp_path):
 
     run_dir, model, guide = make_mixture_run_dir(tmp_path)
     outputs = run_decoding(run_dir, dict(OPTIONS, split="test"))
-    assert "transitions" not in outputs and "loss_curve" not in outputs  # no history, no chain
+    assert "transitions" not in outputs and "piano_roll" not in outputs  # no chain
     rows = pq.read_table(outputs["decoded"]).to_pylist()
     features = torch.load(run_dir.parent / "data" / "test.pt")["features"]
     batch = {"features": features, "index": torch.arange(7), "num_total": 7}
