@@ -60,6 +60,12 @@ def _state_norm(num_states: int) -> BoundaryNorm:
     return BoundaryNorm([s - 0.5 for s in range(num_states + 1)], num_states)
 
 
+def _integer_ticks(axis, which: str, count: int) -> None:
+    """Ticks at the state numbers ``0 .. count - 1`` (every one, or about ten of them)."""
+    ticks = list(range(0, count, max(1, math.ceil(count / 10))))
+    (axis.set_xticks if which == "x" else axis.set_yticks)(ticks)
+
+
 def piano_roll_figure(roll: torch.Tensor, states: dict[str, torch.Tensor],
                       num_states: dict[str, int], title: str = ""):
     """``roll`` ``[T, K]`` (0/1) above one colour strip per hidden chain (``states[c]`` ``[T]``).
@@ -117,6 +123,7 @@ def marginals_figure(marginals: dict[str, torch.Tensor], states: dict[str, torch
         axis.plot(range(len(states[name])), states[name].cpu(), color="cyan", lw=0.8,
                   ls="-" if joined else "none", marker=".", ms=3, label="decoded")
         axis.set_ylabel(f"state {name}")
+        _integer_ticks(axis, "y", probs.shape[1])
         axis.legend(loc="upper right", fontsize=7)
         figure.colorbar(image, ax=axis, label=f"p({name}_t = s | x)", pad=0.01)
     axes[0, 0].set_title(title)
@@ -153,6 +160,8 @@ def transition_figure(matrices: dict[str, torch.Tensor],
         axis.set_title(f"p({name}_t | {name}_t-1{condition})", fontsize=9)
         axis.set_xlabel(f"{name}_t")
         axis.set_ylabel(f"{name}_t-1")
+        _integer_ticks(axis, "x", matrix.shape[1])
+        _integer_ticks(axis, "y", matrix.shape[0])
         figure.colorbar(image, ax=axis)
     for axis in list(axes.flat)[len(panels):]:
         axis.set_visible(False)

@@ -234,7 +234,7 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
         merged = pa.concat_tables([pq.read_table(p) for p in chunks])
         write_parquet(merged, outputs["decoded"])
         if options.pictures:
-            _draw(run_dir, model, table, merged, outputs)
+            _draw(model, table, merged, outputs, options.split)
         write_json({"options": dataclasses.asdict(options), "run_dir": str(run_dir),
                     "checkpoint": str(checkpoint), "model": cfg.model.get("_target_"),
                     "num_items": num_items, "world_size": world_size,
@@ -249,11 +249,12 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
 MAX_ITEMS_PICTURED = 100
 
 
-def _draw(run_dir: Path, model, table: dict, merged: pa.Table, outputs: dict) -> None:
+def _draw(model, table: dict, merged: pa.Table, outputs: dict, split: str) -> None:
     """The pictures of ``outputs`` (rank 0): the split's first item, or, for states with one
     position per item (a mixture's assignment), the split's first items side by side."""
     first = merged.slice(0, 1).to_pylist()[0]
-    title = f"{first['name'] or 'item'} ({first['index']} of the split)"
+    title = f"{first['name']} ({split} item {first['index']})" if first["name"] else \
+        f"{split} item {first['index']}"
     if "transitions" in outputs:
         pictures.save(pictures.transition_figure(model.transition_matrices(),
                                                  model.transition_conditions()),
@@ -271,7 +272,7 @@ def _draw(run_dir: Path, model, table: dict, merged: pa.Table, outputs: dict) ->
         marginals = {c: torch.tensor([p for r in rows for p in r[f"{c}_marginals"]])
                      for c in names}
         states = {c: torch.tensor([v for r in rows for v in r[c]]) for c in names}
-        title = f"the first {len(rows)} items" if per_item else title
+        title = f"the first {len(rows)} {split} items" if per_item else title
         pictures.save(pictures.marginals_figure(marginals, states,
                                                 title=f"{title}: posterior marginals",
                                                 xlabel="item" if per_item else "time step",

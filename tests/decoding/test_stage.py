@@ -1,5 +1,7 @@
 """The decoding stage end to end on a tiny HMM run: oracle, atomic resume, clear errors."""
 
+import math
+
 import pyarrow.parquet as pq
 import pyro
 import pytest
@@ -39,6 +41,13 @@ def test_map_equals_pyro_and_outputs_exist(hmm_run):
         assert probs.shape == (r["length"], 3)
         for t in range(r["length"]):
             torch.testing.assert_close(probs[t], expected[f"x_{t}"][r["index"], 0].float())
+        torch.testing.assert_close(torch.tensor(r["x_confidence"]),
+                                   probs.gather(-1, torch.tensor(r["x"])[:, None]).squeeze(-1))
+        assert r["log_joint"] <= r["log_evidence"] + 1e-5
+        assert r["path_posterior"] == pytest.approx(math.exp(r["log_joint"] - r["log_evidence"]))
+    # each item's evidence: together they are Pyro's -loss of the split at scale one
+    loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=2).loss(model.model, lambda b: None, batch)
+    assert sum(r["log_evidence"] for r in rows) == pytest.approx(-loss, rel=1e-5)
 
 
 def test_crash_midway_then_resume_gives_identical_output(hmm_run, monkeypatch, tmp_path):
