@@ -43,7 +43,7 @@ def _probs(marginal) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_batch(model: EnumModel, guide, batch: dict, *, temperature: int = 0,
-                 marginals: bool = False, probabilities: bool = True,
+                 marginals: bool = False, probabilities: bool = False,
                  shard_plates: list[str] | None = None,
                  items_in_step: int | None = None) -> dict[str, torch.Tensor]:
     """-> ``{state: LongTensor[B, positions]}``; with ``probabilities`` also float64 ``[B]``

@@ -52,7 +52,7 @@ def all_path_log_probs(model, sequence, length):
 def test_probabilities_equal_brute_force_and_pyro(model_cls):
     model = getattr(enumdist.models, model_cls)(NUM_KEYS, HIDDEN_DIM, seed=3).double()
     batch = chain_batch()
-    out = decode_batch(model, None, batch, marginals=True)
+    out = decode_batch(model, None, batch, marginals=True, probabilities=True)
     for b, length in enumerate(batch["lengths"].tolist()):
         paths, log_p = all_path_log_probs(model, batch["sequences"][b], length)
         evidence = torch.logsumexp(log_p, 0)
@@ -82,7 +82,7 @@ def test_a_sampled_path_gets_its_own_joint_probability():
     model = enumdist.models.HMM(NUM_KEYS, HIDDEN_DIM, seed=5).double()
     batch = chain_batch(lengths=(4, 3))
     pyro.set_rng_seed(1)
-    out = decode_batch(model, None, batch, temperature=1)
+    out = decode_batch(model, None, batch, temperature=1, probabilities=True)
     for b, length in enumerate(batch["lengths"].tolist()):
         paths, log_p = all_path_log_probs(model, batch["sequences"][b], length)
         sampled = (paths["x"] == out["x"][b, :length]).all(-1)
@@ -97,7 +97,7 @@ def test_mixture_probabilities_are_given_the_guides_latents(tmp_path):
     _, model, guide = make_mixture_run_dir(tmp_path)
     features = torch.randn(5, 2, generator=torch.Generator().manual_seed(2)) * 3
     batch = {"features": features, "index": torch.arange(5), "num_total": 5}
-    out = decode_batch(model, guide, batch)
+    out = decode_batch(model, guide, batch, probabilities=True)
     latents = poutine.trace(guide).get_trace(batch)
     weights, locs, scales = (latents.nodes[n]["value"] for n in ("weights", "locs", "scales"))
     joint = weights.log() + dist.Normal(locs, scales).log_prob(features[:, None]).sum(-1)  # [N, C]
