@@ -86,5 +86,9 @@ def log_evidence(model_fn, batch: dict, plate: str, max_plate_nesting: int) -> t
             f"enumerated site(s) {coupling} lie outside the data plate {plate!r}: they couple "
             "the items, so no item has a probability of its own. Decode with "
             "probabilities=false (states and marginals are still exact).")
-    terms = contracted_terms(problem) + _item_costs(problem, _observed(model_trace))
+    contracted = contracted_terms(problem)
+    if any(plate not in ordinal for _, _, ordinal in contracted):  # pragma: no cover - a guard
+        raise RuntimeError(f"the elimination took the product over the data plate {plate!r}; "
+                           "per-item evidence would be lost. Please report this model.")
+    terms = contracted + _item_costs(problem, _observed(model_trace))
     return per_item(terms, plate, len(batch["index"]), problem_sizes(problem))

@@ -123,3 +123,22 @@ def test_an_enumerated_site_outside_the_data_plate_is_named():
              "num_total": 3}
     with pytest.raises(ValueError, match=r"\['switch'\].*probabilities=false"):
         scores.log_evidence(GlobalSwitch().model, batch, "data", max_plate_nesting=1)
+
+
+def test_semisupervised_labeled_points_are_certain_and_unlabeled_ones_summed():
+    model = enumdist.models.SemiSupervisedClassifier(num_features=3, num_classes=2).double()
+    features = torch.randn(5, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    labels = torch.tensor([0, -1, 1, -1, -1])
+    batch = {"features": features, "labels": labels, "index": torch.arange(5), "num_total": 5}
+    out = decode_batch(model, None, batch, probabilities=True)
+    joint = model.class_probs.log() + dist.Normal(model.locs, model.scales).log_prob(
+        features[:, None]).sum(-1)  # [N, C]
+    labeled = labels >= 0
+    expected = torch.where(labeled, joint.gather(-1, labels.clamp(min=0)[:, None])[:, 0],
+                           torch.logsumexp(joint, -1)).detach()
+    torch.testing.assert_close(out["log_evidence"], expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(out["path_posterior"][labeled], torch.ones(2, dtype=torch.float64))
+    unlabeled = ~labeled
+    torch.testing.assert_close(out["path_posterior"][unlabeled],
+                               joint.softmax(-1).max(-1).values[unlabeled].detach(), rtol=1e-9,
+                               atol=0)
