@@ -164,6 +164,10 @@ def test_other_options_or_a_new_checkpoint_never_reuse_chunks(hmm_run):
     assert "x_marginals" not in plain.column_names
     with_marginals = run_decoding(run_dir, dict(OPTIONS, pictures=False, marginals=True))
     assert "x_marginals" in pq.read_table(with_marginals["decoded"]).column_names
+    assert "log_evidence" in plain.column_names
+    without = run_decoding(run_dir, dict(OPTIONS, pictures=False, probabilities=False))
+    assert not {"log_joint", "log_evidence", "path_posterior"} & set(
+        pq.read_table(without["decoded"]).column_names)
     # retrain: same path, other weights
     other = type(model)(NUM_KEYS, 3, seed=123)
     torch.save({"state_dict": {f"model.{k}": v for k, v in other.state_dict().items()}},
