@@ -15,12 +15,3 @@ class MemoryBudgetError(EnumerationError):
 
 class ShardError(RuntimeError):
     """Another rank of a sharded run failed; raised on every rank instead of hanging."""
-
-
-def format_bytes(n: float) -> str:
-    """``1536`` -> ``"1.5 KiB"``: sizes in the memory-budget messages."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
