@@ -31,6 +31,8 @@ import pyro.poutine as poutine
 from pyro.infer.enum import iter_discrete_escape, iter_discrete_extend
 from pyro.poutine import Trace
 
+from enumdist.engine.errors import EnumerationError
+
 
 def is_sequential(site) -> bool:
     """A latent site that Pyro enumerates by re-running the guide once per value (or sample)."""
@@ -70,6 +72,30 @@ def dice_factor(site, log_q, masked_log_q, enumerated: bool):
     if score is not None:
         return score - score.detach(), 0.0
     return None, 0.0
+
+
+def check_model_enumeration_not_more_global(variables) -> None:
+    """Refuse, as Pyro does, a guide-enumerated site in a plate some model-enumerated site is not in.
+
+    ``variables`` maps names to :class:`~enumdist.engine.trace.EnumVar`. The guide's weights
+    are taken per plate element, which is only right when every model-enumerated variable lives
+    inside the guide-enumerated one's plates.
+    """
+    model_ordinals = [v.ordinal for v in variables.values() if not v.in_guide]
+    if not model_ordinals:
+        return
+    common = frozenset.intersection(*model_ordinals)
+    for name, var in variables.items():
+        outside = sorted(var.ordinal - common) if var.in_guide else []
+        if outside:
+            model_sites = sorted(n for n, v in variables.items()
+                                 if not v.in_guide and outside[0] not in v.ordinal)
+            raise EnumerationError(
+                "Expected model enumeration to be no more global than guide enumeration, but "
+                f"found model enumeration sites {model_sites} upstream of guide site '{name}' in "
+                f"plate('{outside[0]}'). Enumerate those sites in the guide too, or '{name}' in "
+                "the model (hide it from the guide)."
+            )
 
 
 def sequential_guide_traces(run_traces, model, guide, args, kwargs, max_plate_nesting):

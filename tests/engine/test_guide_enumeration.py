@@ -444,3 +444,22 @@ def test_sequential_sites_on_both_sides_are_refused():
 
     with pytest.raises(NotImplementedError, match=r"model sites \['w'\].*guide"):
         enumdist.EnumELBO(max_plate_nesting=0).loss(model, bernoulli_guide)
+
+
+def test_model_enumeration_more_global_than_guide_enumeration_raises_as_pyro():
+    def model(data):
+        z = pyro.sample("z", dist.Bernoulli(0.3), infer=PAR)
+        with pyro.plate("d", len(data)):
+            x = pyro.sample("x", dist.Bernoulli(0.2 + 0.5 * z))
+            pyro.sample("o", dist.Normal(x, 1.0), obs=data)
+
+    def guide(data):
+        with pyro.plate("d", len(data)):
+            pyro.sample("x", dist.Bernoulli(0.5), infer=PAR)
+
+    data = torch.tensor([0.0, 1.0, 1.0])
+    phrase = "Expected model enumeration to be no more global than guide enumeration"
+    with pytest.raises(ValueError, match=phrase):
+        TraceEnum_ELBO(max_plate_nesting=1).loss(model, guide, data)
+    with pytest.raises(ValueError, match=phrase + r".*\['z'\].*guide site 'x' in plate\('d'\)"):
+        enumdist.EnumELBO(max_plate_nesting=1).loss(model, guide, data)
