@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import pyro.poutine as poutine
 from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.util import ignore_jit_warnings
 
 from enumdist.engine import trace as trace_stage
 from enumdist.engine.contract import LOCAL, backtrack, contract
@@ -46,8 +48,13 @@ def value_of(var, index, dims, plates):
     return to_pyro_layout(table[index], dims, plates, trailing=len(event_shape))
 
 
-def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL):
-    """``{site: value}`` for every enumerated model site (MAP or one posterior sample)."""
+def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL,
+           strict_enumeration_warning=True):
+    """``{site: value}`` for every enumerated model site (MAP or one posterior sample).
+
+    Under ``torch.jit.trace`` the engine's shape bookkeeping (sizes read as Python ints, as in
+    Pyro's own internals) raises no TracerWarning; the model's own code still may.
+    """
     semiring = for_temperature(temperature)
     if first_available_dim is None:
         first_available_dim = guess_first_available_dim(model, args, kwargs)
@@ -57,15 +64,28 @@ def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL):
     def trace():
         requests = trace_stage.EnumRequests(first_available_dim, "model")
         model_trace = poutine.trace(enum(AsParallel()(requests(model)))).get_trace(*args, **kwargs)
-        problem = trace_stage.build_problem(
-            model_trace, poutine.Trace(), max_plate_nesting, validate=True, mask_enumerated=True
-        )
+        with ignore_jit_warnings():
+            problem = trace_stage.build_problem(
+                model_trace, poutine.Trace(), max_plate_nesting, validate=True,
+                mask_enumerated=True
+            )
         return problem
 
     problem = plates.guarded(trace)
     plates.prepare(problem)
     if not problem.vars:
+        if strict_enumeration_warning:  # as Pyro's infer_discrete: whatever the validation
+            warnings.warn(
+                "infer_discrete found no sample sites configured for enumeration. Mark discrete "
+                "sites infer={'enumerate': 'parallel'} (or @config_enumerate); the model then "
+                "runs unchanged."
+            )
         return {}
+    with ignore_jit_warnings():
+        return _decode_problem(problem, semiring, plates)
+
+
+def _decode_problem(problem, semiring, plates):
     tape = []
     plan = plan_for(problem, problem.log_factors)
     contract(plan, [t.factor.data for t in problem.log_factors], semiring, plates, tape)
@@ -101,7 +121,8 @@ def infer_discrete(fn=None, first_available_dim=None, temperature=1, *,
             if not single_process(process_group):
                 plates = ShardedPlates(shard_plates, process_group)
         with poutine.block():  # the decoding runs are not part of the caller's trace
-            values = decode(fn, args, kwargs, first_available_dim, temperature, plates)
+            values = decode(fn, args, kwargs, first_available_dim, temperature, plates,
+                            strict_enumeration_warning)
         return FixValues(values)(fn)(*args, **kwargs)
 
     return decoded
