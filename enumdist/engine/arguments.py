@@ -12,12 +12,13 @@ parameter, to name the site in the error.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
 from enumdist.engine.errors import InvalidArgumentError
-from enumdist.engine.factors import compact
 from enumdist.engine.observations import constraint_key
 
 
@@ -28,20 +29,37 @@ def _distributions(fn):
         fn = getattr(fn, "base_dist", None)
 
 
-def _arguments(fn):
-    """``(name, constraint, value)`` of the parameters torch's validation would check."""
+#: distribution type -> its checked arguments ``[(name, constraint, key, lazy)]``, for types whose
+#: ``arg_constraints`` is a class-level dict (most): read once, not once per site
+_CLASS_ARGUMENTS: dict[type, list] = {}
+
+
+def _argument_specs(fn) -> list:
+    cls = type(fn)
+    specs = _CLASS_ARGUMENTS.get(cls)
+    if specs is not None:
+        return specs
     try:
         arg_constraints = getattr(fn, "arg_constraints", {})  # none on plates' _Subsample
     except NotImplementedError:
-        return
-    for name, constraint in arg_constraints.items():
-        if constraints.is_dependent(constraint):
-            continue
-        if name not in fn.__dict__ and isinstance(getattr(type(fn), name, None), lazy_property):
+        arg_constraints = {}
+    specs = [(name, constraint, constraint_key(constraint),
+              isinstance(getattr(cls, name, None), lazy_property))
+             for name, constraint in arg_constraints.items()
+             if not constraints.is_dependent(constraint)]
+    if isinstance(inspect.getattr_static(cls, "arg_constraints", None), dict):
+        _CLASS_ARGUMENTS[cls] = specs
+    return specs
+
+
+def _arguments(fn):
+    """``(name, constraint, key, value)`` of the parameters torch's validation would check."""
+    for name, constraint, key, lazy in _argument_specs(fn):
+        if lazy and name not in fn.__dict__:
             continue  # lazily derived from the parameter that was given
         value = getattr(fn, name, None)
         if torch.is_tensor(value):
-            yield name, constraint, value
+            yield name, constraint, key, value
 
 
 def _is_valid(constraint, value) -> bool:
@@ -70,11 +88,19 @@ def check_distribution_arguments(traces) -> None:
             if site["type"] != "sample":
                 continue
             for fn in _distributions(site["fn"]):
-                for name, constraint, value in _arguments(fn):
-                    value = compact(value.detach())  # a plate's expand adds nothing to check
-                    key = (type(fn), name, constraint_key(constraint), value.dtype,
-                           tuple(value.shape))
-                    groups.setdefault(key, []).append((site, fn, name, constraint, value))
+                for name, constraint, key, value in _arguments(fn):
+                    stride = value.stride()
+                    if 0 in stride:  # a plate's expand adds nothing to check: one slice
+                        value = value.as_strided(
+                            [1 if st == 0 else n for n, st in zip(value.shape, stride)], stride,
+                            value.storage_offset())
+                    groups.setdefault((type(fn), name, key, value.dtype, value.shape),
+                                      []).append((site, fn, name, constraint, value))
+    with torch.no_grad():
+        _check_groups(groups)
+
+
+def _check_groups(groups) -> None:
     for members in groups.values():
         constraint = members[0][3]
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import weakref
 
 import torch
+from torch.distributions import constraints
 
 from enumdist.engine.errors import InvalidArgumentError
 
@@ -66,6 +67,19 @@ def _left_pad(x: torch.Tensor, ndim: int) -> torch.Tensor:
     return x.reshape(x.shape[:1] + (1,) * (ndim - x.dim()) + x.shape[1:])
 
 
+def all_in_support(support, values: torch.Tensor) -> bool:
+    """``bool(support.check(values).all())``, in fewer passes over large data for the common
+    supports (NaN lies outside every support, as in torch's checks)."""
+    if values.is_floating_point() and values.numel() and support in (constraints.boolean,
+                                                                     constraints.real):
+        low, high = (float(v) for v in torch.aminmax(values))  # NaN propagates: one fast pass
+        if support is constraints.real:
+            return low == low and high == high
+        # in [0, 1], x * x == x holds for 0 and 1 only
+        return 0 <= low and high <= 1 and torch.equal(values * values, values)
+    return bool(torch.all(support.check(values)))
+
+
 def _stacked_ok(values, support, masks) -> bool:
     """All stacked observations in support or masked out (masks right-aligned per site)."""
     ok = support.check(values)
@@ -108,7 +122,7 @@ def _shared_base_ok(group, remember: bool) -> bool:
     if remember and known is not None and known[0]() is base and state in known[1]:
         return True
     try:  # NaN lies outside every support: one check finds both
-        valid = bool(torch.all(support.check(base)))
+        valid = all_in_support(support, base)
     except Exception:  # noqa: BLE001 - a support whose check does not apply to the base
         return False
     if valid and remember:
