@@ -278,3 +278,17 @@ class EnumELBO(ELBO):
 
         model, guide = self._prepare(model, guide, args, kwargs)
         return compute_marginals(self, model, guide, args, kwargs)
+
+
+class JitEnumELBO(EnumELBO):
+    """The name to switch to from ``pyro.infer.JitTraceEnum_ELBO``: the same numbers, no JIT.
+
+    Pyro's ``JitTraceEnum_ELBO`` compiles its loss with ``torch.jit.trace`` to cut the Python
+    overhead of its elimination; compiling takes seconds to minutes on the first call (8-29 s on
+    the chorale HMM), and the compiled graph is only valid while the model's structure and the
+    arguments' shapes stay the same. ``EnumELBO`` plans and runs its elimination eagerly at less
+    cost than a compiled Pyro step (``python experiments/bench_jit_alias.py`` measures one step
+    of each), so this class *is* ``EnumELBO``: it accepts ``JitTraceEnum_ELBO``'s arguments
+    (``ignore_jit_warnings``, ``jit_options``), compiles nothing, and has none of the jit's
+    restrictions (arguments may change shape between calls, the model may branch on values).
+    """

@@ -445,3 +445,17 @@ def test_nan_under_mask_is_refused_with_advice_to_fill_it():
     filled = torch.where(mask, data, 0.0)
     assert ours_loss(masked_mixture, no_guide, filled, mask) == pytest.approx(
         pyro_loss(masked_mixture, no_guide, filled, mask), rel=RTOL)
+
+
+# -- the name for JitTraceEnum_ELBO users (issue 10, missing API) -------------------------------
+
+def test_jit_enum_elbo_takes_jit_arguments_and_gives_pyros_numbers():
+    data = torch.randn(6)
+    elbo = enumdist.JitEnumELBO(max_plate_nesting=1, ignore_jit_warnings=True,
+                                jit_options={"check_trace": False})
+    assert isinstance(elbo, enumdist.EnumELBO)
+    expected = pyro_loss(mixture, no_guide, data, 6)
+    assert elbo.loss(mixture, no_guide, data, 6) == pytest.approx(expected, rel=RTOL)
+    longer = torch.randn(9)  # no recompilation, no restriction on changing shapes
+    assert elbo.loss(mixture, no_guide, longer, 9) == pytest.approx(
+        pyro_loss(mixture, no_guide, longer, 9), rel=RTOL)
