@@ -68,7 +68,7 @@ def main():
     for name, elbo in contenders.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            first = seconds(lambda elbo=elbo: losses.setdefault(
+            first = seconds(lambda elbo=elbo, name=name: losses.setdefault(
                 name, elbo.loss_and_grads(hmm, guide, data)))
             best = min(seconds(lambda elbo=elbo: elbo.loss_and_grads(hmm, guide, data))
                        for _ in range(options.repeats))

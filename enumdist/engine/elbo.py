@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 import warnings
 
-import pyro
 import torch
 from pyro.infer.elbo import ELBO
-from pyro.distributions.util import is_validation_enabled
+from pyro.distributions.util import is_validation_enabled, validation_enabled
 
 from enumdist.engine import guide_enum
 from enumdist.engine import loss as loss_stage
@@ -180,7 +179,7 @@ class EnumELBO(ELBO):
 
         def trace():
             rng_state = torch.random.get_rng_state()
-            with pyro.validation_enabled(False):  # torch's checks: stacked, in trace_problem
+            with validation_enabled(False):  # distributions' checks: stacked, in trace_problem
                 traces = trace_stage.run_traces(model, guide, args, kwargs,
                                                 self.max_plate_nesting)
             sequential = trace_stage.model_sequential_sites(*traces)
@@ -192,7 +191,7 @@ class EnumELBO(ELBO):
                         "'parallel'} on one side."
                     )
                 torch.random.set_rng_state(rng_state)  # re-run as Pyro does, same draws
-                with pyro.validation_enabled(False):
+                with validation_enabled(False):
                     runs = guide_enum.sequential_guide_traces(
                         trace_stage.run_traces, model, guide, args, kwargs,
                         self.max_plate_nesting)

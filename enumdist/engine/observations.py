@@ -13,6 +13,7 @@ until its version counter moves.
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -74,7 +75,7 @@ def all_in_support(support, values: torch.Tensor) -> bool:
                                                                      constraints.real):
         low, high = (float(v) for v in torch.aminmax(values))  # NaN propagates: one fast pass
         if support is constraints.real:
-            return low == low and high == high
+            return not (math.isnan(low) or math.isnan(high))
         # in [0, 1], x * x == x holds for 0 and 1 only
         return 0 <= low and high <= 1 and torch.equal(values * values, values)
     return bool(torch.all(support.check(values)))

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import warnings
 
-from enumdist.engine.errors import MarkovHistoryError, ModelGuideMismatchError, SiteShapeError
+from enumdist.engine.errors import (
+    MarkovHistoryError,
+    ModelGuideMismatchError,
+    SiteShapeError,
+)
 
 
 def _describe_dim(pos: int, plates, max_plate_nesting: int) -> str:

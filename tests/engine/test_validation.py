@@ -5,11 +5,11 @@ and the checks run on every call, as Pyro's do."""
 import warnings
 
 import numpy as np
-import pytest
-import torch
 import pyro
 import pyro.distributions as dist
 import pyro.ops.jit
+import pytest
+import torch
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
@@ -141,15 +141,15 @@ def plate_of_40(data, n):
 
 BAD_PLATES = {  # name: (model, data, plate size, max_plate_nesting, expected message)
     "normal 100 in 60": (mixture, torch.randn(100), 60, 1,
-                         r"site 'x'.*size 100 where the distribution has size 60 \(plate 'data'\)"
-                         r".*pyro.plate\('data', 100\)"),
+                         (r"site 'x'.*size 100 where the distribution has size 60 \(plate 'data'\)"
+                          r".*pyro.plate\('data', 100\)")),
     "bernoulli 100 in 60": (two_state(lambda z: dist.Bernoulli(0.3 + 0.4 * z)),
                             torch.randint(0, 2, (100,)).double(), 60, 1, r"plate 'data'"),
     "poisson 100 in 60": (two_state(lambda z: dist.Poisson(1.0 + z)),
                           torch.randint(0, 4, (100,)).double(), 60, 1, r"plate 'data'"),
     "hmm 6 sequences in 5": (hmm, torch.randint(0, 2, (6, 4)).double(), 5, 1,
-                             r"site 'y_0'.*size 6 where the distribution has size 5 "
-                             r"\(plate 'sequences'\)"),
+                             (r"site 'y_0'.*size 6 where the distribution has size 5 "
+                              r"\(plate 'sequences'\)")),
     "hmm 6 sequences in 7": (hmm, torch.randint(0, 2, (6, 4)).double(), 7, 1,
                              r"site 'y_0'.*plate 'sequences'"),
     "nested plates, data on the wrong dim": (nested, torch.randn(3, 5), 5, 2,
@@ -459,3 +459,20 @@ def test_jit_enum_elbo_takes_jit_arguments_and_gives_pyros_numbers():
     longer = torch.randn(9)  # no recompilation, no restriction on changing shapes
     assert elbo.loss(mixture, no_guide, longer, 9) == pytest.approx(
         pyro_loss(mixture, no_guide, longer, 9), rel=RTOL)
+
+
+def test_pyros_own_handler_checks_stay_on_while_distributions_are_checked_stacked():
+    """Only the distributions' checks move out of the trace; poutine's stay (a negative
+    poutine.scale is refused on every call, as by Pyro)."""
+    def model(data, scale):
+        with pyro.plate("data", len(data)), poutine.scale(scale=scale):
+            z = pyro.sample("z", dist.Categorical(torch.ones(2) / 2), infer=ENUM)
+            pyro.sample("x", dist.Normal(z.double(), 1.0), obs=data)
+
+    data = torch.randn(3)
+    elbo = enumdist.EnumELBO(max_plate_nesting=1)
+    elbo.loss(model, no_guide, data, torch.tensor(2.0))
+    for loss in (lambda: pyro_loss(model, no_guide, data, torch.tensor(-1.0)),
+                 lambda: elbo.loss(model, no_guide, data, torch.tensor(-1.0))):
+        with pytest.raises(ValueError, match="Expected scale > 0"):
+            loss()
