@@ -185,7 +185,7 @@ class EnumELBO(ELBO):
             sequential = trace_stage.model_sequential_sites(*traces)
             if guide_enum.has_sequential_sites(traces[1]):
                 if sequential:
-                    raise NotImplementedError(
+                    raise UnsupportedEnumerationError(
                         f"model sites {sequential} use sequential enumeration while the guide "
                         "has sequentially enumerated sites too; use infer={'enumerate': "
                         "'parallel'} on one side."

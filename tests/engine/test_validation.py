@@ -476,3 +476,16 @@ def test_pyros_own_handler_checks_stay_on_while_distributions_are_checked_stacke
                  lambda: elbo.loss(model, no_guide, data, torch.tensor(-1.0))):
         with pytest.raises(ValueError, match="Expected scale > 0"):
             loss()
+
+
+def test_batch_dim_outside_every_plate_raises_as_pyro():
+    def model(data):
+        z = pyro.sample("z", dist.Categorical(torch.ones(2) / 2), infer=ENUM)
+        pyro.sample("x", dist.Normal(z.double() + torch.zeros(3), 1.0), obs=data)
+
+    data = torch.randn(3)
+    with pytest.raises(ValueError, match="invalid log_prob shape"):
+        pyro_loss(model, no_guide, data)
+    with pytest.raises(SiteShapeError, match=r"invalid log_prob shape: model site 'x' has a batch "
+                       r"dimension -1 of size 3 that belongs to no plate"):
+        ours_loss(model, no_guide, data)
