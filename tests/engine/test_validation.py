@@ -489,3 +489,18 @@ def test_batch_dim_outside_every_plate_raises_as_pyro():
     with pytest.raises(SiteShapeError, match=r"invalid log_prob shape: model site 'x' has a batch "
                        r"dimension -1 of size 3 that belongs to no plate"):
         ours_loss(model, no_guide, data)
+
+
+def test_compute_marginals_warns_about_uncovered_sites_as_pyro():
+    def model(data):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(data)):
+            c = pyro.sample("c", dist.Bernoulli(0.3), infer=ENUM)
+            pyro.sample("x", dist.Normal(z + c, 1.0), obs=data)
+
+    data = torch.randn(4)
+    for elbo in (TraceEnum_ELBO(max_plate_nesting=1), enumdist.EnumELBO(max_plate_nesting=1)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            elbo.compute_marginals(model, no_guide, data)
+        assert any("Found vars in model but not guide" in m for m in messages(caught)), elbo
