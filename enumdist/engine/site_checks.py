@@ -72,9 +72,10 @@ def check_site_shape(site, plates: dict, max_plate_nesting: int, who: str) -> No
                 f"distribution has size {want} ({_describe_dim(pos, plates, max_plate_nesting)}): "
                 f"{_advice(pos, plates, max_plate_nesting, got)}."
             )
-    if not site["is_observed"] or type(fn).__name__ == "Unit":  # pyro.factor: no data
+    if (not site["is_observed"] or type(fn).__name__ == "Unit"  # pyro.factor: no data
+            or max_plate_nesting == float("inf")):
         return
-    for pos in range(-len(batch), -max_plate_nesting):
+    for pos in range(-len(batch), -int(max_plate_nesting)):
         if batch[pos] != 1:
             raise SiteShapeError(
                 f"at {who} site '{site['name']}', invalid log_prob shape: the observed value "
