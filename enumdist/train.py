@@ -26,7 +26,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from enumdist.pipeline.callbacks import AtomicCheckpointIO, SlurmRequeue
+    from enumdist.pipeline.callbacks import SlurmRequeue
+    from enumdist.pipeline.checkpoint_files import AtomicCheckpointIO, tidy_run_dir
     from enumdist.pipeline.checks import (check_decoding, check_slurm_devices, instantiate_group,
                                           resolve_ckpt_path)
     from enumdist.pipeline.module import EnumModule
@@ -61,7 +62,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    if ckpt_path is not None and trainer.is_global_zero:  # a kill leaves temporaries and orphans
+        tidy_run_dir(run_dir, cfg.get("callbacks", {}).get("model_checkpoint"), ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.test:
         trainer.test(module, datamodule=datamodule, verbose=False)
@@ -86,7 +90,7 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
     """``<run_dir>/.hydra/config.yaml`` as Hydra writes it, for runs composed without ``@hydra.main``."""
     path = run_dir / ".hydra" / "config.yaml"
     if not path.exists() and int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
-        from enumdist.pipeline.callbacks import atomic_write
+        from enumdist.pipeline.checkpoint_files import atomic_write
 
         atomic_write(path, lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
 

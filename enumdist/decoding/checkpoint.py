@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pyro import poutine
 
 from enumdist.models.base import EnumModel
+from enumdist.pipeline.checkpoint_files import load_checkpoint
 
 
 class CheckpointMismatchError(ValueError):
@@ -38,11 +39,10 @@ def find_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling errors come in many types
-        raise ValueError(f"{path} is not a weights-only Lightning checkpoint: {error}") from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    """The checkpoint's ``state_dict``, its bytes verified against the checksum sidecar training
+    wrote (a corrupt file is refused by name) and loaded weights-only."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    if "state_dict" not in checkpoint:
         raise ValueError(f"{path} holds no 'state_dict' (not a Lightning checkpoint)")
     return checkpoint["state_dict"]
 

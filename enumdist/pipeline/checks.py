@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
 from typing import Any
@@ -60,14 +59,24 @@ def check_decoding(cfg: DictConfig) -> None:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | os.PathLike) -> str | None:
-    """``"last"``: the newest of ``<run_dir>/checkpoints/last.ckpt`` and SLURM's
-    ``<run_dir>/hpc_ckpt_*.ckpt``, or ``None`` (fresh start) when there is none; a path must exist."""
+    """``"last"``: the checkpoint with the highest recorded step among ``<run_dir>/checkpoints/*.ckpt``
+    and SLURM's ``<run_dir>/hpc_ckpt_*.ckpt`` whose bytes verify (corrupt ones are skipped with a
+    warning; see :mod:`enumdist.pipeline.checkpoint_files`), or ``None`` (fresh start) when there is
+    none. A given path must exist and verify."""
+    from enumdist.pipeline.checkpoint_files import newest_intact, read_record, verify
+
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        candidates = glob.glob(os.path.join(run_dir, "hpc_ckpt_*.ckpt"))
-        candidates += glob.glob(os.path.join(run_dir, "checkpoints", "last.ckpt"))
-        return max(candidates, key=os.path.getmtime) if candidates else None
+        found = newest_intact(run_dir, Path(run_dir) / "checkpoints")
+        legacy = Path(run_dir) / "checkpoints" / "last.ckpt"
+        if found is None and legacy.is_file() and read_record(legacy) is None:
+            # a run from before checksums: loaded weights-only, unverified (with a warning)
+            found = legacy
+        if found is not None:
+            print(f"ckpt_path=last: resuming from {found}", flush=True)
+        return None if found is None else str(found)
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path!r} does not exist (use ckpt_path=last to resume a run directory)")
+    verify(ckpt_path)
     return str(ckpt_path)
