@@ -76,7 +76,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pictures = sorted(str(p) for p in run_dir.glob("*.png"))
     if cfg.decode.enabled:
         from enumdist.decoding import run_decoding
+        from enumdist.pipeline.targets import trust_config
 
+        trust_config(cfg)  # the user's own config: its targets may be decoded in this process
         outputs = run_decoding(str(run_dir), cfg)  # {output name: path}
         pictures += sorted(str(p) for p in outputs.values() if str(p).endswith(".png"))
     for logger in trainer.loggers:  # wandb: the training curve and the decoding stage's pictures

@@ -1,7 +1,8 @@
 """Rebuild a trained run: its composed config, the zoo model and guide, and their weights.
 
 Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain containers only,
-never arbitrary pickled objects. The LightningModule stores the zoo model's parameters under
+never arbitrary pickled objects, after their bytes are checked against the checksum sidecar. The
+saved config may only instantiate allowlisted targets (:mod:`enumdist.pipeline.targets`). The LightningModule stores the zoo model's parameters under
 ``model.`` and the guide's under ``guide.``.
 """
 
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pyro import poutine
 
 from enumdist.models.base import EnumModel
+from enumdist.pipeline import targets
 from enumdist.pipeline.checkpoint_files import load_checkpoint
 
 
@@ -23,11 +25,15 @@ class CheckpointMismatchError(ValueError):
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:
+    """The run's composed config, refused (before anything is instantiated) if its model, data
+    or guide names a ``_target_`` outside :mod:`enumdist.pipeline.targets`' allowlist."""
     path = Path(run_dir) / ".hydra" / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run_dir={run_dir} is not a training run "
                                 "directory (expected the composed Hydra config there)")
-    return OmegaConf.load(path)
+    cfg = OmegaConf.load(path)
+    targets.check_config(cfg, source=str(path))
+    return cfg
 
 
 def find_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
