@@ -28,10 +28,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from enumdist.pipeline.callbacks import SlurmRequeue
     from enumdist.pipeline.checkpoint_files import AtomicCheckpointIO, tidy_run_dir
-    from enumdist.pipeline.checks import (check_decoding, check_slurm_devices, instantiate_group,
-                                          resolve_ckpt_path)
+    from enumdist.pipeline.checks import (check_decoding, check_slurm_devices, check_values,
+                                          instantiate_group, resolve_ckpt_path)
     from enumdist.pipeline.module import EnumModule
 
+    check_values(cfg)
     check_slurm_devices(cfg)
     check_decoding(cfg)
     run_dir = Path(cfg.paths.run_dir)
