@@ -31,6 +31,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from enumdist.pipeline.checks import (check_decoding, check_slurm_devices, check_values,
                                           instantiate_group, resolve_ckpt_path)
     from enumdist.pipeline.module import EnumModule
+    from enumdist.pipeline.strategies import kill_launched_ranks, lightning_strategy
+    from enumdist.process_group import naming_timeouts, without_timeout
 
     check_values(cfg)
     check_slurm_devices(cfg)
@@ -61,15 +63,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from lightning_fabric.plugins.environments import SLURMEnvironment
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    trainer_cfg, timeout_s = without_timeout(cfg.trainer)  # the process-group timeout goes to the strategy
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=plugins,
+                          strategy=lightning_strategy(trainer_cfg.strategy, timeout_s))
+    collectives = lambda: naming_timeouts(timeout_s, trainer.global_rank, trainer.world_size,  # noqa: E731
+                                          on_timeout=lambda: kill_launched_ranks(trainer))
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     if ckpt_path is not None and trainer.is_global_zero:  # a kill leaves temporaries and orphans
         tidy_run_dir(run_dir, cfg.get("callbacks", {}).get("model_checkpoint"), ckpt_path)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with collectives():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.test:
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        with collectives():
+            trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     if not trainer.is_global_zero:

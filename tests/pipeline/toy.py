@@ -80,3 +80,17 @@ class KillAtStep(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StopRankAtStep(pl.Callback):
+    """Rank ``rank`` writes its pid to ``pid_file`` and SIGSTOPs itself when step ``step`` starts:
+    a stopped (not dead) rank, which the other ranks only notice by their collectives' timeout."""
+
+    def __init__(self, rank: int, step: int, pid_file: str):
+        self.rank, self.step, self.pid_file = rank, step, pid_file
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            with open(self.pid_file, "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGSTOP)
