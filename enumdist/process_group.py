@@ -125,4 +125,4 @@ def rank_and_world() -> tuple[int, int]:
     """This process's (rank, world size): from the group when it exists, else from the environment."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

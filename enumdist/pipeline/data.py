@@ -211,7 +211,7 @@ class ShardedDataModule(pl.LightningDataModule):
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         sampler = ShardSampler(len(dataset), rank, world_size, batch_size, shuffle, self.seed,
                                lengths=dataset.table.get("lengths"))
-        kwargs = dict(batch_sampler=sampler, num_workers=self.num_workers, collate_fn=_Collate(len(dataset)))
+        kwargs = {"batch_sampler": sampler, "num_workers": self.num_workers, "collate_fn": _Collate(len(dataset))}
         if split == "train":
             return ResumableLoader(dataset, consumed=trainer_batches_done(trainer) if trainer else None, **kwargs)
         return DataLoader(dataset, **kwargs)

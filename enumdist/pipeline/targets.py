@@ -75,7 +75,7 @@ def targets_in(node: Any, key: str) -> Iterator[tuple[str, Any]]:
     if isinstance(node, DictConfig):
         if "_target_" in node:
             yield f"{key}._target_", node._get_node("_target_")._value()
-        for child in node.keys():
+        for child in node:
             if child != "_target_":
                 yield from targets_in(node._get_node(child), f"{key}.{child}")
     elif isinstance(node, ListConfig):

@@ -19,7 +19,7 @@ STEPS = 8
 def assert_same_parameters(straight, resumed):
     assert resumed["global_step"] == straight["global_step"] == STEPS
     for key, value in straight["state_dict"].items():
-        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=lambda m, k=key: f"{k}: {m}")
 
 
 @pytest.fixture(scope="module")
