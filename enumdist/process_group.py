@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-import torch._dynamo  # noqa: F401 - before any init_process_group: see the module docstring
+import torch._dynamo
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT_S = 300.0

@@ -47,7 +47,9 @@ def kill_launched_ranks(trainer) -> None:
     alone it would outlive the run (a stopped process holds the terminal's pipes open)."""
     import signal
 
-    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+    from pytorch_lightning.strategies.launchers.subprocess_script import (
+        _SubprocessScriptLauncher,
+    )
 
     launcher = getattr(trainer.strategy, "launcher", None)
     if isinstance(launcher, _SubprocessScriptLauncher):

@@ -6,9 +6,8 @@ import sys
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from decoding_run_dirs import make_run_dir
+from omegaconf import OmegaConf
 
 from enumdist.decoding import run_decoding
 from enumdist.pipeline import targets

@@ -9,8 +9,13 @@ import warnings
 import pytest
 import torch
 
-from enumdist.pipeline.checkpoint_files import (AtomicCheckpointIO, CheckpointError, load_checkpoint,
-                                                save_checkpoint, sidecar_of)
+from enumdist.pipeline.checkpoint_files import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    sidecar_of,
+)
 from enumdist.pipeline.checks import resolve_ckpt_path
 from tests.pipeline.test_train import final_state, train_with
 

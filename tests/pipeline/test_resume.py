@@ -42,7 +42,7 @@ def test_resume_after_a_stop_mid_epoch_or_at_its_end_continues_exactly(straight,
 def test_resume_after_kill_9_mid_epoch_continues_exactly(straight, tmp_path, kill):
     """SIGKILL at the start of step ``kill + 1``, after the checkpoint of step ``kill`` was written."""
     result = run_cli(*MINIBATCHED, "logger=none", f"hydra.run.dir={tmp_path}", f"trainer.max_steps={STEPS}",
-                     f"+callbacks.kill._target_=tests.pipeline.toy.KillAtStep", f"+callbacks.kill.step={kill}",
+                     "+callbacks.kill._target_=tests.pipeline.toy.KillAtStep", f"+callbacks.kill.step={kill}",
                      check=False)
     assert result.returncode == -9, result.stderr[-2000:]
     assert final_state(tmp_path)["global_step"] == kill
