@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-import torch._dynamo
+import torch._dynamo  # before any init_process_group: see the module docstring
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -74,7 +74,7 @@ def process_group(backend: str | None = None, *, timeout_s: float = DEFAULT_TIME
         dist.destroy_process_group()
 
 
-def spawn_free_port() -> int:
+def free_port() -> int:
     """A free TCP port on localhost for ``MASTER_PORT``."""
     import socket
 
