@@ -504,3 +504,20 @@ def test_compute_marginals_warns_about_uncovered_sites_as_pyro():
             warnings.simplefilter("always")
             elbo.compute_marginals(model, no_guide, data)
         assert any("Found vars in model but not guide" in m for m in messages(caught)), elbo
+
+
+def test_enumerated_sites_under_different_scales_raise_as_pyro():
+    def model(data):
+        with poutine.scale(scale=2.0):
+            a = pyro.sample("a", dist.Bernoulli(0.3), infer=ENUM)
+        with poutine.scale(scale=3.0):
+            b = pyro.sample("b", dist.Bernoulli(0.2 + 0.5 * a), infer=ENUM)
+        pyro.sample("x", dist.Normal(a + b, 1.0), obs=data)
+
+    data = torch.tensor(0.7)
+    with pytest.raises(ValueError, match="Expected all enumerated sample sites to share a common "
+                       "poutine.scale"):
+        pyro_loss(model, no_guide, data, max_plate_nesting=0)
+    with pytest.raises(EnumerationError, match="Expected all enumerated sample sites to share a "
+                       r"common poutine.scale.*'a' x2, 'b' x3"):
+        ours_loss(model, no_guide, data, max_plate_nesting=0)
