@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from enumdist.engine.errors import EnumerationError
+from enumdist.engine.errors import NonTreePlatesError
 
 
 @dataclass(frozen=True)
@@ -225,8 +225,9 @@ def make_plan(structure, sizes, sum_vars, plate_names) -> Plan:
                 continue
             target = frozenset().union(*(var_ordinal[d] for d in remaining))
             if target == leaf:
-                raise EnumerationError(
-                    "the plate structure is not a tree: variables "
+                raise NonTreePlatesError(
+                    "Expected tree-structured plate nesting, but the plate structure is not a "
+                    "tree: variables "
                     f"{sorted(remaining)} live in plates {sorted(leaf)} without any of them "
                     "living in all of those plates, so no order of elimination is exact. "
                     "Nest the plates, or move one variable outside the crossing plate."

@@ -521,3 +521,22 @@ def test_enumerated_sites_under_different_scales_raise_as_pyro():
     with pytest.raises(EnumerationError, match="Expected all enumerated sample sites to share a "
                        r"common poutine.scale.*'a' x2, 'b' x3"):
         ours_loss(model, no_guide, data, max_plate_nesting=0)
+
+
+def test_crossing_plates_raise_not_implemented_as_pyro():
+    """A variable in each of two crossing plates, both read by one site: no exact order."""
+    def model(data):
+        rows, cols = pyro.plate("rows", 2, dim=-2), pyro.plate("cols", 3, dim=-1)
+        with rows:
+            a = pyro.sample("a", dist.Bernoulli(0.3), infer=ENUM)
+        with cols:
+            b = pyro.sample("b", dist.Bernoulli(0.6), infer=ENUM)
+        with rows, cols:
+            pyro.sample("x", dist.Normal(a + b, 1.0), obs=data)
+
+    data = torch.randn(2, 3)
+    with pytest.raises(NotImplementedError, match="Expected tree-structured plate nesting"):
+        pyro_loss(model, no_guide, data, max_plate_nesting=2)
+    with pytest.raises(EnumerationError, match="Expected tree-structured plate nesting") as error:
+        ours_loss(model, no_guide, data, max_plate_nesting=2)
+    assert isinstance(error.value, NotImplementedError)
