@@ -540,3 +540,18 @@ def test_crossing_plates_raise_not_implemented_as_pyro():
     with pytest.raises(EnumerationError, match="Expected tree-structured plate nesting") as error:
         ours_loss(model, no_guide, data, max_plate_nesting=2)
     assert isinstance(error.value, NotImplementedError)
+
+
+def test_sample_posterior_does_not_warn_about_uncovered_sites_as_pyro():
+    def model(data):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(data)):
+            c = pyro.sample("c", dist.Bernoulli(0.3), infer=ENUM)
+            pyro.sample("x", dist.Normal(z + c, 1.0), obs=data)
+
+    data = torch.randn(4)
+    for elbo in (TraceEnum_ELBO(max_plate_nesting=1), enumdist.EnumELBO(max_plate_nesting=1)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            elbo.sample_posterior(model, no_guide, data)
+        assert not any("Found vars in model but not guide" in m for m in messages(caught)), elbo
