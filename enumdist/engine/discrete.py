@@ -54,14 +54,15 @@ def decode_problem(problem, semiring, plates=LOCAL, memory_budget=None) -> dict:
     ``semiring`` while recording the products, then choose backwards (MAP or a joint sample)."""
     if not problem.vars:
         return {}
-    tape = []
-    plan = plan_for(problem, problem.log_factors, memory_budget, DECODE)
-    contract(plan, [t.factor.data for t in problem.log_factors], semiring, plates, tape)
-    decided = backtrack(tape, semiring, problem_sizes(problem), plates)
-    return {
-        name: value_of(problem.vars[name], *decided[name], problem.plates)
-        for name in problem.vars
-    }
+    with ignore_jit_warnings():
+        tape = []
+        plan = plan_for(problem, problem.log_factors, memory_budget, DECODE)
+        contract(plan, [t.factor.data for t in problem.log_factors], semiring, plates, tape)
+        decided = backtrack(tape, semiring, problem_sizes(problem), plates)
+        return {
+            name: value_of(problem.vars[name], *decided[name], problem.plates)
+            for name in problem.vars
+        }
 
 
 def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL,
