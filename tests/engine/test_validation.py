@@ -302,6 +302,18 @@ def test_errors_share_one_base_and_pyros_builtin_classes():
     assert issubclass(ShardError, EnumdistError) and issubclass(ShardError, RuntimeError)
 
 
+def test_pipeline_errors_share_the_base():
+    from enumdist.data.cache import CorruptCacheError
+    from enumdist.decoding.checkpoint import CheckpointMismatchError
+    from enumdist.pipeline.checkpoint_files import CheckpointError
+    from enumdist.pipeline.checks import ConfigError
+    from enumdist.pipeline.targets import UntrustedTargetError
+
+    for error in (ConfigError, UntrustedTargetError, CheckpointError, CheckpointMismatchError,
+                  CorruptCacheError):
+        assert issubclass(error, EnumdistError) and issubclass(error, ValueError), error
+
+
 def unenumerated(data):
     with pyro.plate("data", len(data)):
         pyro.sample("x", dist.Normal(0.0, 1.0), obs=data)
