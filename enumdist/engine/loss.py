@@ -13,7 +13,7 @@ import math
 import torch
 
 from enumdist.engine.contract import contract
-from enumdist.engine.factors import align
+from enumdist.engine.dice import expected_costs
 from enumdist.engine.plan import plan_for, problem_sizes  # noqa: F401 - re-exported
 from enumdist.engine.plates import LOCAL
 from enumdist.engine.semiring import LOG_SUM
@@ -53,23 +53,18 @@ def _is_one(scale) -> bool:
 
 
 def elbo(problem, plates=LOCAL, memory_budget=None) -> torch.Tensor:
-    """The (differentiable, surrogate) ELBO of one particle."""
+    """The (differentiable, surrogate) ELBO of one particle (one run of the guide)."""
     terms = elbo_terms(problem, plates, memory_budget)
     sizes = problem_sizes(problem)
-    zero = _zero(problem)
-    # Terms inside a sharded plate hold this rank's items only; the plate back end adds the
-    # other ranks' (terms outside it are the same on every rank). An expectation is linear in
-    # its terms, so the DiCE path splits the same way.
-    inside = [t for t in terms if plates.touches_shard(t[2])]
-    outside = [t for t in terms if not plates.touches_shard(t[2])]
-    if problem.dice_factors:
-        def total(group):
-            value = dice_expectation(group, problem.dice_factors, sizes) if group else None
-            return zero if value is None else value
+    if problem.dice_factors or problem.dice_denominators:
+        summed = expected_costs(terms, problem.dice_factors, problem.dice_denominators, sizes,
+                                problem.plates.keys(), memory_budget)
     else:
-        def total(group):
-            return sum((full_sum(t, d, o, sizes) for t, d, o in group), zero)
-    return plates.sum_terms(total(outside), total(inside))
+        summed = [(full_sum(t, d, o, sizes), o) for t, d, o in terms]
+    zero = _zero(problem)
+    inside = sum((v for v, o in summed if plates.touches_shard(o)), zero)
+    outside = sum((v for v, o in summed if not plates.touches_shard(o)), zero)
+    return plates.sum_terms(outside, inside)
 
 
 def _zero(problem):
@@ -77,30 +72,3 @@ def _zero(problem):
         for term in group:
             return term.factor.tensor.new_zeros(())
     return torch.zeros(())
-
-
-def dice_expectation(terms, dice_factors, sizes) -> torch.Tensor:
-    """``sum_t E[cost_t]`` with each cost weighted by the DiCE factors of its upstream sites.
-
-    A cost at ordinal ``t`` depends on the guide's stochastic sites whose plates are a subset of
-    ``t`` (Pyro's coarse dependency rule). Their log-weights are added, exponentiated and
-    multiplied into the cost; entries of zero probability are dropped so that ``0 * -inf`` does
-    not poison the sum.
-    """
-    total = None
-    for tensor, dims, ordinal in terms:
-        weights = [w for w in dice_factors if w.ordinal <= ordinal]
-        all_dims = dict.fromkeys(dims)
-        for w in weights:
-            all_dims.update(dict.fromkeys(w.factor.dims))
-        all_dims.update(dict.fromkeys(sorted(p for p in ordinal if p not in all_dims)))
-        target = tuple(all_dims)
-        shape = tuple(sizes[d] for d in target)
-        cost = align(tensor, dims, target).expand(shape)
-        if weights:
-            log_w = sum(align(w.factor.tensor, w.factor.dims, target) for w in weights)
-            prob = log_w.exp().expand(shape)
-            cost = torch.where(prob > 0, cost * prob, cost.new_zeros(()))
-        value = cost.sum()
-        total = value if total is None else total + value
-    return total

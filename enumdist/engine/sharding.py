@@ -127,9 +127,11 @@ class ShardedPlates(LocalPlates):
         local_sizes = [-1] * len(shard)  # -1: the plate was not traced (tracing failed)
         try:
             result = fn()
-            if isinstance(result, EnumProblem):
-                signature = structure_signature(result, self.shard)
-                local_sizes = [result.plates[p].size if p in result.plates else -1 for p in shard]
+            problems = _problems_in(result)
+            if problems:
+                signature = "\n--\n".join(structure_signature(p, self.shard) for p in problems)
+                local_sizes = [problems[0].plates[p].size if p in problems[0].plates else -1
+                               for p in shard]
             else:  # not traced into a problem yet (sequential enumeration traces per value)
                 signature = repr(type(result))
         except Exception as exc:  # noqa: BLE001 - reported to all ranks below
@@ -163,8 +165,9 @@ class ShardedPlates(LocalPlates):
             summaries = [None] * self.world_size
             tdist.all_gather_object(summaries, signature, group=self.group)
             raise ModelStructureError(describe_mismatch(summaries, self.rank))
-        if any(n == 1 for n in sizes.values()) and isinstance(result, EnumProblem):
-            self.canonicalise(result)
+        if any(n == 1 for n in sizes.values()):
+            for problem in _problems_in(result):
+                self.canonicalise(problem)
         return result
 
     def canonicalise(self, problem) -> None:
@@ -193,6 +196,13 @@ class ShardedPlates(LocalPlates):
             for term in problem.log_factors + problem.costs + problem.guide_costs:
                 if name in term.ordinal:
                     term.scale = term.scale * correction
+
+
+def _problems_in(result) -> list:
+    """The traced problems a tracing function returned: one, several (one per value of a
+    sequentially enumerated guide site), or none yet (model-side sequential enumeration)."""
+    results = result if isinstance(result, list) else [result]
+    return [r for r in results if isinstance(r, EnumProblem)]
 
 
 def _empty_plate(exc) -> str | None:
