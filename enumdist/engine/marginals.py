@@ -67,7 +67,7 @@ def compute_marginals(trace_problem, plates, memory_budget=None):
         log_z = plates.sum_terms(outside, inside)
         grads = torch.autograd.grad(log_z, leaves, allow_unused=True)
     own = {t.name: (g, t.factor.dims) for t, g in zip(problem.log_factors, grads)}
-    for name, var in problem.vars.items():
+    for name in problem.vars:
         grad, dims = own[name]
         keep = [i for i, d in enumerate(dims) if d == name or d in problem.plates]
         others = [i for i in range(len(dims)) if i not in keep]

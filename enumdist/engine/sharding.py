@@ -33,8 +33,8 @@ import torch
 import torch.distributed as tdist
 from pyro.poutine.indep_messenger import IndepMessenger
 
-from enumdist.engine.plates import LocalPlates, check_shard_plates, single_process  # noqa: F401
-from enumdist.engine.errors import EnumerationError, ModelStructureError, ShardError
+from enumdist.engine.plates import LocalPlates, check_shard_plates
+from enumdist.engine.errors import ModelStructureError, ShardError
 from enumdist.engine.factors import expand_plates
 from enumdist.engine.trace import EnumProblem
 
