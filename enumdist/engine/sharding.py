@@ -156,7 +156,10 @@ class ShardedPlates(LocalPlates):
         failed = [r for r, s in enumerate(statuses) if s[0]]
         if failed:
             messages = [None] * self.world_size
-            tdist.all_gather_object(messages, None if error is None else repr(error), group=self.group)
+            tdist.all_gather_object(messages, None if error is None else repr(error),
+                                    group=self.group)
+            if len(failed) == self.world_size and len(set(messages)) == 1:
+                raise error  # the same error on every rank (a refusal): keep its own type
             if error is not None and len(failed) == 1:
                 raise ShardError(f"rank {self.rank} failed: {error}") from error
             detail = "; ".join(f"rank {r}: {messages[r]}" for r in failed)
