@@ -9,7 +9,6 @@ factor is small (``S**2``), but eliminating any of the variables builds an ``S**
 from __future__ import annotations
 
 import json
-import resource
 import sys
 
 import pyro
@@ -64,16 +63,28 @@ def run(entry, num_states, budget):
         raise ValueError(entry)
 
 
+def reset_peak() -> int:
+    """Reset the kernel's peak-resident-set mark (``VmHWM``) to the resident set now; return it.
+
+    Writing 5 to ``/proc/self/clear_refs`` does this (Linux >= 4.0), so a later :func:`peak_rss`
+    sees only what runs after it, however high an earlier peak was.
+    """
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    return _status_kib("VmRSS") * 1024
+
+
 def peak_rss() -> int:
-    """The process's peak resident set so far, in bytes."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    """The peak resident set since the last :func:`reset_peak`, in bytes."""
+    return _status_kib("VmHWM") * 1024
 
 
-def current_rss() -> int:
-    """The resident set now, in bytes. Growth is measured from here to the next peak: an upper
-    bound of what a run added even when an earlier peak was higher than the RSS now."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def main(entry):
@@ -81,14 +92,14 @@ def main(entry):
     torch.set_num_threads(1)
     run(entry, 8, None)  # load every code path on a tiny problem first
     pyro.clear_param_store()
-    start = current_rss()
+    start = reset_peak()
     try:  # a budget far above every factor but below the elimination: refused up front
         run(entry, STATES, 8 * STATES**2 * 4)
         raise AssertionError("the preflight admitted a run over its budget")
     except MemoryBudgetError as exc:  # poutine.trace re-raises a copy: the original is its cause
         estimate = getattr(exc, "peak_bytes", None) or exc.__cause__.peak_bytes
     refused_growth = max(0, peak_rss() - start)
-    start = current_rss()
+    start = reset_peak()
     run(entry, STATES, estimate)  # exactly the estimate: admitted
     print(json.dumps({"estimate": estimate, "refused_growth": refused_growth,
                       "admitted_growth": peak_rss() - start,
