@@ -1,7 +1,7 @@
 """Sharded plates: a plate's data split across ranks, with exact results on every rank.
 
 A plate is a product of factors -- a sum in log space. :class:`ShardedPlates` is the plate back
-end of ``contract.py`` that, whenever a product over a sharded plate is taken, first sums the
+end (see ``plates.py``, whose ``plates_for`` builds it) that, whenever a product over a sharded plate is taken, first sums the
 rank's own elements and then all-reduces the partial sums. Messages still carry the variables
 outside the plate when they are reduced, so a global enumerated variable (a regime shared by all
 sequences) is eliminated only after every rank's evidence has been added: the result is exactly
@@ -15,14 +15,18 @@ plate (priors, global guide terms), which every rank computes once. Averaging th
 gradients over ranks -- what DDP does, and what ``EnumELBO.loss_and_grads`` does itself when
 sharded -- gives ``sum_r dL/dm_r dm_r/dθ + dL_global/dθ``: exactly the full-data gradient, with
 terms outside the plate counted once. So: train sharded ``EnumELBO`` with DDP as usual, and do
-not divide the loss by the world size.
+not divide the loss by the world size. That summing backward is adjoint ``"sum"``. Adjoint
+``"own"`` returns the rank's own upstream gradient instead: the exact derivative of the common
+result with respect to this rank's inputs, which ``compute_marginals`` needs (its inputs are the
+rank's own factors, not shared parameters).
 
 Subsampled sharded plates (``pyro.plate(name, N, subsample=local_idx)``) are rescaled from
 ``N / local size`` to ``N / total size``, which equals one process using the union of subsamples.
 
 Faults: each call first exchanges a small status (did tracing fail? a hash of the model's
-structure) so that a rank with bad data, or a rank whose model differs, makes *every* rank raise
-a clear error instead of leaving the others blocked in an all-reduce.
+structure, the size of each shard) so that a rank with bad data, a rank whose model differs or
+a rank with an empty shard makes *every* rank raise a clear error instead of leaving the others
+blocked in an all-reduce.
 """
 
 from __future__ import annotations
