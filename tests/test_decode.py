@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "decoding"))
 
+import enumdist.models  # noqa: E402,F401  (make_run_dir looks models up on the package)
 from decoding_run_dirs import make_run_dir  # noqa: E402
 
 
