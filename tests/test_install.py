@@ -111,8 +111,9 @@ def build_wheel(out: Path) -> Path:
 
 def fresh_venv(where: Path) -> Path:
     """A new venv that sees this interpreter's packages (torch, pyro, ...: nothing downloaded)
-    through a ``.pth`` file, but not enumdist itself, which the test installs from the wheel."""
-    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=120)
+    through a ``.pth`` file, but not enumdist itself, which the test installs from the wheel.
+    Without its own pip/setuptools: the host's (newer) ones serve it, installing into it."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=120)
     view = where / "host-packages"
     view.mkdir()
     host = Path(sysconfig.get_paths()["purelib"])
