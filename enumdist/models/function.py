@@ -116,9 +116,14 @@ class FunctionModel(EnumModel):
     def guide_model(self, batch: dict) -> None:
         return poutine.block(self.model, expose=list(self.global_latents))(batch)
 
+    def create_parameters(self, weights: dict[str, torch.Tensor]) -> None:
+        """Make room for saved parameters (``{"params.<name>": tensor}``) before the first call
+        created them: the decoding stage calls this before loading a checkpoint."""
+        for key, value in weights.items():
+            name = key.removeprefix("params.")
+            if key.startswith("params.") and name not in self.params:
+                self.params[name] = torch.nn.Parameter(torch.empty_like(value))
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # parameters are created lazily: make room for the saved ones before loading them
-        for key, value in state_dict.items():
-            if key.startswith(prefix + "params.") and key[len(prefix) + 7:] not in self.params:
-                self.params[key[len(prefix) + 7:]] = torch.nn.Parameter(torch.empty_like(value))
+        self.create_parameters({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

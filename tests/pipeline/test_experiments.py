@@ -11,7 +11,7 @@ import pytest
 from tests.pipeline.conftest import CONF, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-QUICK = ["debug=default", "trainer.max_steps=2", "fold_in.steps=3", "decode.enabled=true",
+QUICK = ["debug=default", "data.max_items=6", "trainer.max_steps=2", "fold_in.steps=3", "decode.enabled=true",
          "++decode.marginals=true", "decode.progress=false", "decode.pictures=true",
          "callbacks.progress_bar.refresh_rate=0"]
 
