@@ -18,6 +18,7 @@ import torch
 from pyro.infer.elbo import ELBO
 from pyro.distributions.util import is_validation_enabled
 
+from enumdist.engine import guide_enum
 from enumdist.engine import loss as loss_stage
 from enumdist.engine import trace as trace_stage
 from enumdist.engine.contract import LOCAL, LocalPlates
@@ -128,8 +129,6 @@ class EnumELBO(ELBO):
         model_trace, guide_trace = traces or trace_stage.run_traces(
             model, guide, args, kwargs, self.max_plate_nesting
         )
-        if self.validate:
-            trace_stage.check_enumeration_requests(model_trace, guide_trace)
         self._warn_if_nothing_enumerated(model_trace, guide_trace)
         problem = trace_stage.build_problem(
             model_trace,
@@ -156,10 +155,24 @@ class EnumELBO(ELBO):
         plates = self._plates_backend()
 
         def trace():
+            rng_state = torch.random.get_rng_state()
             with self._argument_checks():
                 traces = trace_stage.run_traces(model, guide, args, kwargs,
                                                 self.max_plate_nesting)
             sequential = trace_stage.model_sequential_sites(*traces)
+            if guide_enum.has_sequential_sites(traces[1]):
+                if sequential:
+                    raise NotImplementedError(
+                        f"model sites {sequential} use sequential enumeration while the guide "
+                        "has sequentially enumerated sites too; use infer={'enumerate': "
+                        "'parallel'} on one side."
+                    )
+                torch.random.set_rng_state(rng_state)  # re-run as Pyro does, same draws
+                with self._argument_checks():
+                    runs = guide_enum.sequential_guide_traces(
+                        trace_stage.run_traces, model, guide, args, kwargs,
+                        self.max_plate_nesting)
+                return [self.trace_problem(model, guide, args, kwargs, run) for run in runs]
             if sequential and self.shard_plates:
                 raise NotImplementedError(
                     f"model sites {sequential} use sequential enumeration, which is not "
@@ -173,10 +186,15 @@ class EnumELBO(ELBO):
         if isinstance(traced, tuple):
             sequential, traces = traced
             return sequential_elbo(self, model, guide, args, kwargs, sequential, traces)
-        plates.prepare(traced)
-        self.last_problem = traced
-        self.last_comm_bytes = getattr(plates, "bytes_reduced", 0)
-        return loss_stage.elbo(traced, plates, self.memory_budget)
+        problems = traced if isinstance(traced, list) else [traced]
+        total = None
+        for problem in problems:  # several for sequentially enumerated guide sites
+            plates.prepare(problem)
+            self.last_problem = problem
+            self.last_comm_bytes = getattr(plates, "bytes_reduced", 0)
+            value = loss_stage.elbo(problem, plates, self.memory_budget)
+            total = value if total is None else total + value
+        return total
 
     def _argument_checks(self):
         """Distribution-argument checks on, as Pyro has them, or off once they have passed."""

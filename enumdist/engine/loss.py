@@ -13,8 +13,8 @@ import math
 import torch
 
 from enumdist.engine.contract import LOCAL, contract
+from enumdist.engine.dice import expected_costs
 from enumdist.engine.errors import MemoryBudgetError
-from enumdist.engine.factors import align
 from enumdist.engine.plan import cached_plan
 from enumdist.engine.semiring import LOG_SUM
 
@@ -86,15 +86,18 @@ def _is_one(scale) -> bool:
 
 
 def elbo(problem, plates=LOCAL, memory_budget=None) -> torch.Tensor:
-    """The (differentiable, surrogate) ELBO of one particle."""
+    """The (differentiable, surrogate) ELBO of one particle (one run of the guide)."""
     terms = elbo_terms(problem, plates, memory_budget)
     sizes = problem_sizes(problem)
-    if problem.dice_factors:
-        return dice_expectation(terms, problem.dice_factors, sizes)
-    inside = [full_sum(t, d, o, sizes) for t, d, o in terms if plates.touches_shard(o)]
-    outside = [full_sum(t, d, o, sizes) for t, d, o in terms if not plates.touches_shard(o)]
+    if problem.dice_factors or problem.dice_denominators:
+        summed = expected_costs(terms, problem.dice_factors, problem.dice_denominators, sizes,
+                                problem.plates.keys(), memory_budget)
+    else:
+        summed = [(full_sum(t, d, o, sizes), o) for t, d, o in terms]
     zero = _zero(problem)
-    return plates.sum_terms(sum(outside, zero), sum(inside, zero))
+    inside = sum((v for v, o in summed if plates.touches_shard(o)), zero)
+    outside = sum((v for v, o in summed if not plates.touches_shard(o)), zero)
+    return plates.sum_terms(outside, inside)
 
 
 def _zero(problem):
@@ -102,30 +105,3 @@ def _zero(problem):
         for term in group:
             return term.factor.tensor.new_zeros(())
     return torch.zeros(())
-
-
-def dice_expectation(terms, dice_factors, sizes) -> torch.Tensor:
-    """``sum_t E[cost_t]`` with each cost weighted by the DiCE factors of its upstream sites.
-
-    A cost at ordinal ``t`` depends on the guide's stochastic sites whose plates are a subset of
-    ``t`` (Pyro's coarse dependency rule). Their log-weights are added, exponentiated and
-    multiplied into the cost; entries of zero probability are dropped so that ``0 * -inf`` does
-    not poison the sum.
-    """
-    total = None
-    for tensor, dims, ordinal in terms:
-        weights = [w for w in dice_factors if w.ordinal <= ordinal]
-        all_dims = dict.fromkeys(dims)
-        for w in weights:
-            all_dims.update(dict.fromkeys(w.factor.dims))
-        all_dims.update(dict.fromkeys(sorted(p for p in ordinal if p not in all_dims)))
-        target = tuple(all_dims)
-        shape = tuple(sizes[d] for d in target)
-        cost = align(tensor, dims, target).expand(shape)
-        if weights:
-            log_w = sum(align(w.factor.tensor, w.factor.dims, target) for w in weights)
-            prob = log_w.exp().expand(shape)
-            cost = torch.where(prob > 0, cost * prob, cost.new_zeros(()))
-        value = cost.sum()
-        total = value if total is None else total + value
-    return total
