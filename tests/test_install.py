@@ -175,6 +175,7 @@ def test_wheel_installs_trains_and_decodes_outside_the_checkout(tmp_path):
     assert "test loss per observation" in trained
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert "num_components: 2" in (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "decode_batch_size: 32" in run("enumdist-decode", "--help")
     decoded = run("enumdist-decode", f"run_dir={run_dir}", "progress=false", "pictures=false")
     assert (run_dir / "decoded" / "test-temperature0" / "decoded.parquet").is_file()
     assert "decoded:" in decoded
