@@ -25,14 +25,7 @@ import torch
 
 from enumdist.engine.errors import MemoryBudgetError
 from enumdist.engine.factors import align
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
+from enumdist.engine.plan import format_bytes
 
 
 def check_budget(dims, sizes, itemsize, memory_budget, what):
@@ -43,8 +36,8 @@ def check_budget(dims, sizes, itemsize, memory_budget, what):
     if nbytes > memory_budget:
         raise MemoryBudgetError(
             f"{what} would build a tensor over {list(dims)} of shape "
-            f"{tuple(sizes[d] for d in dims)} ({_fmt_bytes(nbytes)}), over memory_budget="
-            f"{_fmt_bytes(memory_budget)}. Too many guide-enumerated (or num_samples Monte "
+            f"{tuple(sizes[d] for d in dims)} ({format_bytes(nbytes)}), over memory_budget="
+            f"{format_bytes(memory_budget)}. Too many guide-enumerated (or num_samples Monte "
             "Carlo) variables meet in one site: lower num_samples, enumerate fewer sites "
             "jointly, or raise memory_budget."
         )

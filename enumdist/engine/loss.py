@@ -12,44 +12,11 @@ import math
 
 import torch
 
-from enumdist.engine.contract import LOCAL, contract
+from enumdist.engine.contract import contract
 from enumdist.engine.dice import expected_costs
-from enumdist.engine.errors import MemoryBudgetError
-from enumdist.engine.plan import cached_plan
+from enumdist.engine.plan import plan_for, problem_sizes  # noqa: F401 - re-exported
+from enumdist.engine.plates import LOCAL
 from enumdist.engine.semiring import LOG_SUM
-
-
-def problem_sizes(problem) -> dict[str, int]:
-    sizes = {name: plate.size for name, plate in problem.plates.items()}
-    sizes.update({name: var.size for name, var in problem.vars.items()})
-    return sizes
-
-
-def plan_for(problem, terms, memory_budget=None):
-    """The cached elimination plan for ``terms`` (model log-factors), checked against a budget."""
-    structure = [(t.factor.dims, t.ordinal) for t in terms]
-    sizes = problem_sizes(problem)
-    plan = cached_plan(structure, sizes, problem.sum_vars, problem.plates.keys())
-    if memory_budget is not None and terms:
-        itemsize = terms[0].factor.element_size()
-        dims, numel = plan.largest
-        if numel * itemsize > memory_budget:
-            raise MemoryBudgetError(
-                f"the elimination would build a tensor over {list(dims)} of shape "
-                f"{tuple(sizes[d] for d in dims)} ({_fmt_bytes(numel * itemsize)}), over "
-                f"memory_budget={_fmt_bytes(memory_budget)}. Reduce the number of variables that "
-                "interact at once (pyro.markov history, fewer states), enumerate a global "
-                "variable with infer={'enumerate': 'sequential'}, or raise memory_budget."
-            )
-    return plan
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def full_sum(tensor: torch.Tensor, dims, ordinal, sizes) -> torch.Tensor:
