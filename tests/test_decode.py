@@ -45,6 +45,7 @@ def test_missing_run_dir_says_so(tmp_path):
     assert result.returncode == 1 and "run_dir=<training run directory> is required" in result.stderr
 
 
+@pytest.mark.slow
 def test_decoding_exits_zero_and_multirun_decodes_each_run(tmp_path):
     runs = [make_run_dir(tmp_path / name)[0] for name in ("a", "b")]
     elsewhere = tmp_path / "elsewhere"

@@ -42,6 +42,7 @@ def user_folder(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_own_class_and_experiment_through_the_command_line(user_folder):
     run_dir = user_folder / "run"
     result = subprocess.run(
