@@ -27,6 +27,7 @@ import torch
 from pyro.distributions.hmm import HiddenMarkovModel
 from pyro.distributions.util import broadcast_shape
 
+from enumdist.distributions.emissions import observation_log_probs
 from enumdist.engine import chain
 
 __all__ = ["DiscreteHMM", "HMMPath"]
@@ -98,8 +99,7 @@ class DiscreteHMM(dist.DiscreteHMM):
     def _chains(self, value) -> _Chains:
         if self._validate_args:
             self._validate_sample(value)
-        obs = self.observation_dist
-        emissions = obs.log_prob(value.unsqueeze(-1 - obs.event_dim))  # [..., T', S]
+        emissions = observation_log_probs(self.observation_dist, value)  # [..., T', S]
         trans = self.transition_logits
         trans = trans if trans.dim() > 2 else trans.unsqueeze(0)  # [*Bt, T|1, S, S]
         s = trans.shape[-1]

@@ -75,6 +75,11 @@ def _observation_dists():
     return {
         "bernoulli_keys": (lambda p: pd.Bernoulli(logits=p).to_event(1), (S, k),
                            lambda n: torch.randint(0, 2, (n, T, k)).double()),
+        # logits exactly 0 (probs 1/2): where a hand-made softplus gets the gradient wrong
+        "bernoulli_keys_zero_logits": (lambda p: pd.Bernoulli(logits=p * (p > 0)).to_event(1),
+                                       (S, k), lambda n: torch.randint(0, 2, (n, T, k)).double()),
+        "bernoulli_probs_keys": (lambda p: pd.Bernoulli(probs=torch.sigmoid(p)).to_event(1),
+                                 (S, k), lambda n: torch.randint(0, 2, (n, T, k)).double()),
         "categorical": (lambda p: pd.Categorical(logits=p), (S, k),
                         lambda n: torch.randint(0, k, (n, T))),
         "normal": (lambda p: pd.Normal(p, p.exp()), (S,), lambda n: torch.randn(n, T)),
