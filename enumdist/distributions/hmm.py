@@ -156,7 +156,8 @@ class DiscreteHMM(dist.DiscreteHMM):
         out = []
         for group in c.groups:
             emissions, lengths = _rows(c.emissions, group), _rows(c.lengths, group)
-            out.append(_last_forward_message(emissions, group.trans, lengths))
+            method = self._method(emissions.shape[0], steps, s)
+            out.append(_last_forward_message(emissions, group.trans, lengths, method))
         logits = _ungroup(out, c.groups, n).reshape(c.batch_shape + (s,))
         return dist.Categorical(logits=logits, validate_args=self._validate_args)
 
@@ -245,7 +246,7 @@ def _transition(trans, t):
     return trans if trans.dim() == 2 else trans[t]
 
 
-def _last_forward_message(emissions, trans, lengths):
+def _last_forward_message(emissions, trans, lengths, method):
     """``log p(x_{L-1}, y_{<L})`` per row ``[N, S]`` (``L`` = length >= 1)."""
     n, steps, s = emissions.shape
     needs_grad = torch.is_grad_enabled() and (emissions.requires_grad or trans.requires_grad)
@@ -258,14 +259,15 @@ def _last_forward_message(emissions, trans, lengths):
             out = torch.where((lengths > t).unsqueeze(-1), alpha, out)
         return out
     with torch.no_grad():
-        order = torch.argsort(lengths, descending=True, stable=True)
+        order = torch.argsort(lengths, descending=True, stable=True)  # as the kernels want
         kernel_trans = trans if trans.dim() == 3 else trans.unsqueeze(0)
         probs, shift = chain._transition_probs(kernel_trans)
         valid = torch.arange(steps, device=lengths.device) < lengths[order][:, None]
-        h, c = chain._sequential_forward(emissions.new_zeros(s), probs, shift,
-                                         *chain._scaled(emissions[order]), valid)
-        alpha = (torch.log(h[:, -1]) + c[:, -1, None])[torch.argsort(order)]
-        return alpha
+        forward = chain._scan_forward if method == "scan" else chain._sequential_forward
+        h, c = forward(emissions.new_zeros(s), probs, shift, *chain._scaled(emissions[order]),
+                       valid)[:2]
+        # a finished sequence keeps its last message: step T-1 holds step length-1's
+        return (torch.log(h[:, -1]) + c[:, -1, None])[torch.argsort(order)]
 
 
 def _path_score(emissions, trans, states, valid):
