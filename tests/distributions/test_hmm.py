@@ -255,3 +255,21 @@ def test_is_a_pyro_discrete_hmm_and_expands():
     assert type(wide) is DiscreteHMM and wide.batch_shape == (4,)
     assert wide.lengths.tolist() == [3] * 4
     assert hmm.sample().shape == (1, T)
+
+
+def test_readme_long_chain_example_runs():
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"## Long chains\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    hmm, y = namespace["hmm"], namespace["y"]
+    assert namespace["log_p"].shape == (2,)
+    assert namespace["best"].states.shape == (2, 500)
+    assert bool((namespace["best"].states[1, 300:] == 0).all())
+    assert namespace["draws"].states.shape == (3, 2, 500)
+    truncated = pd.DiscreteHMM(hmm.initial_logits, hmm.transition_logits,
+                               hmm.observation_dist).log_prob(y[1, :300])
+    torch.testing.assert_close(namespace["log_p"][1], truncated, rtol=1e-5, atol=0)
