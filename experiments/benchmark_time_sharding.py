@@ -75,8 +75,9 @@ def worker(args):
             del_bytes["chain"] = chain.bytes_communicated
         return float(log_z.detach().sum())
 
-    log_z = step()  # warm-up
-    times = []
+    start = time.perf_counter()
+    log_z = step()  # warm-up (timed too: with --repeats 0 the only measurement)
+    times = [time.perf_counter() - start] if args.repeats == 0 else []
     for _ in range(args.repeats):
         start = time.perf_counter()
         step()
@@ -143,7 +144,7 @@ def main():
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--states", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--method", default="scan")
+    parser.add_argument("--method", default="auto")
     parser.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     args = parser.parse_args()
     if args.worker:

@@ -32,11 +32,6 @@ from enumdist.engine import chain
 
 __all__ = ["DiscreteHMM", "HMMPath"]
 
-#: chains at least this long with at most this many ``sequences x states`` use the blocked scan
-#: (``O(sqrt T)`` python steps, ``S`` times the arithmetic); measured on one CPU thread
-SCAN_MIN_STEPS = 1024
-SCAN_MAX_ROWS_TIMES_STATES = 1024
-
 
 class HMMPath(NamedTuple):
     """A decoded state path and its probability; shapes ``batch + (T,)`` and ``batch``."""
@@ -67,7 +62,7 @@ class DiscreteHMM(dist.DiscreteHMM):
         ``t >= lengths`` of a sequence are ignored (its value there may be anything in the
         support). A length of 0 gives log-probability 0.
     :param method: ``"sequential"``, ``"scan"`` (see :func:`enumdist.engine.chain.chain_log_likelihood`)
-        or ``"auto"`` (scan for long chains of few sequences and states).
+        or ``"auto"`` (:func:`enumdist.engine.chain.auto_method`).
     """
 
     def __init__(self, initial_logits, transition_logits, observation_dist, validate_args=None,
@@ -125,10 +120,7 @@ class DiscreteHMM(dist.DiscreteHMM):
         return _Chains(batch_shape, emissions, _groups(trans, batch_shape), lengths)
 
     def _method(self, rows, steps, states):
-        if self.method != "auto":
-            return self.method
-        scan = steps >= SCAN_MIN_STEPS and rows * states <= SCAN_MAX_ROWS_TIMES_STATES
-        return "scan" if scan else "sequential"
+        return chain.auto_method(rows, steps, states) if self.method == "auto" else self.method
 
     # -- Pyro's interface -----------------------------------------------------------------------
 

@@ -139,9 +139,11 @@ class TimeShardedChain:
     (homogeneous) or ``[T_r, S, S]`` (this rank's steps; ``[0]`` leads into its first step),
     and ``emission_log_probs [N, T_r, S]``. Ranks may hold different numbers of steps.
     ``bytes_communicated`` is the size of the last call's collectives on this rank.
+    ``method``: the block's forward-backward, as in
+    :func:`enumdist.engine.chain.chain_log_likelihood`, or ``"auto"``.
     """
 
-    def __init__(self, group=None, method="scan"):
+    def __init__(self, group=None, method="auto"):
         if not (tdist.is_available() and tdist.is_initialized()):
             raise RuntimeError("TimeShardedChain needs torch.distributed to be initialised "
                                "(init_process_group); on one process use enumdist.DiscreteHMM")
@@ -221,8 +223,11 @@ class TimeShardedChain:
             entering = torch.logsumexp(forward.unsqueeze(-1) + block.first_trans, -2)
         emissions = _fold(block, entering.expand_as(block.emissions[:, 0]), backward)
         s = emissions.shape[-1]
+        method = self.method
+        if method == "auto":
+            method = chain.auto_method(*emissions.shape)
         log_z = chain.chain_log_likelihood(emissions.new_zeros(s), block.trans, emissions,
-                                           method=self.method)
+                                           method=method)
         w = self.world_size
         return log_z + (w - 1) * (log_z - log_z.detach())  # value log Z, gradient W x share
 
