@@ -29,6 +29,7 @@ from pyro.distributions.util import broadcast_shape
 
 from enumdist.distributions.emissions import observation_log_probs
 from enumdist.engine import chain
+from enumdist.engine.blocked_viterbi import blocked_chain_map
 
 __all__ = ["DiscreteHMM", "HMMPath"]
 
@@ -158,8 +159,13 @@ class DiscreteHMM(dist.DiscreteHMM):
     @torch.no_grad()
     def viterbi(self, value) -> HMMPath:
         """The most probable state path given ``value`` (first maximum on exact ties)."""
-        return self._decode(value, lambda e, a, lengths: chain.chain_map(
-            e.new_zeros(e.shape[-1]), a, e, lengths))
+        def decode(e, a, lengths):
+            zero = e.new_zeros(e.shape[-1])
+            if self._method(*e.shape) == "scan":  # long chains: O(sqrt T) python steps
+                return blocked_chain_map(zero, a, e, lengths)
+            return chain.chain_map(zero, a, e, lengths)
+
+        return self._decode(value, decode)
 
     @torch.no_grad()
     def sample_posterior(self, value, sample_shape=torch.Size(), generator=None) -> HMMPath:

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as tdist
 
 from enumdist.engine import chain
+from enumdist.engine.blocked_viterbi import blocked_chain_map, max_block_matrices, max_product
 from enumdist.engine.errors import ModelStructureError, ShardError
 
 __all__ = ["TimeShardedChain", "average_gradients"]
@@ -76,11 +77,6 @@ def _log_matmul(a, b):
     return torch.log(torch.exp(a - a_top) @ torch.exp(b - b_top)) + a_top + b_top
 
 
-def _max_matmul(a, b):
-    """Max-plus product ``max_k a[..., i, k] + b[..., k, j]`` and its argmax over ``k``."""
-    return (a.unsqueeze(-1) + b.unsqueeze(-3)).max(-2)
-
-
 def _steps_after_first(block):
     """The blocked-scan inputs for steps ``1..T_r-1`` (the kernels' layout)."""
     trans = block.trans if block.trans.dim() == 3 else block.trans.unsqueeze(0)
@@ -113,11 +109,11 @@ def _sum_transfer(block, first):
 def _max_transfer(block, first):
     """The max-plus counterpart of :func:`_sum_transfer` (best block path per end points)."""
     n, t, s = block.emissions.shape
-    x = first + block.emissions[:, 0].unsqueeze(-2)
-    x = x.expand(n, s, s)
-    for step in range(1, t):  # TODO(blocked): O(T_r) python steps; a max-plus scan would do
-        a = block.trans if block.trans.dim() == 2 else block.trans[step]
-        x = _max_matmul(x, a + block.emissions[:, step].unsqueeze(-2))[0]
+    x = (first + block.emissions[:, 0].unsqueeze(-2)).expand(n, s, s)
+    if t > 1:
+        valid = torch.ones(n, t, dtype=torch.bool, device=x.device)
+        for m in max_block_matrices(block.trans, block.emissions, valid):
+            x = max_product(x, m)
     return x
 
 
@@ -247,8 +243,12 @@ class TimeShardedChain:
         for arg in reversed(pointers):
             ends.append(arg.gather(-1, ends[-1].unsqueeze(-1)).squeeze(-1))
         ends = ends[::-1]  # ends[q]: [N], the path's state at block q's last step
-        states = self._decode_between(block, ends, lambda e, a: chain.chain_map(
-            e.new_zeros(e.shape[-1]), a, e))
+        def decode(e, a):
+            viterbi = blocked_chain_map if chain.auto_method(*e.shape) == "scan" else \
+                chain.chain_map
+            return viterbi(e.new_zeros(e.shape[-1]), a, e)
+
+        states = self._decode_between(block, ends, decode)
         return states, best.max(-1).values
 
     @torch.no_grad()
