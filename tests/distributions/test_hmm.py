@@ -165,8 +165,10 @@ def tiny_hmm():
     return DiscreteHMM(init, trans, pd.Normal(loc, 1.0), lengths=lengths), value, lengths
 
 
-def test_viterbi_equals_brute_force(tiny_hmm):
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+def test_viterbi_equals_brute_force(tiny_hmm, method):
     hmm, value, lengths = tiny_hmm
+    hmm.method = method  # "scan": the blocked max-plus Viterbi
     path = hmm.viterbi(value)
     log_z = hmm.log_prob(value)
     for n, length in enumerate(lengths.tolist()):

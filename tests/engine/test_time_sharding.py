@@ -20,6 +20,8 @@ from tests.engine.time_shard_cases import CASES, block_range, full_emissions, no
 WORLD = 2
 RTOL = 1e-9
 
+pytestmark = pytest.mark.slow  # one 2-process spawn: ~20 s alone, over a minute on a busy machine
+
 
 def _free_port():
     with socket.socket() as s:
