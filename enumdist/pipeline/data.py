@@ -65,12 +65,26 @@ def as_item_table(loaded: Any, where: str) -> dict[str, torch.Tensor]:
     return table
 
 
-class ItemTable(Dataset):
-    """Items of one split; ``dataset[i]`` or ``dataset[(i, steps)]`` is ``(i, {field: Tensor[...]}, steps)``."""
+def item_names(loaded: Any, num_items: int, where: str) -> list[str] | None:
+    """The items' own names, when the loader gives them as a ``names`` field with one entry per
+    item (a chorale's file name, a document's key), for decoded output; else ``None``."""
+    names = loaded.get("names") if isinstance(loaded, Mapping) else getattr(loaded, "names", None)
+    if names is None or isinstance(names, torch.Tensor):
+        return None
+    names = [str(n) for n in names]
+    if len(names) != num_items:
+        raise ValueError(f"{where}: 'names' holds {len(names)} entries for {num_items} items")
+    return names
 
-    def __init__(self, table: dict[str, torch.Tensor]):
+
+class ItemTable(Dataset):
+    """Items of one split; ``dataset[i]`` or ``dataset[(i, steps)]`` is ``(i, {field: Tensor[...]}, steps)``.
+    ``names`` are the items' own names, or ``None`` when the data names none."""
+
+    def __init__(self, table: dict[str, torch.Tensor], names: list[str] | None = None):
         self.table = table
         self.num_items = next(iter(table.values())).shape[0]
+        self.names = names
 
     def __len__(self) -> int:
         return self.num_items
@@ -183,9 +197,11 @@ class ShardedDataModule(pl.LightningDataModule):
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{where}: data not found: {error}. Check the data config's paths.") from error
         table = as_item_table(loaded, where)
+        names = item_names(loaded, next(iter(table.values())).shape[0], where)
         if self.max_items is not None:
             table = {k: t[: self.max_items] for k, t in table.items()}
-        return ItemTable(table)
+            names = names[: self.max_items] if names is not None else None
+        return ItemTable(table, names)
 
     def full_batch(self, split: str = "train") -> dict[str, Any]:
         """The whole split as one batch (no sharding): for oracles and one-off passes."""

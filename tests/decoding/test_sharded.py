@@ -35,6 +35,9 @@ def test_two_ranks_equal_one_process(tmp_path):
     sharded = pq.read_table(run_dir / "decoded" / "test-temperature0" / "decoded.parquet")
     assert sharded.column("index").to_pylist() == single.column("index").to_pylist()
     assert sharded.column("x").to_pylist() == single.column("x").to_pylist()
+    for column in ("log_joint", "log_evidence", "path_posterior"):
+        torch.testing.assert_close(torch.tensor(sharded.column(column).to_pylist()),
+                                   torch.tensor(single.column(column).to_pylist()))
     for a, b in zip(sharded.column("x_marginals").to_pylist(),
                     single.column("x_marginals").to_pylist()):
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b))
