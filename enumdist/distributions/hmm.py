@@ -154,6 +154,29 @@ class DiscreteHMM(dist.DiscreteHMM):
         logits = _ungroup(out, c.groups, n).reshape(c.batch_shape + (s,))
         return dist.Categorical(logits=logits, validate_args=self._validate_args)
 
+    def time_sharded_log_prob(self, value, sharded_chain):
+        """``log p(y)`` of the whole sequences when this rank holds only a block of their steps:
+        ``value [*batch, T_r, ...]``, and this distribution is built from this rank's
+        transitions (``[S, S]`` or ``[T_r, S, S]``, no batch dims) and observations. Same on
+        every rank; gradients as :class:`enumdist.engine.time_sharding.TimeShardedChain`'s."""
+        if self.lengths is not None:
+            raise ValueError("time_sharded_log_prob does not take lengths: every rank holds a "
+                             "block of whole (equally long) sequences")
+        trans = self.transition_logits
+        if trans.dim() > 3:
+            raise ValueError(f"time_sharded_log_prob needs transition_logits [S, S] or "
+                             f"[T_r, S, S] shared by the batch, got {tuple(trans.shape)}")
+        if self._validate_args:
+            self._validate_sample(value)
+        emissions = observation_log_probs(self.observation_dist, value)
+        s, steps = emissions.shape[-1], broadcast_shape(emissions.shape[-2:-1],
+                                                        trans.shape[-3:-2])[0]
+        batch = torch.Size(broadcast_shape(emissions.shape[:-2], self.initial_logits.shape[:-1]))
+        emissions = emissions.expand(batch + (steps, s)).reshape(-1, steps, s)
+        init = self.initial_logits.expand(batch + (s,)).reshape(-1, s)
+        trans = trans[0] if trans.dim() == 3 and trans.shape[0] == 1 else trans
+        return sharded_chain.log_likelihood(init, trans, emissions).reshape(batch)
+
     # -- decoding ---------------------------------------------------------------------------
 
     @torch.no_grad()

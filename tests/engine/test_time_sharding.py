@@ -65,6 +65,18 @@ def test_log_z_and_gradients_equal_one_process(ranks, case):
                                        msg=f"grad {name}, rank {rank}")
 
 
+def test_discrete_hmm_door_equals_pyro(ranks):
+    params, y = parameters(CASES[1])
+    expected = _pyro_hmm(params).log_prob(y)
+    (-expected.sum()).backward()
+    for rank, result in enumerate(ranks):
+        got = result["via_distribution"]
+        torch.testing.assert_close(got["log_z"], expected.detach(), rtol=RTOL, atol=0)
+        for name, p in params.items():
+            torch.testing.assert_close(got["grads"][name], p.grad, rtol=RTOL, atol=1e-12,
+                                       msg=f"grad {name}, rank {rank}")
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_map_path_equals_one_process(ranks, case):
     params, y = parameters(case)

@@ -31,6 +31,24 @@ def exact_run(case, rank):
             "map": states, "map_log_joint": best, "bytes": sharded.bytes_communicated}
 
 
+def via_distribution(rank):
+    """enumdist.DiscreteHMM.time_sharded_log_prob on each rank's block (the user's door)."""
+    import pyro.distributions as pd
+
+    import enumdist
+    from tests.engine.time_shard_cases import block_range
+
+    case = CASES[1]  # time-varying transitions and observations, batched init
+    params, y = parameters(case)
+    start, stop = block_range(case, rank)
+    hmm = enumdist.DiscreteHMM(params["init"], params["trans"][start:stop],
+                               pd.Normal(params["loc"][start:stop], 1.0))
+    log_z = hmm.time_sharded_log_prob(y[:, start:stop], TimeShardedChain())
+    (-log_z.sum()).backward()
+    average_gradients(params.values())
+    return {"log_z": log_z.detach(), "grads": {k: p.grad for k, p in params.items()}}
+
+
 def samples(rank):
     params, y = parameters(SAMPLE_CASE, seed=5)
     y = y.expand(SAMPLE_COPIES, -1)  # many copies of one sequence: many draws at once
@@ -87,6 +105,7 @@ def main(rank, world, port, outdir):
     try:
         for case in CASES:
             results[case.name] = exact_run(case, rank)
+        results["via_distribution"] = via_distribution(rank)
         results["samples"] = samples(rank)
         results["bytes"] = {t: comm_bytes(rank, t) for t in (40, 4000)}
         results["faults"] = faults(rank)
