@@ -100,6 +100,7 @@ class DiscreteHMM(dist.DiscreteHMM):
         trans = trans if trans.dim() > 2 else trans.unsqueeze(0)  # [*Bt, T|1, S, S]
         s = trans.shape[-1]
         steps = broadcast_shape(emissions.shape[-2:-1], trans.shape[-3:-2])[0]
+        emissions = emissions.expand(emissions.shape[:-2] + (steps, s))  # one value, T steps
         if self.lengths is not None and bool((self.lengths > steps).any()):
             raise ValueError(f"lengths must be at most the number of steps T={steps}, got "
                              f"{self.lengths.max().item()}")
