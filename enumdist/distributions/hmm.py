@@ -192,7 +192,7 @@ class DiscreteHMM(dist.DiscreteHMM):
         return self._decode(value, decode)
 
     @torch.no_grad()
-    def sample_posterior(self, value, sample_shape=torch.Size(), generator=None) -> HMMPath:
+    def sample_posterior(self, value, sample_shape=(), generator=None) -> HMMPath:
         """Exact joint draws of the state path from ``p(x | value)`` (forward filtering,
         backward sampling); shapes ``sample_shape + batch + (T,)``."""
         sample_shape = torch.Size(sample_shape)
@@ -214,7 +214,7 @@ class DiscreteHMM(dist.DiscreteHMM):
 
     def _decode(self, value, decode) -> HMMPath:
         c = self._chains(value)
-        n, steps, s = c.emissions.shape
+        n, steps, _ = c.emissions.shape
         states, scores = [], []
         for group in c.groups:
             emissions, lengths = _rows(c.emissions, group), _rows(c.lengths, group)
@@ -270,7 +270,7 @@ def _transition(trans, t):
 
 def _last_forward_message(emissions, trans, lengths, method):
     """``log p(x_{L-1}, y_{<L})`` per row ``[N, S]`` (``L`` = length >= 1)."""
-    n, steps, s = emissions.shape
+    _, steps, s = emissions.shape
     needs_grad = torch.is_grad_enabled() and (emissions.requires_grad or trans.requires_grad)
     if needs_grad:
         alpha = emissions[:, 0]

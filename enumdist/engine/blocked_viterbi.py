@@ -37,7 +37,7 @@ def max_product(a, b):
 def _layout(trans, emissions, valid, block):
     """Steps ``1..T-1`` as ``[K, B, ...]``: emissions ``[K, B, N, S]``, keep ``[K, B, N]``,
     transitions ``[1, 1, S, S]`` or ``[K, B, S, S]``."""
-    n, t_total, s = emissions.shape
+    _, t_total, s = emissions.shape
     m = t_total - 1
     k = min(block or max(s, math.isqrt(m)), m)
     b = -(-m // k)

@@ -280,7 +280,7 @@ class TimeShardedChain:
     def _decode_between(self, block, ends, decode):
         """Decode this block with its first state's weights given the state before it and its
         last state pinned to ``ends[rank]``."""
-        n, t, s = block.emissions.shape
+        n, _, s = block.emissions.shape
         entering = self._entering_first(block)
         index = torch.zeros(n, dtype=torch.long) if self.rank == 0 else ends[self.rank - 1]
         entering = entering.expand(n, s, s).gather(1, index.view(n, 1, 1).expand(n, 1, s))[:, 0]
