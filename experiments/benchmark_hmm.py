@@ -174,7 +174,10 @@ def write_section(rows, notes, command, path, section=SECTION, header=HEADER):
         *[f"| {' | '.join(map(str, r))} |" for r in rows],
         "",
     ]
-    text = open(path).read() if os.path.exists(path) else ""
+    text = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
     start = text.find(section + "\n")
     if start >= 0:
         end = text.find("\n## ", start + len(section))

@@ -36,10 +36,10 @@ def _vm_hwm_mib():
 
 
 def worker(args):
-    import torch
-    import torch._dynamo  # noqa: F401 - before init_process_group (gloo exit-time abort)
-    import torch.distributed as tdist
     import pyro.distributions as pd
+    import torch
+    import torch._dynamo  # imported before init_process_group (gloo exit-time abort)
+    import torch.distributed as tdist
 
     import enumdist
     from enumdist.data.long_chain import split_by_time

@@ -70,7 +70,7 @@ class DiscreteHMM(dist.DiscreteHMM):
                  duration=None, lengths=None, method="auto"):
         super().__init__(initial_logits, transition_logits, observation_dist,
                          validate_args=validate_args, duration=duration)
-        if method not in chain.METHODS + ("auto",):
+        if method not in (*chain.METHODS, "auto"):
             raise ValueError(f"method must be 'auto' or one of {chain.METHODS}, got {method!r}")
         self.method = method
         self.lengths = None
@@ -100,7 +100,7 @@ class DiscreteHMM(dist.DiscreteHMM):
         trans = trans if trans.dim() > 2 else trans.unsqueeze(0)  # [*Bt, T|1, S, S]
         s = trans.shape[-1]
         steps = broadcast_shape(emissions.shape[-2:-1], trans.shape[-3:-2])[0]
-        emissions = emissions.expand(emissions.shape[:-2] + (steps, s))  # one value, T steps
+        emissions = emissions.expand((*emissions.shape[:-2], steps, s))  # one value, T steps
         if self.lengths is not None and bool((self.lengths > steps).any()):
             raise ValueError(f"lengths must be at most the number of steps T={steps}, got "
                              f"{self.lengths.max().item()}")
@@ -112,8 +112,8 @@ class DiscreteHMM(dist.DiscreteHMM):
         # sees a plain chain over x_0..x_{T-1} whose per-row prior sits in the first emission
         prior = torch.logsumexp(self.initial_logits.unsqueeze(-1) + trans[..., 0, :, :], -2)
         first = emissions[..., :1, :] + prior.unsqueeze(-2)
-        emissions = torch.cat([first.expand(batch_shape + (1, s)),
-                               emissions[..., 1:, :].expand(batch_shape + (steps - 1, s))], -2)
+        emissions = torch.cat([first.expand((*batch_shape, 1, s)),
+                               emissions[..., 1:, :].expand((*batch_shape, steps - 1, s))], -2)
         emissions = emissions.reshape(n, steps, s)
         if self.lengths is None:
             lengths = torch.full((n,), steps, dtype=torch.long, device=emissions.device)
@@ -152,7 +152,7 @@ class DiscreteHMM(dist.DiscreteHMM):
             emissions, lengths = _rows(c.emissions, group), _rows(c.lengths, group)
             method = self._method(emissions.shape[0], steps, s)
             out.append(_last_forward_message(emissions, group.trans, lengths, method))
-        logits = _ungroup(out, c.groups, n).reshape(c.batch_shape + (s,))
+        logits = _ungroup(out, c.groups, n).reshape((*c.batch_shape, s))
         return dist.Categorical(logits=logits, validate_args=self._validate_args)
 
     def time_sharded_log_prob(self, value, sharded_chain):
@@ -173,8 +173,8 @@ class DiscreteHMM(dist.DiscreteHMM):
         s, steps = emissions.shape[-1], broadcast_shape(emissions.shape[-2:-1],
                                                         trans.shape[-3:-2])[0]
         batch = torch.Size(broadcast_shape(emissions.shape[:-2], self.initial_logits.shape[:-1]))
-        emissions = emissions.expand(batch + (steps, s)).reshape(-1, steps, s)
-        init = self.initial_logits.expand(batch + (s,)).reshape(-1, s)
+        emissions = emissions.expand((*batch, steps, s)).reshape(-1, steps, s)
+        init = self.initial_logits.expand((*batch, s)).reshape(-1, s)
         trans = trans[0] if trans.dim() == 3 and trans.shape[0] == 1 else trans
         return sharded_chain.log_likelihood(init, trans, emissions).reshape(batch)
 
@@ -247,7 +247,7 @@ def _groups(trans, batch_shape) -> list:
         return [_Group(None, as_kernel(trans.reshape(trans.shape[-3:])))]
     index = torch.arange(t_batch.numel(), device=trans.device).reshape(t_batch)
     index = index.expand(batch_shape).reshape(-1)
-    flat = trans.reshape((-1,) + trans.shape[-3:])
+    flat = trans.reshape((-1, *trans.shape[-3:]))
     return [_Group((index == g).nonzero().squeeze(-1), as_kernel(flat[g]))
             for g in index.unique().tolist()]
 
@@ -296,7 +296,7 @@ def _path_score(emissions, trans, states, valid):
     """``log p(x, y)`` of paths ``states [N, ..., T]`` (prior folded into ``emissions[:, 0]``)."""
     n, steps, s = emissions.shape
     extra = states.shape[1:-1]
-    e = emissions.reshape((n,) + (1,) * len(extra) + (steps, s)).expand(states.shape + (s,))
+    e = emissions.reshape((n,) + (1,) * len(extra) + (steps, s)).expand((*states.shape, s))
     score = torch.where(valid, e.gather(-1, states.unsqueeze(-1)).squeeze(-1), 0.0).sum(-1)
     if steps > 1:
         prev, nxt = states[..., :-1], states[..., 1:]

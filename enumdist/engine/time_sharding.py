@@ -166,7 +166,7 @@ class TimeShardedChain:
             block = _check_block(init, trans, emissions)
             n, _, s = block.emissions.shape
             header = [0, _KINDS[kind], n, s, block.trans.dim(), _DTYPES.get(emissions.dtype, 0)]
-        except Exception as exc:  # noqa: BLE001 - reported to every rank below
+        except Exception as exc:  # reported to every rank below
             error, header = exc, [1, _KINDS[kind], 0, 0, 0, 0]
         headers = [h.tolist() for h in self._all_gather(torch.tensor(header, dtype=torch.int64))]
         failed = [r for r, h in enumerate(headers) if h[0]]

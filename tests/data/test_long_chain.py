@@ -1,5 +1,7 @@
 """Splitting one long sequence by time: contiguous, covering, nearly equal blocks."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from enumdist.data.long_chain import split_by_time, synthetic_long_chain, time_b
 def test_blocks_cover_the_steps_in_order(steps, world):
     blocks = [time_block(steps, r, world) for r in range(world)]
     assert blocks[0].start == 0 and blocks[-1].stop == steps
-    assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
+    assert all(a.stop == b.start for a, b in itertools.pairwise(blocks))
     sizes = [b.stop - b.start for b in blocks]
     assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
 

@@ -3,10 +3,10 @@ its additions (lengths, Viterbi, posterior samples) equal Pyro on truncated data
 
 import itertools
 
-import pytest
-import torch
 import pyro
 import pyro.distributions as pd
+import pytest
+import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
@@ -234,7 +234,7 @@ def _svi_steps(hmm_class, data, steps=3):
     store = pyro.get_param_store()
     grads = {k: store.get_param(k).unconstrained().grad.clone() for k in ("init", "trans", "probs")}
     params = {k: store.get_param(k).detach().clone() for k in ("init", "trans", "probs")}
-    return losses + [loss], grads, params
+    return [*losses, loss], grads, params
 
 
 def test_trace_elbo_svi_inside_plate_equals_pyro():

@@ -8,10 +8,10 @@ One spawn runs every scenario (spawning costs seconds); each test checks one of 
 import itertools
 import socket
 
+import pyro.distributions as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
-import pyro.distributions as pd
 
 import enumdist
 from tests.engine import time_shard_worker
@@ -116,7 +116,7 @@ def test_posterior_draws_follow_the_exact_posterior(ranks):
     observed = torch.tensor([seen.count(p) for p in paths], dtype=torch.float64)
     chi2 = ((observed - posterior * n) ** 2 / (posterior * n)).sum()
     assert chi2 < 37.7, (observed, posterior * n)  # 99.9% quantile of chi-square, 15 dof
-    for rank, result in enumerate(ranks):
+    for result in ranks:
         for i in range(10):
             k = paths.index(seen[i])
             torch.testing.assert_close(result["samples"][1][i], scores[k], rtol=RTOL, atol=0)

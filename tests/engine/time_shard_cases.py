@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 import pyro.distributions as pd
+import torch
 
 
 class ChainCase(NamedTuple):
