@@ -55,7 +55,7 @@ class SyntheticSpec:
     num_items: tuple[tuple[str, int], ...] = (("train", 10_000), ("valid", 1_000), ("test", 1_000))
     min_length: int = 20
     max_length: int = 200
-    shard_size: int = 2_000
+    shard_size: int = 1_000
     seed: int = 0
 
     def __post_init__(self):
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden-dim", type=int, default=8)
     parser.add_argument("--min-length", type=int, default=20)
     parser.add_argument("--max-length", type=int, default=200)
-    parser.add_argument("--shard-size", type=int, default=2_000)
+    parser.add_argument("--shard-size", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     spec = SyntheticSpec(model=args.model, num_keys=args.num_keys, hidden_dim=args.hidden_dim,
