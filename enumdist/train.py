@@ -26,11 +26,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from enumdist.pipeline.callbacks import AtomicCheckpointIO, SlurmRequeue
-    from enumdist.pipeline.checks import (check_decoding, check_slurm_devices, instantiate_group,
-                                          resolve_ckpt_path)
+    from enumdist.pipeline.callbacks import SlurmRequeue
+    from enumdist.pipeline.checkpoint_files import AtomicCheckpointIO, tidy_run_dir
+    from enumdist.pipeline.checks import (check_decoding, check_slurm_devices, check_values,
+                                          instantiate_group, resolve_ckpt_path)
     from enumdist.pipeline.module import EnumModule
+    from enumdist.pipeline.strategies import kill_launched_ranks, lightning_strategy
+    from enumdist.process_group import naming_timeouts, without_timeout
 
+    check_values(cfg)
     check_slurm_devices(cfg)
     check_decoding(cfg)
     run_dir = Path(cfg.paths.run_dir)
@@ -47,6 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scheduler=instantiate(cfg.optim.scheduler, _convert_="all") if cfg.optim.get("scheduler") else None,
         scheduler_interval=cfg.optim.scheduler_interval,
         validate=cfg.validate,
+        fold_in=OmegaConf.to_container(cfg.fold_in) if cfg.get("fold_in") else None,
         hparams=OmegaConf.to_container(cfg, resolve=True),  # plain containers: weights-only loadable
     )
 
@@ -59,12 +64,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from lightning_fabric.plugins.environments import SLURMEnvironment
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    trainer_cfg, timeout_s = without_timeout(cfg.trainer)  # the process-group timeout goes to the strategy
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=plugins,
+                          strategy=lightning_strategy(trainer_cfg.strategy, timeout_s))
+    collectives = lambda: naming_timeouts(timeout_s, trainer.global_rank, trainer.world_size,  # noqa: E731
+                                          on_timeout=lambda: kill_launched_ranks(trainer))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    if ckpt_path is not None and trainer.is_global_zero:  # a kill leaves temporaries and orphans
+        tidy_run_dir(run_dir, cfg.get("callbacks", {}).get("model_checkpoint"), ckpt_path)
+    with collectives():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.test:
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        with collectives():
+            trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     if not trainer.is_global_zero:
@@ -72,7 +86,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pictures = sorted(str(p) for p in run_dir.glob("*.png"))
     if cfg.decode.enabled:
         from enumdist.decoding import run_decoding
+        from enumdist.pipeline.targets import trust_config
 
+        trust_config(cfg)  # the user's own config: its targets may be decoded in this process
         outputs = run_decoding(str(run_dir), cfg)  # {output name: path}
         pictures += sorted(str(p) for p in outputs.values() if str(p).endswith(".png"))
     for logger in trainer.loggers:  # wandb: the training curve and the decoding stage's pictures
@@ -86,7 +102,7 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
     """``<run_dir>/.hydra/config.yaml`` as Hydra writes it, for runs composed without ``@hydra.main``."""
     path = run_dir / ".hydra" / "config.yaml"
     if not path.exists() and int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
-        from enumdist.pipeline.callbacks import atomic_write
+        from enumdist.pipeline.checkpoint_files import atomic_write
 
         atomic_write(path, lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
 

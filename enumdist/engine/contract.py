@@ -151,12 +151,11 @@ def _chain_emissions(step, slots, num_states, plate_sizes):
             index = torch.tensor(extra_steps, device=emissions.device)
             emissions = emissions.index_add(0, index, torch.stack(extras))
         return emissions
-    emissions = []
-    for var, units in zip(step.vars, step.unary):
-        target = step.plates + (var,)
-        total = sum(align(_dense(slots[slot]), dims, target) for slot, dims in units)
-        emissions.append(total.expand(shape))
-    return torch.stack(emissions, 0)
+    totals = [sum(align(_dense(slots[slot]), dims, step.plates + (var,)) for slot, dims in units)
+              if units else None for var, units in zip(step.vars, step.unary)]
+    like = next(t for t in totals if t is not None)
+    zero = like.new_zeros(())  # a step with no unary term (nothing observed there)
+    return torch.stack([(zero if t is None else t).expand(shape) for t in totals], 0)
 
 
 def _renamed(table, pair):

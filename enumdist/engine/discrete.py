@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import pyro.poutine as poutine
 from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.util import ignore_jit_warnings
 
 from enumdist.engine import trace as trace_stage
 from enumdist.engine.contract import backtrack, contract
@@ -52,19 +54,24 @@ def decode_problem(problem, semiring, plates=LOCAL, memory_budget=None) -> dict:
     ``semiring`` while recording the products, then choose backwards (MAP or a joint sample)."""
     if not problem.vars:
         return {}
-    tape = []
-    plan = plan_for(problem, problem.log_factors, memory_budget, DECODE)
-    contract(plan, [t.factor.data for t in problem.log_factors], semiring, plates, tape)
-    decided = backtrack(tape, semiring, problem_sizes(problem), plates)
-    return {
-        name: value_of(problem.vars[name], *decided[name], problem.plates)
-        for name in problem.vars
-    }
+    with ignore_jit_warnings():
+        tape = []
+        plan = plan_for(problem, problem.log_factors, memory_budget, DECODE)
+        contract(plan, [t.factor.data for t in problem.log_factors], semiring, plates, tape)
+        decided = backtrack(tape, semiring, problem_sizes(problem), plates)
+        return {
+            name: value_of(problem.vars[name], *decided[name], problem.plates)
+            for name in problem.vars
+        }
 
 
 def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL,
-           memory_budget=None):
-    """``{site: value}`` for every enumerated model site (MAP or one posterior sample)."""
+           memory_budget=None, strict_enumeration_warning=True):
+    """``{site: value}`` for every enumerated model site (MAP or one posterior sample).
+
+    Under ``torch.jit.trace`` the engine's shape bookkeeping (sizes read as Python ints, as in
+    Pyro's own internals) raises no TracerWarning; the model's own code still may.
+    """
     semiring = for_temperature(temperature)
     if first_available_dim is None:
         first_available_dim = guess_first_available_dim(model, args, kwargs)
@@ -74,14 +81,21 @@ def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL,
     def trace():
         requests = trace_stage.EnumRequests(first_available_dim, "model")
         model_trace = poutine.trace(enum(AsParallel()(requests(model)))).get_trace(*args, **kwargs)
-        problem = trace_stage.build_problem(
-            model_trace, poutine.Trace(), max_plate_nesting, validate=True, mask_enumerated=True,
-            memory_budget=memory_budget,
-        )
+        with ignore_jit_warnings():
+            problem = trace_stage.build_problem(
+                model_trace, poutine.Trace(), max_plate_nesting, validate=True,
+                mask_enumerated=True, memory_budget=memory_budget,
+            )
         return problem
 
     problem = plates.guarded(trace)
     plates.prepare(problem)
+    if not problem.vars and strict_enumeration_warning:  # as Pyro's, whatever the validation
+        warnings.warn(
+            "infer_discrete found no sample sites configured for enumeration. Mark discrete "
+            "sites infer={'enumerate': 'parallel'} (or @config_enumerate); the model then "
+            "runs unchanged."
+        )
     return decode_problem(problem, semiring, plates, memory_budget)
 
 
@@ -93,7 +107,7 @@ def sample_posterior(trace_problem, model, args, kwargs, plates=LOCAL, memory_bu
     unmasked, as ``TraceEnum_ELBO`` has them)."""
     problem = plates.guarded(trace_problem)
     plates.prepare(problem)
-    if any(v.in_guide for v in problem.vars.values()):
+    if any(v.in_guide for v in problem.vars.values()):  # callers refuse these when tracing
         raise NotImplementedError("sample_posterior() is not compatible with guide enumeration")
     values = decode_problem(problem, LOG_SUM, plates, memory_budget)
     program = FixValues(values)(model)
@@ -126,7 +140,8 @@ def infer_discrete(fn=None, first_available_dim=None, temperature=1, *,
     def decoded(*args, **kwargs):
         plates = plates_for(shard_plates, process_group)
         with poutine.block():  # the decoding runs are not part of the caller's trace
-            values = decode(fn, args, kwargs, first_available_dim, temperature, plates, budget)
+            values = decode(fn, args, kwargs, first_available_dim, temperature, plates, budget,
+                            strict_enumeration_warning)
         return FixValues(values)(fn)(*args, **kwargs)
 
     return decoded

@@ -26,9 +26,11 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 from enumdist.engine.errors import EnumerationError, MemoryBudgetError
 from enumdist.engine.factors import Factor, compact, name_dims
-from enumdist.engine.guide_enum import dice_factor, num_samples
+from enumdist.engine.guide_enum import (check_model_enumeration_not_more_global, dice_factor,
+                                        num_samples)
 from enumdist.engine.lazy import enumerated_table, lazy_log_prob
 from enumdist.engine.observations import check_observations, site_mask
+from enumdist.engine.site_checks import check_markov_history, check_site_shape
 
 
 @dataclass(frozen=True)
@@ -341,17 +343,20 @@ def build_problem(
     validate: bool = True,
     memory_budget=None,
     mask_enumerated: bool = False,
+    remember_valid_data: bool = False,
 ):
     """Classify every site of the two traces into factors of an :class:`EnumProblem`.
 
     ``mask_enumerated=True`` applies masks to enumerated sites too, as ``infer_discrete`` does
-    (``TraceEnum_ELBO`` ignores them there).
+    (``TraceEnum_ELBO`` ignores them there). ``validate`` runs :func:`check_sites` first
+    (``remember_valid_data``: see :func:`~enumdist.engine.observations.check_observations`).
     """
     plates, variables, id_to_var = collect_vars(model_trace, guide_trace, max_plate_nesting)
     problem = EnumProblem(plates, variables, model_trace=model_trace, guide_trace=guide_trace)
+    check_model_enumeration_not_more_global(variables)
     sum_vars = problem.sum_vars
     if validate:
-        check_observations(site for _, site in _sample_sites(model_trace) if site["is_observed"])
+        check_sites(model_trace, guide_trace, max_plate_nesting, remember_valid_data)
 
     for name, site in _sample_sites(model_trace):
         layout = _layout(site)
@@ -405,6 +410,18 @@ def build_problem(
             problem.dice_denominators[ordinal] = (
                 problem.dice_denominators.get(ordinal, 0.0) + log_denominator)
     return problem
+
+
+def check_sites(model_trace, guide_trace, max_plate_nesting: int, remember_valid_data=False):
+    """Every site's shape against its plates, ``pyro.markov`` dim conflicts, and the model's
+    observations (NaN, support): what must hold before any log-prob is computed."""
+    for who, trace in (("guide", guide_trace), ("model", model_trace)):
+        last_site_at_dim = {}
+        for _, site in _sample_sites(trace):
+            check_site_shape(site, _layout(site).plates, max_plate_nesting, who)
+            check_markov_history(site, who, last_site_at_dim)
+    check_observations((site for _, site in _sample_sites(model_trace) if site["is_observed"]),
+                       remember_valid_data=remember_valid_data)
 
 
 def trace_params(*traces) -> list:

@@ -5,10 +5,8 @@
   checkpoints so a resumed run continues the same file.
 - :class:`Throughput` logs observations per second of the global batch.
 - :class:`ClassAccuracy` logs held-out accuracy of the MAP class (semi-supervised classifiers).
-- :class:`AtomicCheckpointIO` writes checkpoints to a temporary file *in the target directory*
-  and renames it into place. Lightning's own writer goes through ``fsspec``'s transaction,
-  which writes to ``tempfile.mkstemp()`` (``/tmp``) and then ``shutil.move``s: that is a copy,
-  not an atomic rename, whenever ``/tmp`` is another filesystem than the run directory.
+- :class:`AtomicCheckpointIO` (in :mod:`enumdist.pipeline.checkpoint_files`, re-exported here)
+  writes checkpoints atomically with a checksum sidecar and reads them back verified.
 """
 
 from __future__ import annotations
@@ -17,40 +15,14 @@ import csv
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins import TorchCheckpointIO
 
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into a same-directory temporary file, then ``os.replace``."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_write(path, lambda f: torch.save(checkpoint, f))
+from enumdist.pipeline.checkpoint_files import AtomicCheckpointIO, atomic_write  # noqa: F401 - re-exported
 
 
 class TrainHistory(pl.Callback):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from datetime import timedelta
 
 import torch
 import torch.distributed as tdist
@@ -14,6 +13,7 @@ from pyro import poutine
 
 import enumdist
 from enumdist.engine.errors import ModelStructureError, ShardError
+from enumdist.process_group import init_process_group
 from tests.engine import zoo
 from tests.engine import shard_cases
 from tests.engine.shard_cases import SHARD_CASES, record_run
@@ -120,7 +120,7 @@ def different_structure(rank, world):
 
 def main(rank, world, port, outdir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    tdist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    init_process_group("gloo", rank=rank, world_size=world, timeout_s=60)
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
     results = {}

@@ -88,7 +88,7 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         AtomicCheckpointIO().save_checkpoint({"a": torch.zeros(2)}, path)
     assert torch.load(path, weights_only=True)["a"].tolist() == [1.0, 1.0]  # old file intact
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]  # no temporary
 
 
 def test_csv_logger_works_without_wandb(tmp_path):
