@@ -170,17 +170,25 @@ class StreamSampler(Sampler[list[int]]):
             items = np.concatenate([self.split.shard_items(s) for s in shards[start: start + self.shuffle_shards]])
             yield items[np.random.default_rng([self.seed, self.epoch, rank, group]).permutation(len(items))]
 
+    def _items_per_rank(self) -> int:
+        return min(sum(int(self.split.offsets[s + 1] - self.split.offsets[s]) for s in self._own_shards(r))
+                   for r in range(self.world_size))
+
+    def _step_size(self) -> int:
+        """``batch_size``, or every rank's whole stream when that holds fewer items (tiny runs)."""
+        return min(self.batch_size, self._items_per_rank())
+
     def _batches(self, rank: int) -> Iterator[np.ndarray]:
+        size = self._step_size()
         pending = np.empty(0, dtype=np.int64)
         for items in self._stream(rank):
             pending = np.concatenate([pending, items])
-            while len(pending) >= self.batch_size:
-                yield pending[: self.batch_size]
-                pending = pending[self.batch_size:]
+            while len(pending) >= size:
+                yield pending[:size]
+                pending = pending[size:]
 
     def __len__(self) -> int:
-        return min(sum(int(self.split.offsets[s + 1] - self.split.offsets[s]) for s in self._own_shards(r))
-                   for r in range(self.world_size)) // self.batch_size
+        return self._items_per_rank() // self._step_size()
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         num_steps = len(self)
@@ -226,22 +234,61 @@ class StreamingDataModule(pl.LightningDataModule):
         eval_batch_size: items per rank per valid/test step.
         seed: base seed of the training order.
         shuffle_shards: shards whose items are shuffled together (more = better mixed, more memory).
-        max_items: evaluate on the first ``max_items`` of valid/test only (quick runs).
+        max_eval_items: evaluate on the first ``max_eval_items`` of valid/test only.
+        generate: :class:`~enumdist.data.synthetic.SyntheticSpec` fields (``num_train``,
+            ``num_eval`` for the split sizes); the data set is generated into ``root`` (resumably,
+            on rank 0 in ``prepare_data``) when ``root`` holds none. ``None``: ``root`` must exist.
+        max_items: quick runs: a data set of at most ``max_items`` items per split, generated
+            from ``generate`` into ``<root>-max<max_items>`` (requires ``generate``).
     """
 
     def __init__(self, root: str, batch_size: int = 32, eval_batch_size: int = 64, seed: int = 0,
-                 shuffle_shards: int = 2, max_eval_items: int | None = None):
+                 shuffle_shards: int = 2, max_eval_items: int | None = None,
+                 generate: dict | None = None, max_items: int | None = None):
         super().__init__()
-        self.root, self.batch_size, self.eval_batch_size = root, batch_size, eval_batch_size
+        if max_items is not None and generate is None:
+            raise ValueError("data.max_items needs data.generate (a smaller data set is generated)")
+        self.root = root if max_items is None else f"{root}-max{max_items}"
+        self.generate, self.max_items = generate, max_items
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.shuffle_shards, self.max_eval_items = seed, shuffle_shards, max_eval_items
         self.splits: dict[str, ShardedSplit] = {}
         self.train_sampler: StreamSampler | None = None
         self._restored: dict[str, int] | None = None  # sampler state from a checkpoint
 
+    def spec(self):
+        """The :class:`~enumdist.data.synthetic.SyntheticSpec` of ``generate`` (``max_items`` applied)."""
+        from enumdist.data.synthetic import SyntheticSpec
+
+        fields = dict(self.generate)
+        cap = self.max_items or float("inf")
+        num_train, num_eval = fields.pop("num_train"), fields.pop("num_eval")
+        sizes = (("train", min(num_train, cap)), ("valid", min(num_eval, cap)), ("test", min(num_eval, cap)))
+        return SyntheticSpec(num_items=tuple((k, int(v)) for k, v in sizes), **fields)
+
+    def prepare_data(self) -> None:
+        if self.generate is not None and not (Path(self.root) / "manifest.json").exists():
+            from enumdist.data.synthetic import generate
+
+            generate(self.root, self.spec())
+
     def setup(self, stage: str | None = None) -> None:
+        if self.generate is not None and not (Path(self.root) / "manifest.json").exists():
+            self.prepare_data()  # outside a Trainer (decoding, scripts): nobody called it
         for split in SPLITS:
             if split not in self.splits:
                 self.splits[split] = ShardedSplit(self.root, split, cache_shards=2 * self.shuffle_shards + 1)
+
+    def load_split(self, split: str):
+        """The first ``max_eval_items`` (or all) items of ``split`` in memory, as an
+        :class:`~enumdist.pipeline.data.ItemTable`: for the decoding stage, which is in memory."""
+        from enumdist.pipeline.data import ItemTable
+
+        self.setup()
+        data = self.splits[split]
+        items = np.arange(len(data) if self.max_eval_items is None else min(self.max_eval_items, len(data)))
+        batch = data.dense_batch(items, int(data.lengths[items].max()))
+        return ItemTable({"sequences": batch["sequences"], "lengths": batch["lengths"]})
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
