@@ -180,7 +180,10 @@ def write_section(rows, notes, command, path, section=SECTION, header=HEADER):
             text = f.read()
     start = text.find(section + "\n")
     if start >= 0:
-        end = text.find("\n## ", start + len(section))
+        # the section ends at the next heading or at another section's <!-- marker -->
+        ends = [i for i in (text.find("\n## ", start + len(section)),
+                            text.find("\n<!--", start + len(section))) if i >= 0]
+        end = min(ends) if ends else -1
         text = text[:start] + text[end + 1:] if end >= 0 else text[:start]
     with open(path, "w") as f:
         f.write(text.rstrip("\n") + "\n\n" + "\n".join(lines))
