@@ -27,6 +27,7 @@ sys.path.insert(0, ROOT)
 import enumdist  # noqa: E402
 from enumdist.data import load_chorales  # noqa: E402
 from experiments.bench_models import params as loop_params  # noqa: E402
+from experiments import report  # noqa: E402
 from experiments.benchmark import decoded_states, timed  # noqa: E402
 
 SECTION = "## DiscreteHMM"
@@ -158,9 +159,10 @@ HEADER = ("case", "measurement", "Pyro DiscreteHMM (s)", "enumdist.DiscreteHMM (
           "notes")
 
 
-def write_section(rows, notes, command, path, section=SECTION, header=HEADER):
-    """Replace (or append) ``section`` of ``path`` (up to the next ``## `` heading), leaving
-    the rest alone."""
+def write_section(rows, notes, command, path, section=SECTION, header=HEADER,
+                  name="discrete_hmm"):
+    """Write ``rows`` as the marked section ``name`` of ``path`` (see experiments/report.py),
+    headed ``section``; the rest of the file is left alone."""
     lines = [
         section,
         "",
@@ -174,19 +176,7 @@ def write_section(rows, notes, command, path, section=SECTION, header=HEADER):
         *[f"| {' | '.join(map(str, r))} |" for r in rows],
         "",
     ]
-    text = ""
-    if os.path.exists(path):
-        with open(path) as f:
-            text = f.read()
-    start = text.find(section + "\n")
-    if start >= 0:
-        # the section ends at the next heading or at another section's <!-- marker -->
-        ends = [i for i in (text.find("\n## ", start + len(section)),
-                            text.find("\n<!--", start + len(section))) if i >= 0]
-        end = min(ends) if ends else -1
-        text = text[:start] + text[end + 1:] if end >= 0 else text[:start]
-    with open(path, "w") as f:
-        f.write(text.rstrip("\n") + "\n\n" + "\n".join(lines))
+    report.write_section(path, name, lines)
 
 
 def main():

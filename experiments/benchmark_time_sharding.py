@@ -168,7 +168,7 @@ def main():
              "step is the slower rank's", "ratio = 1-process time / this time"]
     command = f"python experiments/benchmark_time_sharding.py {' '.join(sys.argv[1:])}".strip()
     write_section(rows, notes, command, args.out, SECTION,
-                  ("case", "measurement", "value", "ratio", "notes"))
+                  ("case", "measurement", "value", "ratio", "notes"), name="time_sharding")
     print(json.dumps(rows))
 
 
