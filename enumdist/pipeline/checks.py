@@ -63,8 +63,11 @@ def check_values(cfg: DictConfig, rules: tuple[Rule, ...] = VALUE_RULES) -> None
     """Refuse, before anything runs, values that cannot work (every problem at once, each naming
     its key): mandatory values left ``???`` and the typed ranges of :data:`VALUE_RULES` (a key the
     config does not have is not checked)."""
-    problems = [f"{key} is missing (???): set {key}=<value>" + MISSING_HINTS.get(key, "")
-                for key in sorted(OmegaConf.missing_keys(cfg))]
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except Exception:  # noqa: BLE001 - an interpolation that cannot resolve yet fails later, by its own name
+        missing = []
+    problems = [f"{key} is missing (???): set {key}=<value>" + MISSING_HINTS.get(key, "") for key in missing]
     for rule in rules:
         parent, _, leaf = rule.key.rpartition(".")
         node = OmegaConf.select(cfg, parent, default=None, throw_on_missing=False)
