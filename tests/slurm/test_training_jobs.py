@@ -35,7 +35,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 SEARCHPATH = f"hydra.searchpath=[file://{ROOT / 'tests' / 'pipeline' / 'conf'}]"
-STEPS = 200
+STEPS = 150
 # the same training in every job: toy HMM, checkpoints every 10 steps, test and decode at the end
 TRAINING = [SEARCHPATH, "experiment=toy_hmm", "logger=wandb", "callbacks=with_rank_params",
             "callbacks.progress_bar.refresh_rate=0", "callbacks.model_checkpoint.every_n_train_steps=10",
@@ -95,6 +95,8 @@ def signal_mid_run(job_id: str, run_dir: Path, name: str, after_step: int = 0) -
                       and s, 300, job_id, f"a checkpoint past step {after_step + 10}")
     subprocess.run(["scancel", f"--signal={name}", job_id], timeout=30, check=True)
     wait_until(lambda: job_state(job_id)[1] > restarts, 120, job_id, f"the job to requeue itself on {name}")
+    # REQUEUED / COMPLETING first, then PENDING (held back) or already RUNNING again
+    wait_until(lambda: job_state(job_id)[0] in ("PENDING", "RUNNING"), 120, job_id, "the requeued job")
     if job_state(job_id)[0] == "PENDING":
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=30)
     return step
