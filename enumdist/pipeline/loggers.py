@@ -161,11 +161,13 @@ class WandbLogger(LightningWandbLogger):
             artifact.add_file(str(path))
         self._experiment.log_artifact(artifact)
 
-    def finish(self) -> None:
-        """End this job's wandb run (flushes its file); the next job in the process starts its own."""
-        if self._experiment is not None and hasattr(self._experiment, "finish"):
+    def finish(self) -> bool:
+        """End this job's wandb run; the next job in the process starts its own. True if one was open."""
+        open_run = self._experiment is not None and hasattr(self._experiment, "finish")
+        if open_run:
             self._experiment.finish()
         self._experiment = None
+        return open_run
 
 
 def _is_wandb(target: str) -> bool:
@@ -214,8 +216,18 @@ def log_decoded_outputs(loggers: list[Logger], outputs: Mapping[str, Any]) -> No
 
 
 def finish_loggers(loggers: list[Logger]) -> None:
-    """Save what each logger buffers and end the job's wandb run."""
+    """Save what each logger buffers and end the job's wandb run.
+
+    ``run.finish()`` returns before wandb's service process has written the run's file;
+    ``wandb.teardown()`` waits for it. Without it, a job that is requeued (and killed) right
+    after, or a reader of the file, can find it empty.
+    """
+    finished = False
     for logger in loggers:
         logger.save()
         if isinstance(logger, WandbLogger):
-            logger.finish()
+            finished = logger.finish() or finished
+    if finished:
+        import wandb
+
+        wandb.teardown()

@@ -112,7 +112,9 @@ def test_log_model_with_the_offline_default_is_not_refused(tmp_path, monkeypatch
         assert [type(lg) for lg in loggers] == [WandbLogger] and loggers[0]._log_model is False
     finally:
         finish_loggers(loggers)
-    assert wandb_records.config(wandb_records.run_files(tmp_path)[0])["logger.wandb.log_model"] is True
+    path = wandb_records.run_files(tmp_path)[0]
+    kinds = [r.WhichOneof("record_type") for r in wandb_records.records(path)]
+    assert wandb_records.config(path).get("logger.wandb.log_model") is True, kinds
 
 
 def test_decoded_outputs_become_a_wandb_artifact(tmp_path, monkeypatch):
@@ -122,7 +124,7 @@ def test_decoded_outputs_become_a_wandb_artifact(tmp_path, monkeypatch):
     logger = WandbLogger(save_dir=str(tmp_path), project="enumdist", mode="offline", id="decodedrun1")
     logger.experiment  # noqa: B018 (starts the run)
     logger.log_outputs([table])
-    logger.finish()
+    finish_loggers([logger])
     artifacts = wandb_records.artifacts(wandb_records.run_files(tmp_path)[0])
     assert artifacts == [{"name": "decoded-decodedrun1", "type": "decoded", "files": ["decoded_test.parquet"]}]
 
