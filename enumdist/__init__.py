@@ -3,19 +3,21 @@
 The public API is deliberately tiny:
 
 - :class:`EnumELBO` -- a drop-in for ``pyro.infer.TraceEnum_ELBO`` (optionally sharded over ranks);
-- :func:`infer_discrete` -- a drop-in for ``pyro.infer.infer_discrete`` (MAP or posterior samples).
+- :func:`infer_discrete` -- a drop-in for ``pyro.infer.infer_discrete`` (MAP or posterior samples);
+- :class:`JitEnumELBO` -- the name for users of ``JitTraceEnum_ELBO``: ``EnumELBO``, which needs
+  no JIT (it compiles nothing; see its docstring).
 
-Both are imported lazily so that ``import enumdist.data`` stays light.
+All are imported lazily so that ``import enumdist.data`` stays light.
 """
 
-__all__ = ["EnumELBO", "infer_discrete"]
+__all__ = ["EnumELBO", "JitEnumELBO", "infer_discrete"]
 
 
 def __getattr__(name):
-    if name == "EnumELBO":
-        from enumdist.engine.elbo import EnumELBO
+    if name in ("EnumELBO", "JitEnumELBO"):
+        from enumdist.engine import elbo
 
-        return EnumELBO
+        return getattr(elbo, name)
     if name == "infer_discrete":
         from enumdist.engine.discrete import infer_discrete
 

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from enumdist.decoding import run_decoding
+from enumdist.process_group import init_process_group
 
 
 def parse(argv: list[str]) -> tuple[str, dict]:
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(int(os.environ.get("ENUMDIST_NUM_THREADS", torch.get_num_threads())))
     started, rank = False, 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        init_process_group()  # the project's one way: no gloo SIGABRT at exit, a bounded timeout
         started, rank = True, dist.get_rank()
     try:
         outputs = run_decoding(run_dir, options)

@@ -26,16 +26,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from enumdist.pipeline.callbacks import AtomicCheckpointIO
-    from enumdist.pipeline.checks import (check_decoding, check_slurm_devices, instantiate_group,
-                                          resolve_ckpt_path)
+    from enumdist.pipeline.checkpoint_files import AtomicCheckpointIO, tidy_run_dir
+    from enumdist.pipeline.checks import (check_decoding, check_slurm_devices, check_values,
+                                          instantiate_group, resolve_ckpt_path)
     from enumdist.pipeline.console import filter_known_warnings
     from enumdist.pipeline.loggers import build_loggers, finish_loggers, log_decoded_outputs
     from enumdist.pipeline.module import EnumModule
     from enumdist.pipeline.slurm import SlurmRequeue, slurm_plugins, trained_checkpoint, write_metrics
+    from enumdist.pipeline.strategies import kill_launched_ranks, lightning_strategy
+    from enumdist.process_group import naming_timeouts, without_timeout
 
     filter_known_warnings(cfg.get("filter_known_warnings", True))
 
+    check_values(cfg)
     check_slurm_devices(cfg)
     check_decoding(cfg)
     run_dir = Path(cfg.paths.run_dir)
@@ -61,9 +64,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     # Lightning's in-handler SIGUSR1 requeue is off under SLURM: SlurmRequeue acts at a step boundary
     plugins = [AtomicCheckpointIO(), *slurm_plugins()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    trainer_cfg, timeout_s = without_timeout(cfg.trainer)  # the process-group timeout goes to the strategy
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=plugins,
+                          strategy=lightning_strategy(trainer_cfg.strategy, timeout_s))
+    collectives = lambda: naming_timeouts(timeout_s, trainer.global_rank, trainer.world_size,  # noqa: E731
+                                          on_timeout=lambda: kill_launched_ranks(trainer))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    if ckpt_path is not None and trainer.is_global_zero:  # a kill leaves temporaries and orphans
+        tidy_run_dir(run_dir, cfg.get("callbacks", {}).get("model_checkpoint"), ckpt_path)
+    with collectives():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     requeue = next((c for c in callbacks if isinstance(c, SlurmRequeue) and c.requested), None)
     if requeue is not None:  # stopped for a requeue: no test/decode of the unfinished model
@@ -71,7 +82,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         requeue.requeue(trainer)
         return metrics
     if cfg.test:  # the trained weights, explicitly: under SLURM ckpt_path=None means hpc_ckpt_*.ckpt
-        trainer.test(module, datamodule=datamodule, ckpt_path=trained_checkpoint(trainer, run_dir), verbose=False)
+        tested = trained_checkpoint(trainer, run_dir)
+        with collectives():
+            trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     if not trainer.is_global_zero:
@@ -80,7 +93,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pictures = sorted(str(p) for p in run_dir.glob("*.png"))
     if cfg.decode.enabled:
         from enumdist.decoding import run_decoding
+        from enumdist.pipeline.targets import trust_config
 
+        trust_config(cfg)  # the user's own config: its targets may be decoded in this process
         outputs = run_decoding(str(run_dir), cfg)  # {output name: path}
         pictures += sorted(str(p) for p in outputs.values() if str(p).endswith(".png"))
         log_decoded_outputs(trainer.loggers, outputs)
@@ -97,7 +112,7 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
     """``<run_dir>/.hydra/config.yaml`` as Hydra writes it, for runs composed without ``@hydra.main``."""
     path = run_dir / ".hydra" / "config.yaml"
     if not path.exists() and int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
-        from enumdist.pipeline.callbacks import atomic_write
+        from enumdist.pipeline.checkpoint_files import atomic_write
 
         atomic_write(path, lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
 

@@ -1,7 +1,8 @@
 """Rebuild a trained run: its composed config, the zoo model and guide, and their weights.
 
 Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain containers only,
-never arbitrary pickled objects. The LightningModule stores the zoo model's parameters under
+never arbitrary pickled objects, after their bytes are checked against the checksum sidecar. The
+saved config may only instantiate allowlisted targets (:mod:`enumdist.pipeline.targets`). The LightningModule stores the zoo model's parameters under
 ``model.`` and the guide's under ``guide.``.
 """
 
@@ -15,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from pyro import poutine
 
 from enumdist.models.base import EnumModel
+from enumdist.pipeline import targets
+from enumdist.pipeline.checkpoint_files import load_checkpoint
 
 
 class CheckpointMismatchError(ValueError):
@@ -22,11 +25,15 @@ class CheckpointMismatchError(ValueError):
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:
+    """The run's composed config, refused (before anything is instantiated) if its model, data
+    or guide names a ``_target_`` outside :mod:`enumdist.pipeline.targets`' allowlist."""
     path = Path(run_dir) / ".hydra" / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run_dir={run_dir} is not a training run "
                                 "directory (expected the composed Hydra config there)")
-    return OmegaConf.load(path)
+    cfg = OmegaConf.load(path)
+    targets.check_config(cfg, source=str(path))
+    return cfg
 
 
 def find_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
@@ -38,11 +45,10 @@ def find_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling errors come in many types
-        raise ValueError(f"{path} is not a weights-only Lightning checkpoint: {error}") from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    """The checkpoint's ``state_dict``, its bytes verified against the checksum sidecar training
+    wrote (a corrupt file is refused by name) and loaded weights-only."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    if "state_dict" not in checkpoint:
         raise ValueError(f"{path} holds no 'state_dict' (not a Lightning checkpoint)")
     return checkpoint["state_dict"]
 

@@ -1,6 +1,7 @@
 """Decode one batch: MAP (temperature 0) or posterior samples (temperature 1) of the enumerated
-sites with ``enumdist.infer_discrete``, optionally posterior marginals with
-``enumdist.EnumELBO.compute_marginals``, gathered per hidden state and per position.
+sites with ``enumdist.infer_discrete``, each item's probabilities (:mod:`.scores`), optionally
+posterior marginals with ``enumdist.EnumELBO.compute_marginals``, gathered per hidden state and
+per position.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch
 from pyro import poutine
 
 import enumdist
+from enumdist.decoding import scores
 from enumdist.models.base import EnumModel
 
 
@@ -41,14 +43,20 @@ def _probs(marginal) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_batch(model: EnumModel, guide, batch: dict, *, temperature: int = 0,
-                 marginals: bool = False, shard_plates: list[str] | None = None,
+                 marginals: bool = False, probabilities: bool = False,
+                 shard_plates: list[str] | None = None,
                  items_in_step: int | None = None) -> dict[str, torch.Tensor]:
-    """-> ``{state: LongTensor[B, positions]}`` plus ``{f"{state}_marginals": [B, positions, D]}``.
+    """-> ``{state: LongTensor[B, positions]}``; with ``probabilities`` also float64 ``[B]``
+    ``log_joint`` (``log p(z, x)`` of the decoded path), ``log_evidence`` (``log p(x)``) and
+    ``path_posterior`` (``p(z | x)``); with ``marginals`` also ``{f"{state}_marginals": [B,
+    positions, D]}`` and ``{f"{state}_confidence": [B, positions]}``, the posterior probability
+    of the decoded state at each position.
 
     ``guide`` (or ``None``) supplies the non-enumerated latents, which the decoded model replays.
     Marginals are the posterior of the decoded items themselves: the data plate's subsample
     scale is set to 1 (``num_total`` = ``items_in_step``, the items of this step over all ranks,
-    default this batch's), not the split's ``num_total / B`` used for training.
+    default this batch's), not the split's ``num_total / B`` used for training. Probabilities
+    are per item, so each rank computes its own items' alone (see :mod:`.scores`).
     """
     batch_size = len(batch["index"])
     model_fn = model.model
@@ -61,6 +69,14 @@ def decode_batch(model: EnumModel, guide, batch: dict, *, temperature: int = 0,
               if site["type"] == "sample" and not site["is_observed"]}
     sites = model.state_sites(batch)
     out = {k: v.long() for k, v in gather_states(sites, values, batch_size).items()}
+    if probabilities:
+        states = {name for name, site in trace.nodes.items() if site["type"] == "sample"
+                  and not site["is_observed"] and site["infer"].get("enumerate")}
+        out["log_joint"] = scores.log_joint(trace, states, model.shard_plate, batch_size,
+                                            model.max_plate_nesting)
+        out["log_evidence"] = scores.log_evidence(model_fn, batch, model.shard_plate,
+                                                  model.max_plate_nesting)
+        out["path_posterior"] = (out["log_joint"] - out["log_evidence"]).exp()
     if marginals:
         elbo = enumdist.EnumELBO(max_plate_nesting=model.max_plate_nesting,
                                  **({"shard_plates": shard_plates} if shard_plates else {}))
@@ -69,19 +85,29 @@ def decode_batch(model: EnumModel, guide, batch: dict, *, temperature: int = 0,
             model.model, guide or (lambda batch: None), unscaled).items()}
         for state, names in sites.items():
             event_size = probs[names[0]].shape[-1]
-            out[f"{state}_marginals"] = gather_states(
-                {state: names}, probs, batch_size, event_size)[state].float()
+            state_marginals = gather_states({state: names}, probs, batch_size, event_size)[state]
+            out[f"{state}_marginals"] = state_marginals.float()
+            out[f"{state}_confidence"] = state_marginals.gather(
+                -1, out[state].unsqueeze(-1)).squeeze(-1).float()
     return out
 
 
-def to_table(batch: dict, decoded: dict[str, torch.Tensor]) -> pa.Table:
-    """One row per item: ``index``, ``length`` and one list column per decoded tensor, cut to
-    the item's ``lengths`` when the batch has them (padding is not decoded output)."""
+def to_table(batch: dict, decoded: dict[str, torch.Tensor],
+             names: list[str | None] | None = None) -> pa.Table:
+    """One row per item: ``index`` (its position in the split), ``name`` (its own identity, or
+    null where the data names none), ``length``, one scalar column per ``[B]`` tensor and one
+    list column per ``[B, positions, ...]`` tensor, cut to the item's ``lengths`` when the batch
+    has them (padding is not decoded output)."""
     index = batch["index"].tolist()
-    positions = next(iter(decoded.values())).shape[1] if decoded else 0
+    positions = max((t.shape[1] for t in decoded.values() if t.dim() > 1), default=0)
     lengths = batch["lengths"].tolist() if "lengths" in batch else [positions] * len(index)
-    columns = {"index": pa.array(index, pa.int64()), "length": pa.array(lengths, pa.int64())}
+    columns = {"index": pa.array(index, pa.int64()),
+               "name": pa.array(names if names is not None else [None] * len(index), pa.string()),
+               "length": pa.array(lengths, pa.int64())}
     for name, tensor in decoded.items():
+        if tensor.dim() == 1:
+            columns[name] = pa.array(tensor.tolist(), pa.float64())
+            continue
         rows = [row[:length].tolist() for row, length in zip(tensor, lengths)]
         columns[name] = pa.array(rows)
     return pa.table(columns)

@@ -9,7 +9,16 @@ Layout under ``<run_dir>/decoded/<split>-temperature<t>/``:
 ``decoded.parquet``                       all chunks in item order (written last, by rank 0);
 ``manifest.json``                         options, chunk list and outputs (written last).
 
-Pictures go to the run dir: ``piano_roll_states.png``, ``transitions.png``, ``loss_curve.png``.
+``decoded.parquet`` has one row per item: ``index`` (position in the split), ``name`` (the
+item's own name, e.g. a chorale's file name; null where the data names none), ``length``, one
+list column per hidden state (``x``, ...) and, with ``probabilities`` (default), ``log_joint``
+(``log p(z, x)`` of the decoded path), ``log_evidence`` (``log p(x)``) and ``path_posterior``
+(``p(z | x)``), see :mod:`.scores`; with ``marginals``, ``<state>_marginals`` (``[length, D]``
+per item) and ``<state>_confidence`` (``p(z_t = decoded state | x)`` per position).
+
+Pictures go to the run dir, for the split's first item: ``piano_roll_states.png`` and
+``transitions.png`` (chain models), ``marginals.png`` (with ``marginals``). The loss picture is
+training's (``train_history.png``).
 Under torch.distributed every rank decodes its own shard of each global step with
 ``infer_discrete(..., shard_plates=[model.shard_plate])`` (a collective call), so all ranks walk
 the same steps; which steps remain is decided once, by rank 0, before anyone writes.
@@ -45,6 +54,7 @@ class DecodeOptions:
     split: str = "test"
     temperature: int = 0
     marginals: bool = False
+    probabilities: bool = True     # per item: log p(z, x), log p(x), p(z | x)
     decode_batch_size: int = 32
     checkpoint: str | None = None  # default <run_dir>/checkpoints/last.ckpt
     seed: int = 0                  # temperature=1: step s samples under seed + s
@@ -112,11 +122,15 @@ def batch_of(table: dict[str, torch.Tensor], items: range, num_steps: int | None
     return dict(batch, index=torch.arange(items.start, items.stop), num_total=num_total)
 
 
+#: bumped when a chunk's columns change, so that chunks of an older layout are never merged
+OUTPUT_FORMAT = 2
+
+
 def fingerprint(checkpoint: Path, options: DecodeOptions) -> str:
     """Chunks are reused only for the same checkpoint file and the same decoding choices."""
     stat = checkpoint.stat()
-    key = (str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns, options.temperature,
-           options.marginals, options.seed)
+    key = (OUTPUT_FORMAT, str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns,
+           options.temperature, options.marginals, options.probabilities, options.seed)
     return hashlib.sha256(repr(key).encode()).hexdigest()[:12]
 
 
@@ -175,7 +189,8 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
 
     datamodule = instantiate(cfg.data)
     load_split = getattr(datamodule, "load_split", None) or datamodule._load_split
-    table = load_split(options.split).table  # raises on empty splits and NaN fields
+    items = load_split(options.split)  # raises on empty splits and NaN fields
+    table, names = items.table, getattr(items, "names", None)
     num_items = next(iter(table.values())).shape[0]
     if num_items == 0:
         raise ValueError(f"split {options.split!r} of run {run_dir} is empty: nothing to decode")
@@ -199,24 +214,27 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
         batch = items_of(items, longest(table, range(steps[step][0].start, steps[step][-1].stop)))
         pyro.set_rng_seed(options.seed + step)
         decoded = decode_batch(model, guide, batch, temperature=options.temperature,
-                               marginals=options.marginals, shard_plates=shard_plates,
+                               marginals=options.marginals,
+                               probabilities=options.probabilities, shard_plates=shard_plates,
                                items_in_step=steps[step][-1].stop - steps[step][0].start)
-        write_chunk(chunk_path(chunk_dir, items), to_table(batch, decoded))
+        item_names = names[items.start:items.stop] if names is not None else None
+        write_chunk(chunk_path(chunk_dir, items), to_table(batch, decoded, item_names))
     if world_size > 1:
         dist.barrier()
 
     outputs = {"decoded": out_dir / "decoded.parquet", "manifest": out_dir / "manifest.json"}
     if options.pictures:
-        outputs.update(loss_curve=run_dir / "loss_curve.png")
         if hasattr(model, "transition_matrices") and model.transition_matrices():
             outputs.update(transitions=run_dir / "transitions.png",
                            piano_roll=run_dir / "piano_roll_states.png")
+        if options.marginals:
+            outputs.update(marginals=run_dir / "marginals.png")
     if rank == 0:
         chunks = [chunk_path(chunk_dir, r) for shards in steps for r in shards]
         merged = pa.concat_tables([pq.read_table(p) for p in chunks])
         write_parquet(merged, outputs["decoded"])
         if options.pictures:
-            _draw(run_dir, model, table, merged, outputs)
+            _draw(model, table, merged, outputs, options.split)
         write_json({"options": dataclasses.asdict(options), "run_dir": str(run_dir),
                     "checkpoint": str(checkpoint), "model": cfg.model.get("_target_"),
                     "num_items": num_items, "world_size": world_size,
@@ -227,17 +245,36 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
     return outputs
 
 
-def _draw(run_dir: Path, model, table: dict, merged: pa.Table, outputs: dict) -> None:
-    history = run_dir / "train_history.csv"
-    if "loss_curve" in outputs:
-        if history.is_file():
-            pictures.loss_curve(history, outputs["loss_curve"])
-        else:
-            outputs.pop("loss_curve")
+#: the marginals picture of a model with one state per item shows this many items
+MAX_ITEMS_PICTURED = 100
+
+
+def _draw(model, table: dict, merged: pa.Table, outputs: dict, split: str) -> None:
+    """The pictures of ``outputs`` (rank 0): the split's first item, or, for states with one
+    position per item (a mixture's assignment), the split's first items side by side."""
+    first = merged.slice(0, 1).to_pylist()[0]
+    title = f"{first['name']} ({split} item {first['index']})" if first["name"] else \
+        f"{split} item {first['index']}"
     if "transitions" in outputs:
-        pictures.transition_heatmaps(model.transition_matrices(), outputs["transitions"])
-        first = merged.slice(0, 1).to_pylist()[0]
+        pictures.save(pictures.transition_figure(model.transition_matrices(),
+                                                 model.transition_conditions()),
+                      outputs["transitions"])
         roll = table["sequences"][first["index"], : first["length"]]
         states = {c: torch.tensor(first[c]) for c in model.chains}
-        pictures.piano_roll_with_states(roll, states, outputs["piano_roll"],
-                                        title=f"item {first['index']}: decoded hidden states")
+        pictures.save(pictures.piano_roll_figure(roll, states,
+                                                 {c: model.hidden_dim for c in model.chains},
+                                                 title=f"{title}: decoded hidden states"),
+                      outputs["piano_roll"])
+    if "marginals" in outputs:
+        names = [c[: -len("_marginals")] for c in merged.column_names if c.endswith("_marginals")]
+        per_item = all(len(first[c]) == 1 for c in names)
+        rows = merged.slice(0, MAX_ITEMS_PICTURED).to_pylist() if per_item else [first]
+        marginals = {c: torch.tensor([p for r in rows for p in r[f"{c}_marginals"]])
+                     for c in names}
+        states = {c: torch.tensor([v for r in rows for v in r[c]]) for c in names}
+        title = f"the first {len(rows)} {split} items" if per_item else title
+        pictures.save(pictures.marginals_figure(marginals, states,
+                                                title=f"{title}: posterior marginals",
+                                                xlabel="item" if per_item else "time step",
+                                                joined=not per_item),
+                      outputs["marginals"])

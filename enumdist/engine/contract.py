@@ -4,9 +4,9 @@ One routine, :func:`contract`, runs every plan. What it computes is set by two p
 
 * a :mod:`semiring <enumdist.engine.semiring>` -- how a variable is summed out (log-sum-exp for
   likelihoods and marginals, max for MAP);
-* a *plate back end* -- how a product over a plate is taken: :class:`LocalPlates` sums the plate
-  dim on this process; ``enumdist.engine.sharding.ShardedPlates`` also adds the partial sums of
-  the other ranks (all-reduce), which makes a plate split across processes exact.
+* a *plate back end* (``plates.py``) -- how a product over a plate is taken: ``LOCAL`` sums the
+  plate dim on this process; the sharded back end also adds the partial sums of the other ranks
+  (all-reduce), which makes a plate split across processes exact.
 
 A plan may also hold :class:`~enumdist.engine.plan.ChainStep` s -- runs of eliminations shaped
 like a first-order chain -- which execute in one call to the fused kernels of ``chain.py``
@@ -28,37 +28,9 @@ import torch
 from enumdist.engine.factors import align
 from enumdist.engine.lazy import STACK, CategoricalTable, LazyBernoulliLogProb, log_tables, stack
 from enumdist.engine.plan import ChainStep, Plan, PlateStep, SumStep
+from enumdist.engine.plates import LOCAL
 
 
-class LocalPlates:
-    """Products over plates on a single process."""
-
-    def prepare(self, problem) -> None:
-        """Hook run once the problem is traced (the sharded back end checks ranks here)."""
-
-    def guarded(self, fn):
-        """Run the tracing function ``fn`` (the sharded back end syncs failures across ranks)."""
-        return fn()
-
-    def plate_sum(self, x: torch.Tensor, positions, absent_count: int, plates,
-                  out_dims=None) -> torch.Tensor:
-        """Sum over the plate dims at ``positions`` (a product in log space); ``out_dims`` name
-        the result's dims (the sharded back end needs them to line ranks up)."""
-        out = x.sum(dim=positions) if positions else x
-        return out * absent_count if absent_count != 1 else out
-
-    def sum_terms(self, local: torch.Tensor, sharded: torch.Tensor) -> torch.Tensor:
-        """Total of terms inside (``sharded``) and outside (``local``) any sharded plate."""
-        return local + sharded
-
-    def touches_shard(self, plates) -> bool:
-        return False
-
-    def broadcast_decision(self, value: torch.Tensor, dims) -> torch.Tensor:
-        return value
-
-
-LOCAL = LocalPlates()
 
 
 def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
@@ -179,12 +151,11 @@ def _chain_emissions(step, slots, num_states, plate_sizes):
             index = torch.tensor(extra_steps, device=emissions.device)
             emissions = emissions.index_add(0, index, torch.stack(extras))
         return emissions
-    emissions = []
-    for var, units in zip(step.vars, step.unary):
-        target = step.plates + (var,)
-        total = sum(align(_dense(slots[slot]), dims, target) for slot, dims in units)
-        emissions.append(total.expand(shape))
-    return torch.stack(emissions, 0)
+    totals = [sum(align(_dense(slots[slot]), dims, step.plates + (var,)) for slot, dims in units)
+              if units else None for var, units in zip(step.vars, step.unary)]
+    like = next(t for t in totals if t is not None)
+    zero = like.new_zeros(())  # a step with no unary term (nothing observed there)
+    return torch.stack([(zero if t is None else t).expand(shape) for t in totals], 0)
 
 
 def _renamed(table, pair):

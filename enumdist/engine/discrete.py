@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import pyro.poutine as poutine
 from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.util import ignore_jit_warnings
 
 from enumdist.engine import trace as trace_stage
-from enumdist.engine.contract import LOCAL, backtrack, contract
+from enumdist.engine.contract import backtrack, contract
 from enumdist.engine.errors import EnumerationError
 from enumdist.engine.layout import to_pyro_layout
-from enumdist.engine.loss import plan_for, problem_sizes
-from enumdist.engine.semiring import for_temperature
+from enumdist.engine.plan import DECODE, default_memory_budget, plan_for, problem_sizes
+from enumdist.engine.plates import LOCAL, plates_for
+from enumdist.engine.semiring import LOG_SUM, for_temperature
 from enumdist.engine.sequential import AsParallel, FixValues
 
 
@@ -46,8 +49,29 @@ def value_of(var, index, dims, plates):
     return to_pyro_layout(table[index], dims, plates, trailing=len(event_shape))
 
 
-def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL):
-    """``{site: value}`` for every enumerated model site (MAP or one posterior sample)."""
+def decode_problem(problem, semiring, plates=LOCAL, memory_budget=None) -> dict:
+    """``{site: value}`` for every enumerated variable of a traced problem: eliminate with
+    ``semiring`` while recording the products, then choose backwards (MAP or a joint sample)."""
+    if not problem.vars:
+        return {}
+    with ignore_jit_warnings():
+        tape = []
+        plan = plan_for(problem, problem.log_factors, memory_budget, DECODE)
+        contract(plan, [t.factor.data for t in problem.log_factors], semiring, plates, tape)
+        decided = backtrack(tape, semiring, problem_sizes(problem), plates)
+        return {
+            name: value_of(problem.vars[name], *decided[name], problem.plates)
+            for name in problem.vars
+        }
+
+
+def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL,
+           memory_budget=None, strict_enumeration_warning=True):
+    """``{site: value}`` for every enumerated model site (MAP or one posterior sample).
+
+    Under ``torch.jit.trace`` the engine's shape bookkeeping (sizes read as Python ints, as in
+    Pyro's own internals) raises no TracerWarning; the model's own code still may.
+    """
     semiring = for_temperature(temperature)
     if first_available_dim is None:
         first_available_dim = guess_first_available_dim(model, args, kwargs)
@@ -57,51 +81,67 @@ def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL):
     def trace():
         requests = trace_stage.EnumRequests(first_available_dim, "model")
         model_trace = poutine.trace(enum(AsParallel()(requests(model)))).get_trace(*args, **kwargs)
-        problem = trace_stage.build_problem(
-            model_trace, poutine.Trace(), max_plate_nesting, validate=True, mask_enumerated=True
-        )
+        with ignore_jit_warnings():
+            problem = trace_stage.build_problem(
+                model_trace, poutine.Trace(), max_plate_nesting, validate=True,
+                mask_enumerated=True, memory_budget=memory_budget,
+            )
         return problem
 
     problem = plates.guarded(trace)
     plates.prepare(problem)
-    if not problem.vars:
-        return {}
-    tape = []
-    plan = plan_for(problem, problem.log_factors)
-    contract(plan, [t.factor.data for t in problem.log_factors], semiring, plates, tape)
-    decided = backtrack(tape, semiring, problem_sizes(problem), plates)
-    return {
-        name: value_of(problem.vars[name], *decided[name], problem.plates)
-        for name in problem.vars
-    }
+    if not problem.vars and strict_enumeration_warning:  # as Pyro's, whatever the validation
+        warnings.warn(
+            "infer_discrete found no sample sites configured for enumeration. Mark discrete "
+            "sites infer={'enumerate': 'parallel'} (or @config_enumerate); the model then "
+            "runs unchanged."
+        )
+    return decode_problem(problem, semiring, plates, memory_budget)
+
+
+def sample_posterior(trace_problem, model, args, kwargs, plates=LOCAL, memory_budget=None):
+    """``TraceEnum_ELBO.sample_posterior``: one joint posterior draw of the model-enumerated
+    sites given the observations and a guide draw, by backward sampling; then ``model`` runs,
+    replayed against that guide draw and with those sites set, and its return value is
+    returned. ``trace_problem()`` traces the problem as the ELBO sees it (enumerated sites
+    unmasked, as ``TraceEnum_ELBO`` has them)."""
+    problem = plates.guarded(trace_problem)
+    plates.prepare(problem)
+    if any(v.in_guide for v in problem.vars.values()):
+        raise NotImplementedError("sample_posterior() is not compatible with guide enumeration")
+    values = decode_problem(problem, LOG_SUM, plates, memory_budget)
+    program = FixValues(values)(model)
+    if any(site["type"] == "sample" for site in problem.guide_trace.nodes.values()):
+        program = poutine.replay(program, trace=problem.guide_trace)
+    return program(*args, **kwargs)
 
 
 def infer_discrete(fn=None, first_available_dim=None, temperature=1, *,
-                   shard_plates=(), process_group=None, strict_enumeration_warning=True):
+                   shard_plates=(), process_group=None, strict_enumeration_warning=True,
+                   memory_budget=None):
     """Pyro's ``infer_discrete`` contract: a function that runs ``fn`` with its enumerated sites
     set to their MAP values (``temperature=0``) or to a joint posterior sample (``1``).
 
     ``shard_plates``: with ``torch.distributed`` initialised, each rank passes its own slice of
-    these plates; local variables are decoded per rank, global ones agree on every rank.
+    these plates; local variables are decoded per rank, global ones agree on every rank (on one
+    process the plates must still exist). ``memory_budget``: bytes; a decoding whose estimated
+    peak is larger is refused before it allocates (default: half the physical memory).
     """
     if fn is None:
         return functools.partial(
             infer_discrete, first_available_dim=first_available_dim, temperature=temperature,
             shard_plates=shard_plates, process_group=process_group,
-            strict_enumeration_warning=strict_enumeration_warning,
+            strict_enumeration_warning=strict_enumeration_warning, memory_budget=memory_budget,
         )
     for_temperature(temperature)  # fail early on a bad temperature
+    budget = default_memory_budget() if memory_budget is None else memory_budget
 
     @functools.wraps(fn)
     def decoded(*args, **kwargs):
-        plates = LOCAL
-        if shard_plates:
-            from enumdist.engine.sharding import ShardedPlates, single_process
-
-            if not single_process(process_group):
-                plates = ShardedPlates(shard_plates, process_group)
+        plates = plates_for(shard_plates, process_group)
         with poutine.block():  # the decoding runs are not part of the caller's trace
-            values = decode(fn, args, kwargs, first_available_dim, temperature, plates)
+            values = decode(fn, args, kwargs, first_available_dim, temperature, plates, budget,
+                            strict_enumeration_warning)
         return FixValues(values)(fn)(*args, **kwargs)
 
     return decoded

@@ -2,47 +2,34 @@
 
 It takes ``TraceEnum_ELBO``'s keyword arguments and offers ``loss``, ``differentiable_loss`` and
 ``loss_and_grads`` (so it is the ``loss`` of ``pyro.infer.SVI`` unchanged), plus
-``compute_marginals``. With ``shard_plates=[...]`` and ``torch.distributed`` initialised, each
-rank passes its own slice of those plates and every rank gets the full-data loss (see
-:mod:`enumdist.engine.sharding` for how that composes with DDP).
+``compute_marginals`` and ``sample_posterior``. With ``shard_plates=[...]`` and
+``torch.distributed`` initialised, each rank passes its own slice of those plates and every
+rank gets the full-data result of each of them (see :mod:`enumdist.engine.sharding` for how
+that composes with DDP).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import warnings
 
-import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.infer.elbo import ELBO
-from pyro.distributions.util import is_validation_enabled
+from pyro.distributions.util import is_validation_enabled, validation_enabled
 
+from enumdist.engine import guide_enum
 from enumdist.engine import loss as loss_stage
 from enumdist.engine import trace as trace_stage
-from enumdist.engine.contract import LOCAL, LocalPlates
+from enumdist.engine.arguments import check_distribution_arguments
+from enumdist.engine.errors import UnsupportedEnumerationError
 from enumdist.engine.observations import forget_checked_observations
-from enumdist.engine.sequential import sequential_elbo
+from enumdist.engine.plan import default_memory_budget
+from enumdist.engine.plates import plates_for
+from enumdist.engine.sequential import AsParallel, sequential_elbo
+from enumdist.engine.site_checks import check_model_guide_match
 
-
-def default_memory_budget() -> int:
-    """Half of this machine's physical memory: a refusal beats an out-of-memory kill."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - exotic platforms
-        return 8 * 2**30
-
-
-class LocalShardCheck(LocalPlates):
-    """Single-process stand-in for sharded plates: still checks that the plates exist."""
-
-    def __init__(self, shard_plates):
-        self.shard_plates = tuple(shard_plates)
-
-    def prepare(self, problem) -> None:
-        from enumdist.engine.sharding import check_shard_plates
-
-        check_shard_plates(self.shard_plates, problem)
+#: the values of ``EnumELBO(validate=...)``
+VALIDATE_MODES = (True, "first", False)
 
 
 class EnumELBO(ELBO):
@@ -54,13 +41,20 @@ class EnumELBO(ELBO):
     :param process_group: the ``torch.distributed`` group to shard over (default: world).
     :param memory_budget: bytes; an elimination that would build a larger tensor is refused
         before it allocates (default: half the physical memory).
-    :param validate: check observations (NaN, support) and enumeration requests.
+    :param validate: ``True`` (default): check, on every call, what Pyro's validation checks --
+        every site's shape against its plates, ``pyro.markov`` dim conflicts, the model/guide
+        agreement -- and the observations (NaN, support); and, while ``pyro.enable_validation``
+        is on (Pyro's default), every distribution's arguments (``Categorical(probs)`` on the
+        simplex, ...). ``"first"``: the same, except that distribution arguments are checked on
+        the first call and on any call whose loss is not finite only, and a data tensor found
+        valid is not checked again until its version counter moves (an opt-out of a few
+        percent of a step; data changed through ``.data`` or a numpy view goes unseen).
+        ``False``: no checks of enumdist's own (torch's follow ``pyro.enable_validation``).
 
-    Distribution arguments (``Categorical(probs)`` lies on the simplex, ...) are checked as Pyro
-    checks them (``pyro.enable_validation``), but only on the first call and on any call whose
-    loss is not finite, which is then run again with the checks to name the bad argument:
-    torch's per-distribution checks cost more than the rest of a step on a long python-loop HMM,
-    and parameters that pass them once only fail them later by turning NaN or infinite.
+    Distribution arguments are checked as Pyro checks them, but stacked: the programs are traced
+    with torch's per-distribution checks off and :mod:`enumdist.engine.arguments` checks the same
+    constraints in one op per group of same-shaped parameters afterwards (torch's checks cost a
+    quarter of a step on a long python-loop HMM; these cost a few percent).
     """
 
     def __init__(
@@ -94,8 +88,11 @@ class EnumELBO(ELBO):
         self.shard_plates = tuple(shard_plates)
         self.process_group = process_group
         self.memory_budget = default_memory_budget() if memory_budget is None else memory_budget
+        if validate not in VALIDATE_MODES:
+            raise ValueError(f"EnumELBO(validate={validate!r}): expected one of {VALIDATE_MODES}")
         self.validate = validate
         self.last_problem = None
+        self._last_call = (plates_for(), ())  # (plate back end, traces) of the last call
         self._arguments_checked = False
         #: bytes all-reduced by the last call (messages, and gradients in loss_and_grads)
         self.last_comm_bytes = 0
@@ -106,14 +103,9 @@ class EnumELBO(ELBO):
         """Pyro's ELBO hook (used by its max_plate_nesting guess): the enumerated traces."""
         return trace_stage.run_traces(model, guide, args, kwargs, self.max_plate_nesting)
 
-    def _plates_backend(self):
-        if not self.shard_plates:
-            return LOCAL
-        from enumdist.engine.sharding import ShardedPlates, single_process
-
-        if single_process(self.process_group):  # one rank holds all the data: nothing to reduce
-            return LocalShardCheck(self.shard_plates)
-        return ShardedPlates(self.shard_plates, self.process_group)
+    def _plates_backend(self, adjoint="sum"):
+        """This call's plate back end (local, single-process shard check, or sharded)."""
+        return plates_for(self.shard_plates, self.process_group, adjoint=adjoint)
 
     def _prepare(self, model, guide, args, kwargs):
         if self.max_plate_nesting == float("inf"):
@@ -129,19 +121,27 @@ class EnumELBO(ELBO):
             model, guide, args, kwargs, self.max_plate_nesting
         )
         if self.validate:
-            trace_stage.check_enumeration_requests(model_trace, guide_trace)
+            if is_validation_enabled():  # Pyro's model/guide rules hold under its validation
+                check_model_guide_match(
+                    model_trace, guide_trace, self.max_plate_nesting,
+                    trace_stage.model_sequential_sites(model_trace, guide_trace))
+            if self._check_arguments_now():
+                check_distribution_arguments((guide_trace, model_trace))
         self._warn_if_nothing_enumerated(model_trace, guide_trace)
         problem = trace_stage.build_problem(
             model_trace,
             guide_trace,
             self.max_plate_nesting,
-            validate=self.validate,
+            validate=bool(self.validate),
             memory_budget=self.memory_budget,
+            remember_valid_data=self.validate == "first",
         )
         return problem
 
     def _warn_if_nothing_enumerated(self, model_trace, guide_trace):
-        if not self.strict_enumeration_warning:
+        """Pyro's rule: under validation, with ``strict_enumeration_warning``, when no sample
+        site of either program asks for enumeration."""
+        if not (self.strict_enumeration_warning and is_validation_enabled()):
             return
         for trace in (guide_trace, model_trace):
             for site in trace.nodes.values():
@@ -156,15 +156,24 @@ class EnumELBO(ELBO):
         plates = self._plates_backend()
 
         def trace():
-            with self._argument_checks():
+            rng_state = torch.random.get_rng_state()
+            with validation_enabled(False):  # distributions' checks: stacked, in trace_problem
                 traces = trace_stage.run_traces(model, guide, args, kwargs,
                                                 self.max_plate_nesting)
             sequential = trace_stage.model_sequential_sites(*traces)
-            if sequential and self.shard_plates:
-                raise NotImplementedError(
-                    f"model sites {sequential} use sequential enumeration, which is not "
-                    "supported together with shard_plates; use infer={'enumerate': 'parallel'}."
-                )
+            if guide_enum.has_sequential_sites(traces[1]):
+                if sequential:
+                    raise UnsupportedEnumerationError(
+                        f"model sites {sequential} use sequential enumeration while the guide "
+                        "has sequentially enumerated sites too; use infer={'enumerate': "
+                        "'parallel'} on one side."
+                    )
+                torch.random.set_rng_state(rng_state)  # re-run as Pyro does, same draws
+                with validation_enabled(False):
+                    runs = guide_enum.sequential_guide_traces(
+                        trace_stage.run_traces, model, guide, args, kwargs,
+                        self.max_plate_nesting)
+                return [self.trace_problem(model, guide, args, kwargs, run) for run in runs]
             if sequential:
                 return sequential, traces
             return self.trace_problem(model, guide, args, kwargs, traces)
@@ -172,17 +181,28 @@ class EnumELBO(ELBO):
         traced = plates.guarded(trace)
         if isinstance(traced, tuple):
             sequential, traces = traced
-            return sequential_elbo(self, model, guide, args, kwargs, sequential, traces)
-        plates.prepare(traced)
-        self.last_problem = traced
-        self.last_comm_bytes = getattr(plates, "bytes_reduced", 0)
-        return loss_stage.elbo(traced, plates, self.memory_budget)
+            value = sequential_elbo(self.trace_problem, model, guide, args, kwargs, sequential,
+                                    traces, plates, self.memory_budget)
+            self.last_comm_bytes = plates.bytes_reduced
+            self._last_call = (plates, traces)
+            return value
+        problems = traced if isinstance(traced, list) else [traced]
+        total = None
+        for problem in problems:  # several for sequentially enumerated guide sites
+            plates.prepare(problem)
+            self.last_problem = problem
+            self._last_call = (plates, (problem.model_trace, problem.guide_trace))
+            value = loss_stage.elbo(problem, plates, self.memory_budget)
+            total = value if total is None else total + value
+        self.last_comm_bytes = plates.bytes_reduced
+        return total
 
-    def _argument_checks(self):
-        """Distribution-argument checks on, as Pyro has them, or off once they have passed."""
-        if self._arguments_checked:
-            return pyro.validation_enabled(False)
-        return contextlib.nullcontext()
+    def _check_arguments_now(self) -> bool:
+        """Check distribution arguments on this call? Always under Pyro's validation, except
+        after a first clean call with ``validate="first"``."""
+        if not is_validation_enabled():
+            return False
+        return not (self.validate == "first" and self._arguments_checked)
 
     def _elbo(self, model, guide, args, kwargs):
         model, guide = self._prepare(model, guide, args, kwargs)
@@ -191,7 +211,8 @@ class EnumELBO(ELBO):
         for _ in range(1 if self.vectorize_particles else self.num_particles):
             total = total + self._particle_elbo(model, guide, args, kwargs)
         total = total / self.num_particles if self.num_particles != 1 else total
-        if checked and torch.is_tensor(total) and not bool(torch.isfinite(total)):
+        if (self.validate == "first" and checked and torch.is_tensor(total)
+                and not bool(torch.isfinite(total))):
             self._arguments_checked = False  # run again with all checks: they name the culprit
             forget_checked_observations()
             return self._elbo(model, guide, args, kwargs)
@@ -222,15 +243,65 @@ class EnumELBO(ELBO):
         loss = -self._elbo(model, guide, args, kwargs)
         if torch.is_tensor(loss) and loss.requires_grad:
             loss.backward(retain_graph=self.retain_graph)
-            if self.shard_plates:
-                from enumdist.engine.sharding import average_gradients
-
-                self.last_comm_bytes += average_gradients(self.last_problem, self.process_group)
+            plates, traces = self._last_call
+            if plates.sharded:
+                self.last_comm_bytes += plates.average_gradients(trace_stage.trace_params(*traces))
         return float(loss.detach()) if torch.is_tensor(loss) else float(loss)
 
+    def _trace_all_parallel(self, model, guide, args, kwargs):
+        """A function tracing the problem with model-side sequential sites made parallel, and
+        blocked from any enclosing trace (these are internal runs)."""
+
+        def trace():
+            with poutine.block():
+                traces = trace_stage.run_traces(AsParallel()(model), guide, args, kwargs,
+                                                self.max_plate_nesting)
+                return self.trace_problem(model, guide, args, kwargs, traces)
+
+        return trace
+
+    def _check_one_particle(self, method):
+        if self.num_particles != 1:
+            raise NotImplementedError(
+                f"EnumELBO.{method}() is not compatible with multiple particles (as in "
+                f"TraceEnum_ELBO); use num_particles=1."
+            )
+
     def compute_marginals(self, model, guide, *args, **kwargs):
-        """Exact posterior marginals ``{site: Categorical}`` of every model-enumerated site."""
+        """Exact posterior marginals of every model-enumerated site, as ``TraceEnum_ELBO``'s:
+        ``{site: distribution}`` (the site's own type for ``Bernoulli`` and
+        ``OneHotCategorical``, else ``Categorical``). Sharded, every rank gets the full-data
+        marginals (of its own items, for variables inside a shard plate)."""
         from enumdist.engine.marginals import compute_marginals
 
+        self._check_one_particle("compute_marginals")
         model, guide = self._prepare(model, guide, args, kwargs)
-        return compute_marginals(self, model, guide, args, kwargs)
+        trace = self._trace_all_parallel(model, guide, args, kwargs)
+        return compute_marginals(trace, self._plates_backend(adjoint="own"), self.memory_budget)
+
+    def sample_posterior(self, model, guide, *args, **kwargs):
+        """One exact draw from the joint posterior of every model-enumerated site, as
+        ``TraceEnum_ELBO.sample_posterior``: runs ``model`` (replayed against a guide draw) with
+        those sites set to the draw and returns what the model returns. Sharded, variables
+        outside the shard plates agree on every rank."""
+        from enumdist.engine.discrete import sample_posterior
+
+        self._check_one_particle("sample_posterior")
+        model, guide = self._prepare(model, guide, args, kwargs)
+        trace = self._trace_all_parallel(model, guide, args, kwargs)
+        return sample_posterior(trace, model, args, kwargs, self._plates_backend(),
+                                self.memory_budget)
+
+
+class JitEnumELBO(EnumELBO):
+    """The name to switch to from ``pyro.infer.JitTraceEnum_ELBO``: the same numbers, no JIT.
+
+    Pyro's ``JitTraceEnum_ELBO`` compiles its loss with ``torch.jit.trace`` to cut the Python
+    overhead of its elimination; compiling takes seconds to minutes on the first call (8-29 s on
+    the chorale HMM), and the compiled graph is only valid while the model's structure and the
+    arguments' shapes stay the same. ``EnumELBO`` plans and runs its elimination eagerly at less
+    cost than a compiled Pyro step (``python experiments/bench_jit_alias.py`` measures one step
+    of each), so this class *is* ``EnumELBO``: it accepts ``JitTraceEnum_ELBO``'s arguments
+    (``ignore_jit_warnings``, ``jit_options``), compiles nothing, and has none of the jit's
+    restrictions (arguments may change shape between calls, the model may branch on values).
+    """

@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from enumdist.engine.errors import SiteShapeError
+
 
 @dataclass(frozen=True)
 class Factor:
@@ -105,11 +107,12 @@ def named_shape(
         if size == 1 and name not in singleton_names:
             continue
         if name is None:
-            raise ValueError(
-                f"{describe} has a batch dimension {pos} of size {size} that belongs to no plate "
-                f"and no enumerated variable. Declare it with pyro.plate(..., dim={pos}), move it "
-                f"into the event with .to_event(), or raise max_plate_nesting if a plate lies "
-                f"there and collides with enumeration dims."
+            raise SiteShapeError(
+                f"invalid log_prob shape: {describe} has a batch dimension {pos} of size {size} "
+                f"that belongs to no plate and no enumerated variable. Declare it with "
+                f"pyro.plate(..., dim={pos}), move it into the event with .to_event(), or raise "
+                f"max_plate_nesting if a plate lies there and collides with enumeration dims "
+                f"(left of the plates: a pyro.markov history shorter than the dependencies)."
             )
         names.append(name)
         sizes.append(size)

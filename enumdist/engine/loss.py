@@ -12,44 +12,11 @@ import math
 
 import torch
 
-from enumdist.engine.contract import LOCAL, contract
-from enumdist.engine.errors import MemoryBudgetError
-from enumdist.engine.factors import align
-from enumdist.engine.plan import cached_plan
+from enumdist.engine.contract import contract
+from enumdist.engine.dice import expected_costs
+from enumdist.engine.plan import plan_for, problem_sizes  # noqa: F401 - re-exported
+from enumdist.engine.plates import LOCAL
 from enumdist.engine.semiring import LOG_SUM
-
-
-def problem_sizes(problem) -> dict[str, int]:
-    sizes = {name: plate.size for name, plate in problem.plates.items()}
-    sizes.update({name: var.size for name, var in problem.vars.items()})
-    return sizes
-
-
-def plan_for(problem, terms, memory_budget=None):
-    """The cached elimination plan for ``terms`` (model log-factors), checked against a budget."""
-    structure = [(t.factor.dims, t.ordinal) for t in terms]
-    sizes = problem_sizes(problem)
-    plan = cached_plan(structure, sizes, problem.sum_vars, problem.plates.keys())
-    if memory_budget is not None and terms:
-        itemsize = terms[0].factor.element_size()
-        dims, numel = plan.largest
-        if numel * itemsize > memory_budget:
-            raise MemoryBudgetError(
-                f"the elimination would build a tensor over {list(dims)} of shape "
-                f"{tuple(sizes[d] for d in dims)} ({_fmt_bytes(numel * itemsize)}), over "
-                f"memory_budget={_fmt_bytes(memory_budget)}. Reduce the number of variables that "
-                "interact at once (pyro.markov history, fewer states), enumerate a global "
-                "variable with infer={'enumerate': 'sequential'}, or raise memory_budget."
-            )
-    return plan
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def full_sum(tensor: torch.Tensor, dims, ordinal, sizes) -> torch.Tensor:
@@ -86,15 +53,18 @@ def _is_one(scale) -> bool:
 
 
 def elbo(problem, plates=LOCAL, memory_budget=None) -> torch.Tensor:
-    """The (differentiable, surrogate) ELBO of one particle."""
+    """The (differentiable, surrogate) ELBO of one particle (one run of the guide)."""
     terms = elbo_terms(problem, plates, memory_budget)
     sizes = problem_sizes(problem)
-    if problem.dice_factors:
-        return dice_expectation(terms, problem.dice_factors, sizes)
-    inside = [full_sum(t, d, o, sizes) for t, d, o in terms if plates.touches_shard(o)]
-    outside = [full_sum(t, d, o, sizes) for t, d, o in terms if not plates.touches_shard(o)]
+    if problem.dice_factors or problem.dice_denominators:
+        summed = expected_costs(terms, problem.dice_factors, problem.dice_denominators, sizes,
+                                problem.plates.keys(), memory_budget)
+    else:
+        summed = [(full_sum(t, d, o, sizes), o) for t, d, o in terms]
     zero = _zero(problem)
-    return plates.sum_terms(sum(outside, zero), sum(inside, zero))
+    inside = sum((v for v, o in summed if plates.touches_shard(o)), zero)
+    outside = sum((v for v, o in summed if not plates.touches_shard(o)), zero)
+    return plates.sum_terms(outside, inside)
 
 
 def _zero(problem):
@@ -102,30 +72,3 @@ def _zero(problem):
         for term in group:
             return term.factor.tensor.new_zeros(())
     return torch.zeros(())
-
-
-def dice_expectation(terms, dice_factors, sizes) -> torch.Tensor:
-    """``sum_t E[cost_t]`` with each cost weighted by the DiCE factors of its upstream sites.
-
-    A cost at ordinal ``t`` depends on the guide's stochastic sites whose plates are a subset of
-    ``t`` (Pyro's coarse dependency rule). Their log-weights are added, exponentiated and
-    multiplied into the cost; entries of zero probability are dropped so that ``0 * -inf`` does
-    not poison the sum.
-    """
-    total = None
-    for tensor, dims, ordinal in terms:
-        weights = [w for w in dice_factors if w.ordinal <= ordinal]
-        all_dims = dict.fromkeys(dims)
-        for w in weights:
-            all_dims.update(dict.fromkeys(w.factor.dims))
-        all_dims.update(dict.fromkeys(sorted(p for p in ordinal if p not in all_dims)))
-        target = tuple(all_dims)
-        shape = tuple(sizes[d] for d in target)
-        cost = align(tensor, dims, target).expand(shape)
-        if weights:
-            log_w = sum(align(w.factor.tensor, w.factor.dims, target) for w in weights)
-            prob = log_w.exp().expand(shape)
-            cost = torch.where(prob > 0, cost * prob, cost.new_zeros(()))
-        value = cost.sum()
-        total = value if total is None else total + value
-    return total

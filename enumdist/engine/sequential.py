@@ -22,7 +22,7 @@ from pyro.poutine.messenger import Messenger
 
 from enumdist.engine import loss as loss_stage
 from enumdist.engine import trace as trace_stage
-from enumdist.engine.contract import LOCAL
+from enumdist.engine.plates import LOCAL
 from enumdist.engine.errors import EnumerationError
 
 
@@ -111,39 +111,49 @@ class _LogSumExpOverRuns(torch.autograd.Function):
         return (None, None, *totals)
 
 
-def sequential_elbo(elbo, model, guide, args, kwargs, names, traces):
+def sequential_elbo(trace_problem, model, guide, args, kwargs, names, traces, plates=LOCAL,
+                    memory_budget=None):
     """The ELBO with the global sites ``names`` enumerated one value (combination) at a time.
 
     Peak memory is that of one run: the forward pass keeps only each run's scalar, and the
     backward pass re-runs the values one after another (same guide sample: the RNG state is
-    restored before every run).
+    restored before every run). ``trace_problem(model, guide, args, kwargs)`` traces one run
+    into an :class:`EnumProblem`. ``plates`` is the call's plate back end: sharded, every run is
+    the full-data one on every rank (each run is traced under ``plates.guarded``, so a failure
+    on one rank stops all of them), and so is their log-sum-exp.
     """
     supports = _supports(traces[0], names)
     cpu_state = torch.random.get_rng_state()
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
 
     def problem_for(combination):
-        torch.random.set_rng_state(cpu_state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state_all(cuda_state)
-        fixed = FixValues(dict(zip(names, combination)))(model)
-        problem = elbo.trace_problem(fixed, guide, args, kwargs)
-        _check_unscaled(problem, names)
+        def trace():
+            torch.random.set_rng_state(cpu_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state_all(cuda_state)
+            fixed = FixValues(dict(zip(names, combination)))(model)
+            problem = trace_problem(fixed, guide, args, kwargs)
+            _check_unscaled(problem, names)
+            return problem
+
+        problem = plates.guarded(trace)
+        plates.prepare(problem)
         return problem
 
     def run(combination):
         problem = problem_for(combination)
         problem.guide_costs = []  # the guide term is added once, below
-        return loss_stage.elbo(problem, LOCAL, elbo.memory_budget)
+        return loss_stage.elbo(problem, plates, memory_budget)
 
     combinations = list(itertools.product(*supports))
     first = problem_for(combinations[0])
     sizes = loss_stage.problem_sizes(first)
-    guide_part = sum(
-        (-loss_stage.full_sum(t.factor.tensor * t.scale, t.factor.dims, t.ordinal, sizes)
-         for t in first.guide_costs),
-        torch.zeros(()),
-    )
+    guide_terms = {True: torch.zeros(()), False: torch.zeros(())}
+    for t in first.guide_costs:
+        inside = plates.touches_shard(t.ordinal)
+        guide_terms[inside] = guide_terms[inside] - loss_stage.full_sum(
+            t.factor.tensor * t.scale, t.factor.dims, t.ordinal, sizes)
+    guide_part = plates.sum_terms(guide_terms[False], guide_terms[True])
     params = [p for p in trace_stage.trace_params(first.model_trace, first.guide_trace)
               if p.requires_grad]
     del first

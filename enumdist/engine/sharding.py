@@ -31,52 +31,46 @@ import zlib
 
 import torch
 import torch.distributed as tdist
+from pyro.poutine.indep_messenger import IndepMessenger
 
-from enumdist.engine.contract import LocalPlates
+from enumdist.engine.plates import LocalPlates, check_shard_plates, single_process  # noqa: F401
 from enumdist.engine.errors import EnumerationError, ModelStructureError, ShardError
 from enumdist.engine.factors import expand_plates
-from enumdist.engine.trace import trace_params
+from enumdist.engine.trace import EnumProblem
 
 
 class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks; the backward pass sums the gradients over ranks too."""
+    """Sum over ranks. Backward: the sum of the ranks' gradients (``sum_ranks=True``, for
+    training with gradients averaged afterwards) or this rank's own gradient (the exact
+    derivative of the common sum with respect to this rank's input)."""
 
     @staticmethod
-    def forward(ctx, tensor, group):
-        ctx.group = group
+    def forward(ctx, tensor, group, sum_ranks):
+        ctx.group, ctx.sum_ranks = group, sum_ranks
         out = tensor.clone()
         tdist.all_reduce(out, op=tdist.ReduceOp.SUM, group=group)
         return out
 
     @staticmethod
     def backward(ctx, grad):
+        if not ctx.sum_ranks:
+            return grad, None, None
         grad = grad.contiguous().clone()
         tdist.all_reduce(grad, op=tdist.ReduceOp.SUM, group=ctx.group)
-        return grad, None
-
-
-def single_process(group=None) -> bool:
-    """True when ``torch.distributed`` is not running, or runs a single rank."""
-    if not (tdist.is_available() and tdist.is_initialized()):
-        return True
-    return tdist.get_world_size(group) == 1
-
-
-def check_shard_plates(shard_plates, problem) -> None:
-    missing = sorted(set(shard_plates) - set(problem.plates))
-    if missing:
-        raise EnumerationError(
-            f"shard_plates names {missing}, but the model has no such plate (its plates: "
-            f"{sorted(problem.plates)}); name a plate the data is split along."
-        )
+        return grad, None, None
 
 
 class ShardedPlates(LocalPlates):
     """Plate back end for plates whose elements are split across the ranks of ``group``."""
 
-    def __init__(self, shard_plates, group=None):
+    sharded = True
+
+    def __init__(self, shard_plates, group=None, adjoint="sum"):
+        if adjoint not in ("sum", "own"):
+            raise ValueError(f"adjoint must be 'sum' or 'own', got {adjoint!r}")
         self.shard = frozenset(shard_plates)
         self.group = group
+        self.adjoint = adjoint
         self.world_size = tdist.get_world_size(group)
         self.rank = tdist.get_rank(group)
         self.bytes_reduced = 0
@@ -85,7 +79,7 @@ class ShardedPlates(LocalPlates):
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         self.bytes_reduced += tensor.numel() * tensor.element_size()
-        return _AllReduceSum.apply(tensor, self.group)
+        return _AllReduceSum.apply(tensor, self.group, self.adjoint == "sum")
 
     def _src(self) -> int:
         return tdist.get_global_rank(self.group, 0) if self.group is not None else 0
@@ -94,6 +88,9 @@ class ShardedPlates(LocalPlates):
 
     def touches_shard(self, plates) -> bool:
         return bool(self.shard.intersection(plates))
+
+    def average_gradients(self, params) -> int:
+        return average_gradients(params, self.group)
 
     def plate_sum(self, x, positions, absent_count, plates, out_dims=None):
         out = super().plate_sum(x, positions, absent_count, plates, out_dims)
@@ -109,6 +106,7 @@ class ShardedPlates(LocalPlates):
             return value  # a local variable: each rank decides its own elements
         def broadcast(canonical):
             canonical = canonical.contiguous()
+            self.bytes_reduced += canonical.numel() * canonical.element_size()
             tdist.broadcast(canonical, src=self._src(), group=self.group)
             return canonical
 
@@ -117,18 +115,42 @@ class ShardedPlates(LocalPlates):
     # -- before any data crosses ranks ------------------------------------------------------
 
     def guarded(self, fn):
-        """Run ``fn`` (tracing), then agree with all ranks that it worked everywhere."""
-        error, result, one_item = None, None, False
+        """Run ``fn`` (tracing), then agree with all ranks that it worked everywhere.
+
+        The ranks exchange a small status -- did tracing fail, a hash of the structure, and
+        the local size of every shard plate -- so that a failure, a different model or an
+        empty shard on one rank makes every rank raise the same error instead of leaving the
+        others blocked in an all-reduce.
+        """
+        error, result, signature = None, None, ""
+        shard = sorted(self.shard)
+        local_sizes = [-1] * len(shard)  # -1: the plate was not traced (tracing failed)
         try:
             result = fn()
-            signature = structure_signature(result, self.shard)
-            one_item = any(result.plates[p].size == 1 for p in self.shard if p in result.plates)
+            if isinstance(result, EnumProblem):
+                signature = structure_signature(result, self.shard)
+                local_sizes = [result.plates[p].size if p in result.plates else -1 for p in shard]
+            else:  # not traced into a problem yet (sequential enumeration traces per value)
+                signature = repr(type(result))
         except Exception as exc:  # noqa: BLE001 - reported to all ranks below
-            error, signature = exc, ""
-        status = torch.tensor([error is not None, zlib.crc32(signature.encode()), one_item],
+            error = exc
+            empty = _empty_plate(exc)
+            if empty in shard:
+                local_sizes[shard.index(empty)] = 0
+        status = torch.tensor([error is not None, zlib.crc32(signature.encode()), *local_sizes],
                               dtype=torch.int64)
         statuses = [torch.zeros_like(status) for _ in range(self.world_size)]
         tdist.all_gather(statuses, status, group=self.group)
+        self.bytes_reduced += status.numel() * status.element_size() * self.world_size
+        sizes = {(r, p): int(s[2 + i]) for r, s in enumerate(statuses) for i, p in enumerate(shard)}
+        empty = sorted((r, p) for (r, p), n in sizes.items() if n == 0)
+        if empty:
+            raise ShardError(
+                "sharded enumeration stopped on every rank because "
+                + "; ".join(f"rank {r} holds no items of plate '{p}'" for r, p in empty)
+                + ". Give every rank at least one item of each shard plate (e.g. fewer ranks, "
+                "or a split that leaves no rank empty)."
+            )
         failed = [r for r, s in enumerate(statuses) if s[0]]
         if failed:
             messages = [None] * self.world_size
@@ -141,7 +163,7 @@ class ShardedPlates(LocalPlates):
             summaries = [None] * self.world_size
             tdist.all_gather_object(summaries, signature, group=self.group)
             raise ModelStructureError(describe_mismatch(summaries, self.rank))
-        if any(s[2] for s in statuses):
+        if any(n == 1 for n in sizes.values()) and isinstance(result, EnumProblem):
             self.canonicalise(result)
         return result
 
@@ -171,6 +193,21 @@ class ShardedPlates(LocalPlates):
             for term in problem.log_factors + problem.costs + problem.guide_costs:
                 if name in term.ordinal:
                     term.scale = term.scale * correction
+
+
+def _empty_plate(exc) -> str | None:
+    """The plate whose construction raised ``exc`` because its size was 0, if that is what
+    happened (Pyro refuses ``pyro.plate(name, 0)`` with a ZeroDivisionError)."""
+    if not isinstance(exc, ZeroDivisionError):
+        return None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "__init__" and isinstance(frame.f_locals.get("self"),
+                                                             IndepMessenger):
+            return frame.f_locals.get("name")
+        tb = tb.tb_next
+    return None
 
 
 def _in_canonical_order(tensor, dims, collective):
@@ -216,13 +253,12 @@ def describe_mismatch(summaries, rank) -> str:
     )
 
 
-def average_gradients(problem, group=None) -> int:
-    """Average the ``.grad`` of the traced parameters over ranks (in one all-reduce).
+def average_gradients(params, group=None) -> int:
+    """Average the ``.grad`` of ``params`` over the ranks of ``group`` (in one all-reduce).
 
     Returns the number of bytes reduced.
     """
-    params = [p for p in trace_params(problem.model_trace, problem.guide_trace)
-              if p.requires_grad]
+    params = [p for p in params if p.requires_grad]
     if not params:
         return 0
     flat = torch.cat([

@@ -26,8 +26,10 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 from enumdist.engine.errors import EnumerationError, MemoryBudgetError
 from enumdist.engine.factors import Factor, compact, name_dims
+from enumdist.engine.guide_enum import dice_factor, num_samples
 from enumdist.engine.lazy import enumerated_table, lazy_log_prob
 from enumdist.engine.observations import check_observations, site_mask
+from enumdist.engine.site_checks import check_markov_history, check_site_shape
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,9 @@ class EnumProblem:
     log_factors: list[ModelTerm] = field(default_factory=list)  # enter the elimination
     costs: list[ModelTerm] = field(default_factory=list)  # plain expected costs (sign: +log p)
     guide_costs: list[ModelTerm] = field(default_factory=list)  # -log q terms
-    dice_factors: list[ModelTerm] = field(default_factory=list)  # guide weights (see elbo.py)
+    dice_factors: list[ModelTerm] = field(default_factory=list)  # guide weights (see dice.py)
+    # ordinal -> log number of sequential runs of the guide's sites there (see guide_enum.py)
+    dice_denominators: dict = field(default_factory=dict)
     model_trace: object = None
     guide_trace: object = None
 
@@ -202,7 +206,8 @@ class EnumRequests(Messenger):
         how = msg["infer"].get("enumerate")
         if not how or msg["is_observed"]:
             return
-        if not getattr(msg["fn"], "has_enumerate_support", False):
+        monte_carlo = self.who == "guide" and num_samples(msg) is not None
+        if not monte_carlo and not getattr(msg["fn"], "has_enumerate_support", False):
             raise EnumerationError(
                 f"{self.who} site '{msg['name']}' asks for enumeration but its "
                 f"{type(msg['fn']).__name__} distribution has no finite support to "
@@ -212,18 +217,20 @@ class EnumRequests(Messenger):
         self.requested.add(msg["name"])
 
 
-def run_traces(model, guide, args, kwargs, max_plate_nesting: int):
+def run_traces(model, guide, args, kwargs, max_plate_nesting: int, guide_wrapper=None):
     """Run ``guide`` then ``model`` (replayed against it) under parallel enumeration.
 
     Guide enumeration starts at dim ``-1 - max_plate_nesting``; the model continues to the left,
     as in ``TraceEnum_ELBO``. The model trace records the sites that asked for enumeration in
-    ``model_trace.enumerate_requests``.
+    ``model_trace.enumerate_requests``. ``guide_wrapper`` (a handler) goes outside the guide's
+    enumeration, where ``TraceEnum_ELBO`` puts its ``poutine.queue`` for sequential sites.
     """
     first = -1 - max_plate_nesting
     guide_enum = EnumMessenger(first_available_dim=first)
-    guide_trace = poutine.trace(guide_enum(EnumRequests(first, "guide")(guide))).get_trace(
-        *args, **kwargs
-    )
+    guide_program = guide_enum(EnumRequests(first, "guide")(guide))
+    if guide_wrapper is not None:
+        guide_program = guide_wrapper(guide_program)
+    guide_trace = poutine.trace(guide_program).get_trace(*args, **kwargs)
     model_enum = EnumMessenger()  # continues the allocator state left by the guide
     requests = EnumRequests(first, "model")
     program = model_enum(requests(model))
@@ -335,17 +342,19 @@ def build_problem(
     validate: bool = True,
     memory_budget=None,
     mask_enumerated: bool = False,
+    remember_valid_data: bool = False,
 ):
     """Classify every site of the two traces into factors of an :class:`EnumProblem`.
 
     ``mask_enumerated=True`` applies masks to enumerated sites too, as ``infer_discrete`` does
-    (``TraceEnum_ELBO`` ignores them there).
+    (``TraceEnum_ELBO`` ignores them there). ``validate`` runs :func:`check_sites` first
+    (``remember_valid_data``: see :func:`~enumdist.engine.observations.check_observations`).
     """
     plates, variables, id_to_var = collect_vars(model_trace, guide_trace, max_plate_nesting)
     problem = EnumProblem(plates, variables, model_trace=model_trace, guide_trace=guide_trace)
     sum_vars = problem.sum_vars
     if validate:
-        check_observations(site for _, site in _sample_sites(model_trace) if site["is_observed"])
+        check_sites(model_trace, guide_trace, max_plate_nesting, remember_valid_data)
 
     for name, site in _sample_sites(model_trace):
         layout = _layout(site)
@@ -353,7 +362,8 @@ def build_problem(
         describe = f"model site '{name}'"
         _preflight(site, memory_budget, "model")
         dim_names = _dim_names(site, id_to_var, max_plate_nesting)
-        if name in variables:  # enumerated in the model: plain log-prob, no mask, no scale
+        if name in variables and not variables[name].in_guide:
+            # enumerated in the model: plain log-prob, no mask, no scale
             table = None if mask_enumerated and site["mask"] is False else enumerated_table(
                 site, name, dim_names, describe, layout.singletons,
                 site_mask(site) if mask_enumerated else None)
@@ -387,28 +397,29 @@ def build_problem(
             return name_dims(tensor, dim_names, describe=f"guide site '{name}'",
                              singleton_names=layout.singletons)
 
+        _preflight(site, memory_budget, "guide")
         log_q = _log_prob(site)
-        problem.guide_costs.append(
-            ModelTerm(name, named(_mask(log_q, site["mask"])), ordinal, site["scale"]))
-        if name in variables:  # enumerated in the guide: weight q(z), with its gradient
-            problem.dice_factors.append(ModelTerm(name, named(log_q), ordinal))
-        elif not site["fn"].has_rsample:  # Monte Carlo, not reparameterised: score function
-            problem.dice_factors.append(ModelTerm(name, named(log_q - log_q.detach()), ordinal))
+        masked_log_q = _mask(log_q, site["mask"])
+        problem.guide_costs.append(ModelTerm(name, named(masked_log_q), ordinal, site["scale"]))
+        weight, log_denominator = dice_factor(site, log_q, masked_log_q, name in variables)
+        if weight is not None:
+            problem.dice_factors.append(ModelTerm(name, named(weight), ordinal))
+        if log_denominator:
+            problem.dice_denominators[ordinal] = (
+                problem.dice_denominators.get(ordinal, 0.0) + log_denominator)
     return problem
 
 
-def check_enumeration_requests(model_trace, guide_trace):
-    """A model site that asks for enumeration must not be Monte Carlo sampled by the guide."""
-    for name in sorted(getattr(model_trace, "enumerate_requests", ())):
-        guide_site = guide_trace.nodes.get(name)
-        if guide_site is not None and not guide_site["infer"].get("enumerate"):
-            raise EnumerationError(
-                f"model site '{name}' is marked for enumeration but the guide samples it "
-                f"(without enumerating it). TraceEnum_ELBO would silently use the guide's "
-                f"sample and not enumerate; either hide it from the guide "
-                f"(poutine.block(guide, hide=['{name}']) or AutoGuide(poutine.block(model, "
-                f"hide=['{name}']))) or drop its infer={{'enumerate': ...}}."
-            )
+def check_sites(model_trace, guide_trace, max_plate_nesting: int, remember_valid_data=False):
+    """Every site's shape against its plates, ``pyro.markov`` dim conflicts, and the model's
+    observations (NaN, support): what must hold before any log-prob is computed."""
+    for who, trace in (("guide", guide_trace), ("model", model_trace)):
+        last_site_at_dim = {}
+        for _, site in _sample_sites(trace):
+            check_site_shape(site, _layout(site).plates, max_plate_nesting, who)
+            check_markov_history(site, who, last_site_at_dim)
+    check_observations((site for _, site in _sample_sites(model_trace) if site["is_observed"]),
+                       remember_valid_data=remember_valid_data)
 
 
 def trace_params(*traces) -> list:

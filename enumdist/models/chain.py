@@ -92,7 +92,14 @@ class ChainModel(EnumModel):
         return {c: [f"{c}_{t}" for t in range(num_steps)] for c in self.chains}
 
     def transition_matrices(self) -> dict[str, torch.Tensor]:
-        """Learned transition matrices, for pictures; chain name -> ``[..., D, D]``."""
+        """Learned transition matrices, for pictures; chain name -> ``[..., D, D]``, the leading
+        dims being what else the transition is conditioned on (see
+        :meth:`transition_conditions`)."""
+        return {}
+
+    def transition_conditions(self) -> dict[str, tuple[str, ...]]:
+        """Chain name -> names of the leading dims of its transition matrix (e.g.
+        ``("x_{t-2}",)``); chains with plain ``[D, D]`` transitions need no entry."""
         return {}
 
     # ---- helpers for subclasses -----------------------------------------------------------

@@ -114,6 +114,9 @@ class PartiallyFactorialHMM(ChainModel):
     def transition_matrices(self):
         return {"w": self.transition_w.detach(), "x": self.transition_x.detach()}
 
+    def transition_conditions(self):
+        return {"x": ("w_t",)}
+
     def model(self, batch):
         initial_w, initial_x = self.initial_w, self.initial_x
         transition_w, transition_x, emission = self.transition_w, self.transition_x, self.emission
@@ -178,8 +181,10 @@ class SecondOrderHMM(ChainModel):
         self.emission = random_key_probs(D, K)
 
     def transition_matrices(self):
-        # marginal picture: average over x_{t-2}
-        return {"x": self.transition.detach().mean(0)}
+        return {"x": self.transition.detach()}  # [x_{t-2}, x_{t-1}, x_t]
+
+    def transition_conditions(self):
+        return {"x": ("x_{t-2}",)}
 
     def model(self, batch):
         initial, first, transition = self.initial, self.first_transition, self.transition

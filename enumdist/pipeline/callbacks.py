@@ -1,69 +1,60 @@
 """Small callbacks and the atomic checkpoint writer.
 
-- :class:`TrainHistory` writes ``<run_dir>/train_history.csv`` (``step,loss_per_obs``) on rank 0,
-  atomically, and keeps its rows in checkpoints so a resumed run continues the same file.
+- :class:`TrainHistory` writes ``<run_dir>/train_history.csv`` (``step,loss_per_obs,
+  valid_loss_per_obs``) and the run's loss picture on rank 0, atomically, and keeps its rows in
+  checkpoints so a resumed run continues the same file.
 - :class:`Throughput` logs observations per second of the global batch.
 - :class:`ClassAccuracy` logs held-out accuracy of the MAP class (semi-supervised classifiers).
-- :class:`AtomicCheckpointIO` writes checkpoints to a temporary file *in the target directory*
-  and renames it into place. Lightning's own writer goes through ``fsspec``'s transaction,
-  which writes to ``tempfile.mkstemp()`` (``/tmp``) and then ``shutil.move``s: that is a copy,
-  not an atomic rename, whenever ``/tmp`` is another filesystem than the run directory.
+- :class:`AtomicCheckpointIO` (in :mod:`enumdist.pipeline.checkpoint_files`, re-exported here)
+  writes checkpoints atomically with a checksum sidecar and reads them back verified.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins import TorchCheckpointIO
 
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into a same-directory temporary file, then ``os.replace``."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_write(path, lambda f: torch.save(checkpoint, f))
+from enumdist.pipeline.checkpoint_files import AtomicCheckpointIO, atomic_write  # noqa: F401 - re-exported
 
 
 class TrainHistory(pl.Callback):
-    """Rank 0 keeps ``(step, loss_per_obs)`` and rewrites the CSV every ``every_n_steps`` and at the end."""
+    """Rank 0 keeps ``(step, loss_per_obs, valid_loss_per_obs)`` and rewrites the CSV every
+    ``every_n_steps`` and at the end, where it also draws the run's one loss picture
+    (``train_history.png``: training and validation loss against step).
 
-    def __init__(self, path: str, every_n_steps: int = 10, key: str = "train/loss_per_obs"):
-        self.path, self.every_n_steps, self.key = path, every_n_steps, key
-        self.rows: list[list[float]] = []
+    A validation run at step ``s`` fills ``valid_loss_per_obs`` of the row of step ``s`` (the
+    training step it followed); the column is empty on steps without one.
+    """
+
+    COLUMNS = ("step", "loss_per_obs", "valid_loss_per_obs")
+
+    def __init__(self, path: str, every_n_steps: int = 10, key: str = "train/loss_per_obs",
+                 valid_key: str = "valid/loss_per_obs"):
+        self.path, self.every_n_steps, self.key, self.valid_key = path, every_n_steps, key, valid_key
+        self.rows: list[list[float | None]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         value = trainer.callback_metrics.get(self.key)
         if value is None:
             return
-        self.rows.append([trainer.global_step, float(value)])
+        self.rows.append([trainer.global_step, float(value), None])
         if trainer.is_global_zero and trainer.global_step % self.every_n_steps == 0:
             self.write()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        value = trainer.callback_metrics.get(self.valid_key)
+        if trainer.sanity_checking or value is None:
+            return
+        if self.rows and self.rows[-1][0] == trainer.global_step:
+            self.rows[-1][2] = float(value)
+        else:  # a validation before any training step of this run
+            self.rows.append([trainer.global_step, None, float(value)])
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
@@ -71,22 +62,20 @@ class TrainHistory(pl.Callback):
             self.plot()
 
     def plot(self) -> None:
-        """``train_history.png`` next to the CSV: loss per observation against step."""
-        import matplotlib
-
-        matplotlib.use("Agg")
+        """``train_history.png`` next to the CSV (see :func:`loss_figure`)."""
         import matplotlib.pyplot as plt
 
-        figure, axes = plt.subplots(figsize=(5, 3.5))
-        axes.plot([r[0] for r in self.rows], [r[1] for r in self.rows])
-        axes.set(xlabel="step", ylabel="training loss per observation (nats)")
-        figure.tight_layout()
+        figure = loss_figure(self.rows)
         atomic_write(Path(self.path).with_suffix(".png"), lambda f: figure.savefig(f, format="png"))
         plt.close(figure)
 
     def write(self) -> None:
+        def cell(value):
+            return "" if value is None else repr(value)
+
         def write_csv(f):
-            text = "step,loss_per_obs\n" + "".join(f"{int(s)},{v!r}\n" for s, v in self.rows)
+            text = ",".join(self.COLUMNS) + "\n" + "".join(
+                f"{int(s)},{cell(v)},{cell(w)}\n" for s, v, w in self.rows)
             f.write(text.encode())
         atomic_write(self.path, write_csv)
 
@@ -94,7 +83,30 @@ class TrainHistory(pl.Callback):
         return {"rows": [list(r) for r in self.rows]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.rows = [list(r) for r in state_dict["rows"]]
+        # rows of checkpoints written before the validation column have two entries
+        self.rows = [(list(r) + [None])[:3] for r in state_dict["rows"]]
+
+
+def loss_figure(rows):
+    """Training and validation loss per observation against step, from ``(step, train, valid)``
+    rows (``None`` where a row has no such value); the validation points are marked, as there
+    are few of them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    train = [(s, v) for s, v, _ in rows if v is not None]
+    valid = [(s, w) for s, _, w in rows if w is not None]
+    if train:
+        axes.plot(*zip(*train), label="training (this step's batch)")
+    if valid:
+        axes.plot(*zip(*valid), marker="o", label="validation (whole split)")
+    axes.set(xlabel="step", ylabel="loss per observation (nats)", title="loss")
+    axes.legend()
+    figure.tight_layout()
+    return figure
 
 
 class Throughput(pl.Callback):
@@ -161,6 +173,7 @@ class SaveRankParameters(pl.Callback):
 
 
 def read_history(path: str | os.PathLike) -> list[tuple[int, float]]:
-    """The rows of a ``train_history.csv``."""
+    """The training rows ``(step, loss_per_obs)`` of a ``train_history.csv``."""
     with open(path) as f:
-        return [(int(r["step"]), float(r["loss_per_obs"])) for r in csv.DictReader(f)]
+        return [(int(r["step"]), float(r["loss_per_obs"])) for r in csv.DictReader(f)
+                if r["loss_per_obs"] not in (None, "")]

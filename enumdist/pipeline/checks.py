@@ -2,18 +2,82 @@
 
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key."""
+
+
+class Rule:
+    """A config value's type and range: ``kind`` (``int`` or ``float``, ints accepted for floats),
+    ``optional`` (null allowed), ``valid(value)`` and the words for what is expected."""
+
+    def __init__(self, key: str, kind: type, valid, expected: str, optional: bool = False):
+        self.key, self.kind, self.valid, self.expected, self.optional = key, kind, valid, expected, optional
+
+    def check(self, value: Any) -> str | None:
+        """The problem with ``value`` in words, or ``None``."""
+        if value is None:
+            return None if self.optional else f"{self.key}=null: expected {self.expected}"
+        kinds = (int, float) if self.kind is float else (int,)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return (f"{self.key}={value!r} is a {type(value).__name__}, expected {self.kind.__name__}: "
+                    f"{self.expected}")
+        return None if self.valid(value) else f"{self.key}={value!r}: expected {self.expected}"
+
+
+POSITIVE = lambda v: v > 0  # noqa: E731
+VALUE_RULES = (
+    Rule("trainer.max_steps", int, lambda v: v > 0 or v == -1,
+         "a positive number of optimiser steps (or -1: stop by trainer.max_epochs)"),
+    Rule("trainer.max_epochs", int, lambda v: v > 0 or v == -1, "a positive number of epochs (or -1)",
+         optional=True),
+    Rule("trainer.num_nodes", int, POSITIVE, "a positive number of nodes"),
+    Rule("trainer.check_val_every_n_epoch", int, POSITIVE, "a positive number of epochs", optional=True),
+    Rule("trainer.log_every_n_steps", int, POSITIVE, "a positive number of steps", optional=True),
+    Rule("trainer.process_group_timeout_s", float, POSITIVE, "a positive number of seconds", optional=True),
+    Rule("optim.optimizer.lr", float, POSITIVE, "a positive learning rate"),
+    Rule("optim.gradient_clip_val", float, POSITIVE, "a positive gradient norm (or null: no clipping)",
+         optional=True),
+    Rule("data.batch_size", int, POSITIVE, "a positive number of items per rank (or null: full batch)",
+         optional=True),
+    Rule("data.eval_batch_size", int, POSITIVE, "a positive number of items (or null: full split)", optional=True),
+    Rule("data.max_items", int, POSITIVE, "a positive number of items (or null: all)", optional=True),
+    Rule("callbacks.model_checkpoint.every_n_train_steps", int, POSITIVE, "a positive number of steps",
+         optional=True),
+    Rule("callbacks.model_checkpoint.save_top_k", int, lambda v: v >= -1, "-1 (all), 0 or a positive number"),
+    Rule("callbacks.train_history.every_n_steps", int, POSITIVE, "a positive number of steps"),
+)
+
+
+def check_values(cfg: DictConfig, rules: tuple[Rule, ...] = VALUE_RULES) -> None:
+    """Refuse, before anything runs, values that cannot work (every problem at once, each naming
+    its key): mandatory values left ``???`` and the typed ranges of :data:`VALUE_RULES` (a key the
+    config does not have is not checked)."""
+    problems = [f"{key} is missing (???): set {key}=<value>" + MISSING_HINTS.get(key, "")
+                for key in sorted(OmegaConf.missing_keys(cfg))]
+    for rule in rules:
+        parent, _, leaf = rule.key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None, throw_on_missing=False)
+        if isinstance(node, DictConfig) and leaf in node and not OmegaConf.is_missing(node, leaf):
+            problem = rule.check(OmegaConf.select(cfg, rule.key))
+            if problem:
+                problems.append(problem)
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+MISSING_HINTS = {
+    "data.load.path": " (data=saved reads <path>/train.pt, valid.pt and test.pt, each a torch.save'd "
+                      "dict of per-item tensors)",
+}
 
 
 def instantiate_group(cfg: DictConfig, key: str, **kwargs) -> Any:
@@ -60,14 +124,24 @@ def check_decoding(cfg: DictConfig) -> None:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | os.PathLike) -> str | None:
-    """``"last"``: the newest of ``<run_dir>/checkpoints/last.ckpt`` and SLURM's
-    ``<run_dir>/hpc_ckpt_*.ckpt``, or ``None`` (fresh start) when there is none; a path must exist."""
+    """``"last"``: the checkpoint with the highest recorded step among ``<run_dir>/checkpoints/*.ckpt``
+    and SLURM's ``<run_dir>/hpc_ckpt_*.ckpt`` whose bytes verify (corrupt ones are skipped with a
+    warning; see :mod:`enumdist.pipeline.checkpoint_files`), or ``None`` (fresh start) when there is
+    none. A given path must exist and verify."""
+    from enumdist.pipeline.checkpoint_files import newest_intact, read_record, verify
+
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        candidates = glob.glob(os.path.join(run_dir, "hpc_ckpt_*.ckpt"))
-        candidates += glob.glob(os.path.join(run_dir, "checkpoints", "last.ckpt"))
-        return max(candidates, key=os.path.getmtime) if candidates else None
+        found = newest_intact(run_dir, Path(run_dir) / "checkpoints")
+        legacy = Path(run_dir) / "checkpoints" / "last.ckpt"
+        if found is None and legacy.is_file() and read_record(legacy) is None:
+            # a run from before checksums: loaded weights-only, unverified (with a warning)
+            found = legacy
+        if found is not None:
+            print(f"ckpt_path=last: resuming from {found}", flush=True)
+        return None if found is None else str(found)
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path!r} does not exist (use ckpt_path=last to resume a run directory)")
+    verify(ckpt_path)
     return str(ckpt_path)

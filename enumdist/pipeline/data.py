@@ -13,6 +13,11 @@ Sharding: each step draws one *global* batch (the whole split, or a minibatch of
 disjoint, nearly equal shards; rank ``r`` gets shard ``r``. Unlike ``DistributedSampler`` no item
 is ever repeated to even the shards out, so the union of the shards is the global batch and a
 sharded exact ELBO equals the single-process one. Every rank sees the same number of steps.
+
+Resuming: the training loader is a :class:`ResumableLoader`, which Lightning treats as a stateful
+data loader (``state_dict``/``load_state_dict``): a checkpoint records the epoch and how many of its
+batches training has consumed, and a resumed run skips exactly those, so it sees the batches the
+uninterrupted run would have seen (a plain loader restarts the epoch from its first batch).
 """
 
 from __future__ import annotations
@@ -65,12 +70,26 @@ def as_item_table(loaded: Any, where: str) -> dict[str, torch.Tensor]:
     return table
 
 
-class ItemTable(Dataset):
-    """Items of one split; ``dataset[i]`` or ``dataset[(i, steps)]`` is ``(i, {field: Tensor[...]}, steps)``."""
+def item_names(loaded: Any, num_items: int, where: str) -> list[str] | None:
+    """The items' own names, when the loader gives them as a ``names`` field with one entry per
+    item (a chorale's file name, a document's key), for decoded output; else ``None``."""
+    names = loaded.get("names") if isinstance(loaded, Mapping) else getattr(loaded, "names", None)
+    if names is None or isinstance(names, torch.Tensor):
+        return None
+    names = [str(n) for n in names]
+    if len(names) != num_items:
+        raise ValueError(f"{where}: 'names' holds {len(names)} entries for {num_items} items")
+    return names
 
-    def __init__(self, table: dict[str, torch.Tensor]):
+
+class ItemTable(Dataset):
+    """Items of one split; ``dataset[i]`` or ``dataset[(i, steps)]`` is ``(i, {field: Tensor[...]}, steps)``.
+    ``names`` are the items' own names, or ``None`` when the data names none."""
+
+    def __init__(self, table: dict[str, torch.Tensor], names: list[str] | None = None):
         self.table = table
         self.num_items = next(iter(table.values())).shape[0]
+        self.names = names
 
     def __len__(self) -> int:
         return self.num_items
@@ -112,6 +131,7 @@ class ShardSampler(Sampler[list[int]]):
         self.num_items, self.rank, self.world_size = num_items, rank, world_size
         self.lengths = lengths
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches to skip) of a restored run
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -132,7 +152,13 @@ class ShardSampler(Sampler[list[int]]):
         return [b for b in order.split(size) if len(b) >= self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
-        for global_batch in self._global_batches():
+        batches = self._global_batches()
+        if self.resume_at is not None:  # once: the first epoch after a restore
+            epoch, skip = self.resume_at
+            self.resume_at = None
+            if epoch == self.epoch and skip < len(batches):
+                batches = batches[skip:]
+        for global_batch in batches:
             shard = global_batch.tensor_split(self.world_size)[self.rank].tolist()
             if self.lengths is None:
                 yield shard
@@ -183,9 +209,11 @@ class ShardedDataModule(pl.LightningDataModule):
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{where}: data not found: {error}. Check the data config's paths.") from error
         table = as_item_table(loaded, where)
+        names = item_names(loaded, next(iter(table.values())).shape[0], where)
         if self.max_items is not None:
             table = {k: t[: self.max_items] for k, t in table.items()}
-        return ItemTable(table)
+            names = names[: self.max_items] if names is not None else None
+        return ItemTable(table, names)
 
     def full_batch(self, split: str = "train") -> dict[str, Any]:
         """The whole split as one batch (no sharding): for oracles and one-off passes."""
@@ -199,8 +227,10 @@ class ShardedDataModule(pl.LightningDataModule):
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         sampler = ShardSampler(len(dataset), rank, world_size, batch_size, shuffle, self.seed,
                                lengths=dataset.table.get("lengths"))
-        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=_Collate(len(dataset)))
+        kwargs = {"batch_sampler": sampler, "num_workers": self.num_workers, "collate_fn": _Collate(len(dataset))}
+        if split == "train":
+            return ResumableLoader(dataset, consumed=trainer_batches_done(trainer) if trainer else None, **kwargs)
+        return DataLoader(dataset, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, self.shuffle)
@@ -210,6 +240,34 @@ class ShardedDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size, False)
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`ShardSampler` whose position is part of the checkpoint.
+
+    ``state_dict()`` is ``{"epoch", "batches_done"}``: the batches of the current epoch that
+    training has *consumed*, read from the trainer's progress (``consumed``), because Lightning
+    fetches one batch ahead and the loader's own count would be one too many. ``load_state_dict``
+    makes the next iteration of that epoch start after them; every rank loads the same position,
+    and all ranks' shards advance together.
+    """
+
+    def __init__(self, *args, consumed: Callable[[], int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.consumed = consumed
+
+    def state_dict(self) -> dict[str, int]:
+        sampler: ShardSampler = self.batch_sampler
+        return {"epoch": int(sampler.epoch), "batches_done": int(self.consumed() if self.consumed else 0)}
+
+    def load_state_dict(self, state_dict: Mapping[str, int]) -> None:
+        self.batch_sampler.resume_at = (int(state_dict["epoch"]), int(state_dict["batches_done"]))
+
+
+def trainer_batches_done(trainer) -> Callable[[], int]:
+    """Training batches of the current epoch the trainer has run (including one whose
+    ``on_train_batch_end`` is under way, which is where checkpoints are saved)."""
+    return lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
 class _Collate:

@@ -96,7 +96,7 @@ def persistent_run_id(run_dir: str | os.PathLike, rank_zero: bool = True) -> str
         return path.read_text().strip()
     run_id = uuid.uuid4().hex[:12]
     if rank_zero:
-        from enumdist.pipeline.callbacks import atomic_write
+        from enumdist.pipeline.checkpoint_files import atomic_write
 
         atomic_write(path, lambda f: f.write(run_id.encode()))
     return run_id

@@ -24,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from pyro import poutine
 
+import enumdist.process_group  # noqa: F401 - imports torch._dynamo before any process group (no SIGABRT at exit)
 from enumdist.models.base import EnumModel
 from enumdist.pipeline.guides import GuideFactory, empty
 

@@ -130,7 +130,7 @@ def trained_checkpoint(trainer: pl.Trainer, run_dir: str | os.PathLike) -> str:
 
 
 def write_metrics(metrics: dict[str, float], run_dir: str | os.PathLike) -> Path:
-    from enumdist.pipeline.callbacks import atomic_write
+    from enumdist.pipeline.checkpoint_files import atomic_write
 
     path = Path(run_dir) / METRICS_FILE
     atomic_write(path, lambda f: f.write(json.dumps(metrics, indent=1, sort_keys=True).encode()))

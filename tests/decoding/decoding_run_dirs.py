@@ -106,3 +106,10 @@ def make_mixture_run_dir(root):
     state.update({f"guide.{k}": v for k, v in guide.state_dict().items()})
     torch.save({"state_dict": state}, run_dir / "checkpoints" / "last.ckpt")
     return run_dir, model, guide
+
+
+def load_saved_copy(split, path):
+    """A user's own data loader (outside the package): decoding needs it registered."""
+    from enumdist.pipeline.data import load_saved_split
+
+    return load_saved_split(split, path)

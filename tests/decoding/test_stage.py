@@ -1,5 +1,7 @@
 """The decoding stage end to end on a tiny HMM run: oracle, atomic resume, clear errors."""
 
+import math
+
 import pyarrow.parquet as pq
 import pyro
 import pytest
@@ -26,7 +28,7 @@ def pyro_map_states(model, sequences, lengths):
 def test_map_equals_pyro_and_outputs_exist(hmm_run):
     run_dir, model = hmm_run
     outputs = run_decoding(run_dir, dict(OPTIONS, marginals=True))
-    for name in ("decoded", "manifest", "loss_curve", "transitions", "piano_roll"):
+    for name in ("decoded", "manifest", "transitions", "piano_roll", "marginals"):
         assert outputs[name].is_file(), name
     rows = pq.read_table(outputs["decoded"]).to_pylist()
     test = torch.load(run_dir.parent / "data" / "test.pt")
@@ -39,6 +41,13 @@ def test_map_equals_pyro_and_outputs_exist(hmm_run):
         assert probs.shape == (r["length"], 3)
         for t in range(r["length"]):
             torch.testing.assert_close(probs[t], expected[f"x_{t}"][r["index"], 0].float())
+        torch.testing.assert_close(torch.tensor(r["x_confidence"]),
+                                   probs.gather(-1, torch.tensor(r["x"])[:, None]).squeeze(-1))
+        assert r["log_joint"] <= r["log_evidence"] + 1e-5
+        assert r["path_posterior"] == pytest.approx(math.exp(r["log_joint"] - r["log_evidence"]))
+    # each item's evidence: together they are Pyro's -loss of the split at scale one
+    loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=2).loss(model.model, lambda b: None, batch)
+    assert sum(r["log_evidence"] for r in rows) == pytest.approx(-loss, rel=1e-5)
 
 
 def test_crash_midway_then_resume_gives_identical_output(hmm_run, monkeypatch, tmp_path):
@@ -126,7 +135,7 @@ def test_mixture_decoding_replays_the_trained_guide(tmp_path):
 
     run_dir, model, guide = make_mixture_run_dir(tmp_path)
     outputs = run_decoding(run_dir, dict(OPTIONS, split="test"))
-    assert "transitions" not in outputs and "loss_curve" not in outputs  # no history, no chain
+    assert "transitions" not in outputs and "piano_roll" not in outputs  # no chain
     rows = pq.read_table(outputs["decoded"]).to_pylist()
     features = torch.load(run_dir.parent / "data" / "test.pt")["features"]
     batch = {"features": features, "index": torch.arange(7), "num_total": 7}
@@ -155,6 +164,10 @@ def test_other_options_or_a_new_checkpoint_never_reuse_chunks(hmm_run):
     assert "x_marginals" not in plain.column_names
     with_marginals = run_decoding(run_dir, dict(OPTIONS, pictures=False, marginals=True))
     assert "x_marginals" in pq.read_table(with_marginals["decoded"]).column_names
+    assert "log_evidence" in plain.column_names
+    without = run_decoding(run_dir, dict(OPTIONS, pictures=False, probabilities=False))
+    assert not {"log_joint", "log_evidence", "path_posterior"} & set(
+        pq.read_table(without["decoded"]).column_names)
     # retrain: same path, other weights
     other = type(model)(NUM_KEYS, 3, seed=123)
     torch.save({"state_dict": {f"model.{k}": v for k, v in other.state_dict().items()}},

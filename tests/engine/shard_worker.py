@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from datetime import timedelta
 
 import torch
 import torch.distributed as tdist
@@ -14,7 +13,9 @@ from pyro import poutine
 
 import enumdist
 from enumdist.engine.errors import ModelStructureError, ShardError
+from enumdist.process_group import init_process_group
 from tests.engine import zoo
+from tests.engine import shard_cases
 from tests.engine.shard_cases import SHARD_CASES, record_run
 
 
@@ -49,13 +50,51 @@ def sharded_decode(rank, world):
     return {"map": values, "sampled_regime": sample}
 
 
-def expect_failure(fn):
+def expect_failure(fn, errors=(ShardError, ModelStructureError)):
     start = time.monotonic()
     try:
         fn()
-    except (ShardError, ModelStructureError) as exc:
+    except errors as exc:
         return {"type": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - start}
     return {"type": None, "message": "no error", "seconds": time.monotonic() - start}
+
+
+def latent_values(trace):
+    return {n: s["value"] for n, s in trace.nodes.items()
+            if s["type"] == "sample" and not s["is_observed"]}
+
+
+def entry_points(rank, world):
+    """compute_marginals, sample_posterior, infer_discrete (MAP and samples), the bytes of a
+    loss, and the errors every rank must raise alike."""
+    local = shard_cases.entry_slice(rank, world)
+    model, guide = shard_cases.global_and_local, zoo.empty_guide
+    elbo = enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["data"])
+    pyro.clear_param_store()
+    out = {"loss": elbo.loss(model, guide, local), "loss_comm_bytes": elbo.last_comm_bytes}
+    out["marginals"] = {n: (type(d).__name__, d.probs)
+                        for n, d in elbo.compute_marginals(model, guide, local).items()}
+    out["map"] = latent_values(poutine.trace(enumdist.infer_discrete(
+        model, first_available_dim=-2, temperature=0, shard_plates=["data"])).get_trace(local))
+    pyro.set_rng_seed(100 + rank)  # different seeds: the globals must agree all the same
+    draws = enumdist.EnumELBO(max_plate_nesting=2, shard_plates=["data"])
+    out["posterior_draws"] = draws.sample_posterior(shard_cases.many_draws, guide, local)
+    sampler = enumdist.infer_discrete(shard_cases.many_draws, first_available_dim=-3,
+                                      temperature=1, shard_plates=["data"])
+    sampled = latent_values(poutine.trace(sampler).get_trace(local))
+    out["infer_discrete_draws"] = (sampled["g"], sampled["z"])
+    guide_side = shard_cases.guide_side_global_guide
+    out["marginals_guide_side"] = expect_failure(
+        lambda: elbo.compute_marginals(shard_cases.guide_side_global, guide_side, local),
+        NotImplementedError)
+    out["sample_posterior_guide_side"] = expect_failure(
+        lambda: elbo.sample_posterior(shard_cases.guide_side_global, guide_side, local),
+        NotImplementedError)
+    empty = local if rank == 0 else local[:0]
+    out["empty_shard"] = expect_failure(lambda: elbo.loss(model, guide, empty))
+    out["empty_shard_decode"] = expect_failure(lambda: enumdist.infer_discrete(
+        model, first_available_dim=-2, temperature=0, shard_plates=["data"])(empty))
+    return out
 
 
 def bad_data_on_one_shard(rank, world):
@@ -81,7 +120,7 @@ def different_structure(rank, world):
 
 def main(rank, world, port, outdir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    tdist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    init_process_group("gloo", rank=rank, world_size=world, timeout_s=60)
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
     results = {}
@@ -92,6 +131,7 @@ def main(rank, world, port, outdir):
         results["decode"] = sharded_decode(rank, world)
         results["bad_data"] = bad_data_on_one_shard(rank, world)
         results["different_structure"] = different_structure(rank, world)
+        results["entry_points"] = entry_points(rank, world)
     except Exception:  # noqa: BLE001 - surfaced by the test
         results["error"] = traceback.format_exc()
     torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))

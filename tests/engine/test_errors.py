@@ -24,18 +24,6 @@ def mixture(data, enumerate_z=True):
         pyro.sample("x", dist.Normal(z.double(), 1.0), obs=data)
 
 
-def test_enumerated_site_also_sampled_in_guide():
-    def guide(data):
-        with pyro.plate("data", len(data)):
-            pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
-
-    data = torch.randn(4)
-    # Pyro silently uses the guide's sample and does not enumerate 'z':
-    TraceEnum_ELBO(max_plate_nesting=1).loss(mixture, guide, data)
-    with pytest.raises(EnumerationError, match="model site 'z'.*guide samples it.*hide"):
-        enumdist.EnumELBO(max_plate_nesting=1).loss(mixture, guide, data)
-
-
 def test_enumerating_a_continuous_site():
     def model(data):
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0), infer=ENUM)

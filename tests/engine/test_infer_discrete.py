@@ -141,3 +141,18 @@ def test_map_with_a_mask_over_some_of_the_chain_plates_equals_pyro():
     mask = torch.rand(7, 3, generator=generator) > 0.3
     assert_same_values(map_values(pyro.infer.infer_discrete, model, (ys, mask), -3),
                        map_values(enumdist.infer_discrete, model, (ys, mask), -3))
+
+
+def test_shard_plates_on_one_process_must_name_a_plate_of_the_model():
+    """As EnumELBO does: a typo in shard_plates is refused on one process too."""
+    data = torch.tensor([0.3, -1.2, 2.0])
+    decoder = enumdist.infer_discrete(global_outside_plate, first_available_dim=-2,
+                                      temperature=0, shard_plates=["no_such_plate"])
+    with pytest.raises(enumdist.engine.errors.EnumerationError,
+                       match=r"shard_plates names \['no_such_plate'\].*plates: \['data'\]"):
+        decoder(data)
+    checked = enumdist.infer_discrete(global_outside_plate, first_available_dim=-2,
+                                      temperature=0, shard_plates=["data"])
+    assert_same_values(map_values(enumdist.infer_discrete, global_outside_plate, (data,), -2),
+                       {n: s["value"] for n, s in poutine.trace(checked).get_trace(data).nodes
+                        .items() if s["type"] == "sample" and not s["is_observed"]})

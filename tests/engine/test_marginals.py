@@ -40,3 +40,47 @@ def test_marginals_exact_where_global_and_local_interact():
         global_outside_plate, empty_guide, data)["z"]
     pyro_z = torch.softmax(pyro_z.logits, -1).reshape(-1, 3)
     print("max |pyro - exact| for z:", float((pyro_z.detach().expand(4, 3) - exact_z).abs().max()))
+
+
+def test_marginals_of_a_model_without_latents_are_empty():
+    import pyro.distributions as dist
+
+    def model(data):
+        loc = pyro.param("loc", torch.tensor(0.0, dtype=torch.float64))
+        with pyro.plate("data", len(data)):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=data)
+
+    data = torch.tensor([0.3, -1.2])
+    expected = TraceEnum_ELBO(max_plate_nesting=1).compute_marginals(model, empty_guide, data)
+    actual = enumdist.EnumELBO(max_plate_nesting=1, strict_enumeration_warning=False
+                               ).compute_marginals(model, empty_guide, data)
+    assert expected == {} and actual == {}
+
+
+def test_marginals_have_the_sites_own_distribution_type():
+    """Bernoulli and OneHotCategorical sites get Bernoulli / OneHotCategorical marginals."""
+    import pyro.distributions as dist
+    from pyro.ops.indexing import Vindex
+
+    def model(data):
+        p = pyro.param("p_flip", torch.tensor(0.35, dtype=torch.float64))
+        probs = pyro.param("probs_oh", torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]],
+                                                    dtype=torch.float64))
+        locs = pyro.param("locs_oh", torch.tensor([[-1.0, 0.5, 2.0], [0.0, 1.0, -2.0]],
+                                                  dtype=torch.float64))
+        flip = pyro.sample("flip", dist.Bernoulli(p), infer={"enumerate": "parallel"})
+        with pyro.plate("data", len(data)):
+            onehot = pyro.sample("onehot", dist.OneHotCategorical(Vindex(probs)[flip.long()]),
+                                 infer={"enumerate": "parallel"})
+            k = onehot.max(-1)[1]
+            pyro.sample("x", dist.Normal(Vindex(locs)[flip.long(), k], 1.0), obs=data)
+
+    data = torch.tensor([0.3, -1.2, 2.0, 0.7])
+    expected = TraceEnum_ELBO(max_plate_nesting=1).compute_marginals(model, empty_guide, data)
+    actual = enumdist.EnumELBO(max_plate_nesting=1).compute_marginals(model, empty_guide, data)
+    assert list(actual) == list(expected) == ["flip", "onehot"]
+    for name in expected:
+        assert type(actual[name]) is type(expected[name]), name
+        assert actual[name].batch_shape == expected[name].batch_shape, name
+        torch.testing.assert_close(actual[name].probs, expected[name].probs.detach(),
+                                   rtol=1e-7, atol=1e-12, msg=name)

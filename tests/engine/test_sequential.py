@@ -63,17 +63,18 @@ def test_sequential_inside_a_plate_is_refused_clearly():
 
 
 PEAK = r"""
-import json, resource, sys, torch, pyro
+import json, sys, torch, pyro
 sys.path.insert(0, {root!r})
 from tests.engine.test_sequential import regime_model, guide
+from tests.engine.memory_probe import peak_rss, reset_peak
 import enumdist
 torch.set_default_dtype(torch.float64)
 torch.set_num_threads(1)
 data = torch.randn(200_000)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = reset_peak()
 enumdist.EnumELBO(max_plate_nesting=1).differentiable_loss(regime_model, guide, data, {how!r}, 16).backward()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"peak_growth_kib": after - before}}))
+after = peak_rss()
+print(json.dumps({{"peak_growth_kib": (after - before) // 1024}}))
 """
 
 

@@ -1,5 +1,6 @@
 """Config composition and the clear errors a bad config must give (each names the key)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,31 @@ def test_missing_checkpoint_path_is_named(tmp_path):
 def test_debug_config_shrinks_the_run(tmp_path):
     cfg = compose_config("debug=default", run_dir=tmp_path)
     assert cfg.trainer.max_steps == 5 and cfg.data.max_items == 16 and not cfg.logger
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.optimizer.lr=-0.1", "optim.optimizer.lr=-0.1: expected a positive learning rate"),
+    ("trainer.max_steps=0", "trainer.max_steps=0: expected a positive number of optimiser steps"),
+    ("trainer.max_steps=abc", "trainer.max_steps='abc' is a str, expected int"),
+    ("trainer.max_steps=2.5", "trainer.max_steps=2.5 is a float, expected int"),
+    ("data.batch_size=0", "data.batch_size=0: expected a positive number"),
+    ("callbacks.model_checkpoint.save_top_k=-2", "callbacks.model_checkpoint.save_top_k=-2"),
+])
+def test_nonsense_values_are_refused_up_front_naming_the_key(tmp_path, override, message):
+    from tests.pipeline.test_train import train_with
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train_with(tmp_path, "experiment=toy_hmm", "elbo=pyro", override)
+    assert not (tmp_path / ".hydra").exists(), "refused before anything ran"
+
+
+def test_saved_data_without_its_path_names_the_key(tmp_path):
+    from tests.pipeline.test_train import train_with
+
+    with pytest.raises(ConfigError, match=r"data.load.path is missing \(\?\?\?\).*data=saved reads <path>/train.pt"):
+        train_with(tmp_path, "data=saved", "model=toy_hmm", "elbo=pyro")
+
+
+def test_cli_names_the_key_and_type_of_a_bad_value(tmp_path):
+    result = run_cli("experiment=toy_hmm", "trainer.max_steps=abc", f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode != 0 and "trainer.max_steps='abc' is a str, expected int" in result.stderr

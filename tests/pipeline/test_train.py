@@ -39,7 +39,10 @@ def test_cli_run_writes_the_run_directory_layout(tmp_path):
     assert isinstance(checkpoint["hyper_parameters"], dict)
     with open(run_dir / "train_history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and set(rows[0]) == {"step", "loss_per_obs"}
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert set(rows[0]) == {"step", "loss_per_obs", "valid_loss_per_obs"}
+    # check_val_every_n_epoch=3, one step per epoch: the one validation follows step 3
+    assert [bool(r["valid_loss_per_obs"]) for r in rows] == [False, False, True, False]
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb must run offline under the run dir"
     assert list((run_dir / "wandb").rglob("media/images/pictures_*.png")), "pictures go to wandb"
     assert "Epoch 3, step: 100%|██████████| 4/4" in result.stdout + result.stderr  # one bar over max_steps
@@ -85,7 +88,7 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         AtomicCheckpointIO().save_checkpoint({"a": torch.zeros(2)}, path)
     assert torch.load(path, weights_only=True)["a"].tolist() == [1.0, 1.0]  # old file intact
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]  # no temporary
 
 
 def test_csv_logger_works_without_wandb(tmp_path):

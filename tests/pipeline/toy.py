@@ -6,7 +6,11 @@ the case where averaging per-shard losses would be wrong.
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pyro
+import pytorch_lightning as pl
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroParam
@@ -64,3 +68,29 @@ def toy_sequences(split: str, num_items: int = 12, max_steps: int = 6, num_keys:
     rolls = (torch.rand(num_items, max_steps, num_keys, generator=g) < 0.3).float()
     rolls = rolls * (torch.arange(max_steps)[None, :, None] < lengths[:, None, None])
     return {"sequences": rolls, "lengths": lengths}
+
+
+class KillAtStep(pl.Callback):
+    """SIGKILLs its own process when step ``step + 1`` starts: the checkpoint of ``step`` is on
+    disk, as after a ``kill -9`` (or a node failure) in the middle of a run."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StopRankAtStep(pl.Callback):
+    """Rank ``rank`` writes its pid to ``pid_file`` and SIGSTOPs itself when step ``step`` starts:
+    a stopped (not dead) rank, which the other ranks only notice by their collectives' timeout."""
+
+    def __init__(self, rank: int, step: int, pid_file: str):
+        self.rank, self.step, self.pid_file = rank, step, pid_file
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            with open(self.pid_file, "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGSTOP)

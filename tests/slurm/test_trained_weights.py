@@ -33,7 +33,8 @@ def test_a_stale_hpc_checkpoint_does_not_replace_the_trained_weights_in_test(tmp
 
     run_dir = tmp_path / "requeued"
     run_dir.mkdir()
-    shutil.copy(tmp_path / "stale" / "checkpoints" / "last.ckpt", run_dir / "hpc_ckpt_1.ckpt")
+    for suffix in ("", ".sha256"):  # the checkpoint and the sidecar that vouches for it
+        shutil.copy(tmp_path / "stale" / "checkpoints" / f"last.ckpt{suffix}", run_dir / f"hpc_ckpt_1.ckpt{suffix}")
     for key, value in SLURM_TASK.items():
         monkeypatch.setenv(key, value)
     metrics = train(run_dir, steps=6)
