@@ -31,11 +31,12 @@ import pyro.poutine as poutine
 from pyro.infer.enum import iter_discrete_escape, iter_discrete_extend
 from pyro.poutine import Trace
 
+from enumdist.engine.errors import EnumerationError
+
 
 def is_sequential(site) -> bool:
-    """A latent guide site that Pyro enumerates by re-running the program once per value."""
-    return (site["infer"].get("enumerate") == "sequential" and not site["is_observed"]
-            and site["infer"].get("num_samples") is None)
+    """A latent site that Pyro enumerates by re-running the guide once per value (or sample)."""
+    return site["infer"].get("enumerate") == "sequential" and not site["is_observed"]
 
 
 def has_sequential_sites(guide_trace) -> bool:
@@ -44,8 +45,8 @@ def has_sequential_sites(guide_trace) -> bool:
 
 
 def num_samples(site):
-    """``n`` of a Monte Carlo enumerated site (``{"enumerate": "parallel", "num_samples": n}``)."""
-    if site["infer"].get("enumerate") == "parallel":
+    """``n`` of a Monte Carlo enumerated site (``{"enumerate": ..., "num_samples": n}``)."""
+    if site["infer"].get("enumerate"):
         return site["infer"].get("num_samples")
     return None
 
@@ -55,11 +56,12 @@ def dice_factor(site, log_q, masked_log_q, enumerated: bool):
 
     ``log_q`` is the site's log-prob, ``masked_log_q`` the same with the site's mask applied
     (the score function is masked and never scaled, as in Pyro's ``ScoreParts``);
-    ``enumerated`` says the site has an enumeration dim.
+    ``enumerated`` says the site has an enumeration dim. A sequential site with
+    ``num_samples=n`` is re-run once per sample and weighs each run by ``1/n``.
     """
     fn = site["fn"]
     score = None if fn.has_rsample else masked_log_q
-    n = num_samples(site) if enumerated else None
+    n = num_samples(site)
     if n is not None:
         weight = (score - score.detach()) if score is not None else torch.zeros_like(log_q)
         return weight - math.log(n), 0.0
@@ -70,6 +72,30 @@ def dice_factor(site, log_q, masked_log_q, enumerated: bool):
     if score is not None:
         return score - score.detach(), 0.0
     return None, 0.0
+
+
+def check_model_enumeration_not_more_global(variables) -> None:
+    """Refuse, as Pyro does, a guide-enumerated site in a plate some model-enumerated site is not in.
+
+    ``variables`` maps names to :class:`~enumdist.engine.trace.EnumVar`. The guide's weights
+    are taken per plate element, which is only right when every model-enumerated variable lives
+    inside the guide-enumerated one's plates.
+    """
+    model_ordinals = [v.ordinal for v in variables.values() if not v.in_guide]
+    if not model_ordinals:
+        return
+    common = frozenset.intersection(*model_ordinals)
+    for name, var in variables.items():
+        outside = sorted(var.ordinal - common) if var.in_guide else []
+        if outside:
+            model_sites = sorted(n for n, v in variables.items()
+                                 if not v.in_guide and outside[0] not in v.ordinal)
+            raise EnumerationError(
+                "Expected model enumeration to be no more global than guide enumeration, but "
+                f"found model enumeration sites {model_sites} upstream of guide site '{name}' in "
+                f"plate('{outside[0]}'). Enumerate those sites in the guide too, or '{name}' in "
+                "the model (hide it from the guide)."
+            )
 
 
 def sequential_guide_traces(run_traces, model, guide, args, kwargs, max_plate_nesting):

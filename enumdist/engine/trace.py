@@ -26,7 +26,8 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 from enumdist.engine.errors import EnumerationError, MemoryBudgetError
 from enumdist.engine.factors import Factor, compact, name_dims
-from enumdist.engine.guide_enum import dice_factor, num_samples
+from enumdist.engine.guide_enum import (check_model_enumeration_not_more_global, dice_factor,
+                                        num_samples)
 from enumdist.engine.lazy import enumerated_table, lazy_log_prob
 from enumdist.engine.observations import check_observations, site_mask
 from enumdist.engine.site_checks import check_markov_history, check_site_shape
@@ -99,7 +100,8 @@ class EnumProblem:
         if len(scales) > 1:
             listing = ", ".join(f"'{n}' x{v:g}" for v, (n, _) in scales.items())
             raise EnumerationError(
-                "all enumerated sites and the sites depending on them must share one "
+                "Expected all enumerated sample sites to share a common poutine.scale: the "
+                "model-enumerated sites and the sites depending on them must share one "
                 f"poutine.scale, but found {listing}. A subsampled plate under a global "
                 "enumerated variable causes this: don't subsample that plate, or shard it with "
                 "EnumELBO(shard_plates=[...]) instead."
@@ -352,6 +354,7 @@ def build_problem(
     """
     plates, variables, id_to_var = collect_vars(model_trace, guide_trace, max_plate_nesting)
     problem = EnumProblem(plates, variables, model_trace=model_trace, guide_trace=guide_trace)
+    check_model_enumeration_not_more_global(variables)
     sum_vars = problem.sum_vars
     if validate:
         check_sites(model_trace, guide_trace, max_plate_nesting, remember_valid_data)

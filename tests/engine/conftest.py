@@ -5,11 +5,19 @@ import pyro
 
 @pytest.fixture(autouse=True)
 def float64_and_clean_store():
-    """Engine tests compare against Pyro in float64, each from an empty param store."""
+    """Engine tests compare against Pyro in float64, each from an empty param store.
+
+    Pyro's process-wide settings are pinned to their defaults as well: importing the training
+    pipeline sets ``module_local_params=True`` (``enumdist.pipeline.module``), and a test that
+    ran earlier in the same session would otherwise leak it in -- autoguides then refuse the
+    zoo's global ``pyro.param`` statements (the order-dependent failure of the
+    ``bayesian_mixture_*`` cases after ``tests/pipeline``).
+    """
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
     pyro.clear_param_store()
-    yield
+    with pyro.settings.context(module_local_params=False), pyro.validation_enabled(True):
+        yield
     pyro.clear_param_store()
     torch.set_default_dtype(old)

@@ -36,12 +36,15 @@ def loss_and_grads(elbo, model, guide, *args, seed=0):
     return loss.detach(), dict(zip(names, grads))
 
 
-def assert_equals_pyro(model, guide, *args, max_plate_nesting, seed=0, **kwargs):
+def assert_equals_pyro(model, guide, *args, max_plate_nesting, seed=0, memory_budget=None,
+                       **kwargs):
+    """Loss and every gradient equal TraceEnum_ELBO's (``kwargs`` go to both ELBOs)."""
     expected, expected_grads = loss_and_grads(
-        TraceEnum_ELBO(max_plate_nesting=max_plate_nesting), model, guide, *args, seed=seed)
-    actual, actual_grads = loss_and_grads(
-        enumdist.EnumELBO(max_plate_nesting=max_plate_nesting, **kwargs), model, guide, *args,
+        TraceEnum_ELBO(max_plate_nesting=max_plate_nesting, **kwargs), model, guide, *args,
         seed=seed)
+    actual, actual_grads = loss_and_grads(
+        enumdist.EnumELBO(max_plate_nesting=max_plate_nesting, memory_budget=memory_budget,
+                          **kwargs), model, guide, *args, seed=seed)
     torch.testing.assert_close(actual, expected, rtol=RTOL, atol=1e-12)
     assert actual_grads.keys() == expected_grads.keys()
     for name, grad in expected_grads.items():
@@ -353,7 +356,8 @@ def test_model_enumerated_site_sampled_by_the_guide_uses_the_guide_sample():
 
 def mean_field_chain_guide(data):
     for t in pyro.markov(range(len(data))):
-        probs = pyro.param(f"q{t}", torch.tensor([0.5 + 0.01 * t, 0.5 - 0.01 * t]),
+        shift = 0.01 * (t % 40)
+        probs = pyro.param(f"q{t}", torch.tensor([0.5 + shift, 0.5 - shift]),
                            constraint=dist.constraints.simplex)
         pyro.sample(f"z{t}", dist.Categorical(probs), infer=PAR)
 
@@ -385,3 +389,77 @@ def test_memory_budget_refuses_a_monte_carlo_product_before_allocating():
     assert_equals_pyro(model, guide, max_plate_nesting=0)  # within the default budget
     with pytest.raises(MemoryBudgetError, match=r"memory_budget.*num_samples"):
         enumdist.EnumELBO(max_plate_nesting=0, memory_budget=n**3 * 8 // 2).loss(model, guide)
+
+
+# -- combinations -------------------------------------------------------------------------------
+
+def test_sequential_monte_carlo_sites_equal_pyro():
+    """``{"enumerate": "sequential", "num_samples": n}``: n runs, each weighted by 1/n."""
+    def model():
+        pyro.sample("z", dist.Categorical(torch.tensor([0.3, 0.7])))
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    def guide():
+        probs = pyro.param("probs", torch.tensor([0.4, 0.6]), constraint=dist.constraints.simplex)
+        loc = pyro.param("loc", torch.tensor(0.5))
+        pyro.sample("z", dist.Categorical(probs), infer={"enumerate": "sequential",
+                                                         "num_samples": 5})
+        pyro.sample("x", dist.Normal(loc, 1.0), infer={"enumerate": "sequential",
+                                                       "num_samples": 3})
+
+    assert_equals_pyro(model, guide, max_plate_nesting=0, seed=4)
+
+
+def particles_model(data):
+    a = pyro.sample("a", dist.Bernoulli(0.3))
+    with pyro.plate("d", len(data)):
+        x = pyro.sample("x", dist.Bernoulli(0.2 + 0.5 * a))
+        y = pyro.sample("y", dist.Normal(x, 1.0))
+        pyro.sample("o", dist.Normal(y, 1.0), obs=data)
+
+
+def particles_guide(how):
+    def guide(data):
+        pa = pyro.param("pa", torch.tensor(0.6), constraint=dist.constraints.unit_interval)
+        loc = pyro.param("loc", torch.tensor(0.2))
+        pyro.sample("a", dist.Bernoulli(pa), infer={"enumerate": how})
+        with pyro.plate("d", len(data)):
+            pyro.sample("x", dist.Bernoulli(0.5), infer=mc(4))
+            pyro.sample("y", dist.Normal(loc, 1.0))
+    return guide
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+@pytest.mark.parametrize("how", ["sequential", "parallel"])
+def test_guide_enumeration_with_several_particles_equals_pyro(how, vectorize):
+    assert_equals_pyro(particles_model, particles_guide(how), torch.tensor([0.0, 1.0, 1.0]),
+                       max_plate_nesting=1 + vectorize, num_particles=3,
+                       vectorize_particles=vectorize)
+
+
+def test_sequential_sites_on_both_sides_are_refused():
+    def model():
+        pyro.sample("w", dist.Bernoulli(0.4), infer=SEQ)
+        pyro.sample("z", dist.Bernoulli(0.25))
+
+    with pytest.raises(NotImplementedError, match=r"model sites \['w'\].*guide"):
+        enumdist.EnumELBO(max_plate_nesting=0).loss(model, bernoulli_guide)
+
+
+def test_model_enumeration_more_global_than_guide_enumeration_raises_as_pyro():
+    def model(data):
+        z = pyro.sample("z", dist.Bernoulli(0.3), infer=PAR)
+        with pyro.plate("d", len(data)):
+            x = pyro.sample("x", dist.Bernoulli(0.2 + 0.5 * z))
+            pyro.sample("o", dist.Normal(x, 1.0), obs=data)
+
+    def guide(data):
+        with pyro.plate("d", len(data)):
+            pyro.sample("x", dist.Bernoulli(0.5), infer=PAR)
+
+    data = torch.tensor([0.0, 1.0, 1.0])
+    phrase = "Expected model enumeration to be no more global than guide enumeration"
+    with pytest.raises(ValueError, match=phrase):
+        TraceEnum_ELBO(max_plate_nesting=1).loss(model, guide, data)
+    with pytest.raises(ValueError, match=phrase + r".*\['z'\].*guide site 'x' in plate\('d'\)"):
+        enumdist.EnumELBO(max_plate_nesting=1).loss(model, guide, data)
