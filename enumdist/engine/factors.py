@@ -40,6 +40,11 @@ class Factor:
         return self.tensor.element_size()
 
 
+def dense(term) -> torch.Tensor:
+    """A slot's dense tensor: a tensor as it is, a lazy factor or row materialised."""
+    return term if torch.is_tensor(term) else term.tensor
+
+
 def compact_shape(tensor: torch.Tensor) -> tuple[int, ...]:
     """``tensor``'s shape with every broadcast (stride-0) dimension reduced to size one."""
     return tuple(1 if stride == 0 else size for size, stride in zip(tensor.shape, tensor.stride()))

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from enumdist.engine.chain.sampling import draw
+
 
 class Semiring:
     """Interface: ``eliminate(x, dims)`` and ``choose(logits)`` (last dim = the variable)."""
@@ -42,10 +44,7 @@ class LogSum(Semiring):
         return torch.logsumexp(x, dim=dims)
 
     def choose(self, logits, generator=None):
-        probs = torch.softmax(logits.detach(), dim=-1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        idx = torch.multinomial(flat, 1, generator=generator).squeeze(-1)
-        return idx.reshape(probs.shape[:-1])
+        return draw(logits.detach(), generator)
 
 
 class MaxSum(Semiring):
