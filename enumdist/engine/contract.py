@@ -9,7 +9,7 @@ One routine, :func:`contract`, runs every plan. What it computes is set by two p
   (all-reduce), which makes a plate split across processes exact.
 
 A plan may also hold :class:`~enumdist.engine.plan.ChainStep` s -- runs of eliminations shaped
-like a first-order chain -- which execute in one call to the fused kernels of ``chain.py``
+like a first-order chain -- which execute in one call to the fused kernels of ``engine/chain/``
 (forward-backward with its own adjoint, Viterbi, forward-filtering backward-sampling) instead
 of one autograd node per time step; and same-shaped lazy emission factors are reduced over
 their plates in one batched einsum.
@@ -22,19 +22,21 @@ from __future__ import annotations
 
 import torch
 
-from enumdist.engine.chain.adapter import Row, backtrack_chain, run_chain
+from enumdist.engine.chain.adapter import Row, chain_decisions, run_chain
 from enumdist.engine.factors import align, dense
 from enumdist.engine.lazy import LazyBernoulliLogProb, stack
 from enumdist.engine.plan import ChainStep, Plan, PlateStep, SumStep
 from enumdist.engine.plates import LOCAL
+from enumdist.engine.tape import ChainRecord, SumRecord
 
 
 def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
     """Run ``plan`` on input ``tensors`` (ordered as the plan's structure; tensors or lazy
     factors from ``lazy.py``, which a plate product can reduce without materialising).
 
-    Returns the plan's output terms as ``(tensor, dims, ordinal)``; appends ``(step, product)``
-    to ``tape`` for every eliminated variable when a list is given.
+    Returns the plan's output terms as ``(tensor, dims, ordinal)``; appends
+    a :class:`~enumdist.engine.tape.SumRecord` or ``ChainRecord`` to ``tape`` for every
+    eliminated variable or chain when a list is given.
     """
     slots = list(tensors) + [None] * (plan.num_slots - len(tensors))
     batched = _batch_lazy_plate_sums(plan.steps, slots, plates)
@@ -54,7 +56,7 @@ def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
                 if tape is None:
                     slots[slot] = None  # free intermediates as soon as they are used
             if tape is not None:
-                tape.append((step, x))
+                tape.append(SumRecord(step, x))
             out = semiring.eliminate(x, (step.all_dims.index(step.var),))
         else:
             positions = tuple(step.input_dims.index(p) for p in step.plates)
@@ -108,12 +110,13 @@ def backtrack(tape, semiring, sizes, plates=LOCAL, generator=None):
     the variable (one choice per plate element).
     """
     decided: dict[str, tuple[torch.Tensor, tuple[str, ...]]] = {}
-    for step, x in reversed(tape):
-        if isinstance(step, ChainStep):
-            for var, value in backtrack_chain(step, x, generator).items():
+    for record in reversed(tape):
+        step = record.step
+        if isinstance(record, ChainRecord):
+            for var, value in chain_decisions(record, semiring, generator).items():
                 decided[var] = (plates.broadcast_decision(value, step.plates), step.plates)
             continue
-        x, dims = _with_plates(x.detach(), step.all_dims, step.ordinal, sizes)
+        x, dims = _with_plates(record.product.detach(), step.all_dims, step.ordinal, sizes)
         for other in [d for d in dims if d in decided]:
             index, index_dims = decided[other]
             axis = dims.index(other)

@@ -3,24 +3,20 @@
 A chain step names its factors by slot; this module stacks them into the kernels' inputs
 (emissions ``[N, T, S]``, transitions ``[T, S, S]``, per-sequence ``[N, T, S, S]`` or
 :class:`MaskedTransitions`), runs the kernel the semiring asks for, and turns recorded kernel
-outputs back into per-variable states for ``contract.backtrack``.
+outputs back into per-variable states for ``contract.backtrack``. Which kernel runs, and how
+its record is walked back, is the semiring's (``semiring.chain`` / ``chain_states``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 
-from enumdist.engine.chain.forward_backward import (
-    batched_chain_log_likelihood,
-    chain_log_likelihood,
-)
-from enumdist.engine.chain.sampling import batched_chain_sample, chain_sample
-from enumdist.engine.chain.viterbi import follow, viterbi
 from enumdist.engine.factors import align, dense
 from enumdist.engine.lazy import STACK, CategoricalTable, log_tables
+from enumdist.engine.tape import ChainRecord
 
 
 class Row:
@@ -92,20 +88,31 @@ def _with_unused_first_step(transitions: torch.Tensor) -> torch.Tensor:
     return torch.cat([transitions.new_zeros((1,) + transitions.shape[1:]), transitions])
 
 
-class MaskedTransitions(NamedTuple):
-    """Per-sequence transitions that are one shared table where ``mask`` holds and zero (no
-    constraint) elsewhere: ``infer_discrete`` masks the enumerated sites of padded steps."""
+@dataclass(frozen=True)
+class ChainInputs:
+    """A chain step's factors stacked for the kernels.
 
-    table: torch.Tensor  # [T, S, S]
-    mask: torch.Tensor  # [N, T] bool
+    ``transitions`` is shared ``[T, S, S]`` or per sequence ``[N, T, S, S]``; ``mask [N, T]``
+    (or None) says where a shared table applies -- elsewhere the transition is zero, no
+    constraint (``infer_discrete`` masks the enumerated sites of padded steps).
+    ``transitions[.., 0]`` is unused; ``plate_shape`` is the plates the ``N`` rows flatten.
+    """
 
-    def dense(self) -> torch.Tensor:
-        """``[N, T, S, S]``."""
-        return torch.where(self.mask[..., None, None], self.table, self.table.new_zeros(()))
+    emissions: torch.Tensor  # [N, T, S]
+    transitions: torch.Tensor
+    mask: torch.Tensor | None
+    plate_shape: tuple[int, ...]
+
+    def per_sequence_transitions(self) -> torch.Tensor:
+        """The transitions with the mask applied: ``[T, S, S]`` if none, else ``[N, T, S, S]``."""
+        if self.mask is None:
+            return self.transitions
+        zero = self.transitions.new_zeros(())
+        return torch.where(self.mask[..., None, None], self.transitions, zero)
 
 
 def _masked_transitions(step, pairs, plate_shape):
-    """:class:`MaskedTransitions` when every pairwise factor is a table over its pair with a
+    """``(table [T, S, S], mask [N, T])`` when every pairwise factor is a table over its pair with a
     mask over the chain's plates only; else None."""
     if not all(isinstance(p, CategoricalTable) and p.mask is not None
                and p.is_logits == pairs[0].is_logits
@@ -118,12 +125,12 @@ def _masked_transitions(step, pairs, plate_shape):
     masks = [align(p.mask.tensor, p.mask.dims, step.plates) for p in pairs]
     num_plate_elements = math.prod(plate_shape)
     mask = torch.stack([m.expand(plate_shape).reshape(num_plate_elements) for m in masks], 1)
-    return MaskedTransitions(_with_unused_first_step(table),
-                             torch.cat([mask.new_ones(num_plate_elements, 1), mask], 1))
+    return (_with_unused_first_step(table),
+            torch.cat([mask.new_ones(num_plate_elements, 1), mask], 1))
 
 
 def chain_inputs(step, slots):
-    """Stack a chain's factors: emissions ``[N, T, S]`` and transitions ``[T, S, S]``."""
+    """Stack a chain's factors into :class:`ChainInputs`."""
     num_states = None
     plate_sizes = {}
     for units in step.unary:
@@ -144,58 +151,30 @@ def chain_inputs(step, slots):
         else:
             stacked = torch.stack([align(dense(slots[slot]), dims, step.vars[t : t + 2])
                                    for t, (slot, dims) in enumerate(step.pairwise)], 0)
-        return emissions, _with_unused_first_step(stacked), shape[1:]
+        return ChainInputs(emissions, _with_unused_first_step(stacked), None, shape[1:])
     masked = _masked_transitions(step, [slots[slot] for slot, _ in step.pairwise], shape[1:])
     if masked is not None:
-        return emissions, masked, shape[1:]
+        return ChainInputs(emissions, *masked, shape[1:])
     full = (num_states, num_states) + shape[1:]
     transitions = [emissions.new_zeros(full)]
     for t, (slot, dims) in enumerate(step.pairwise):
         target = tuple(step.vars[t : t + 2]) + step.plates
         transitions.append(align(dense(slots[slot]), dims, target).expand(full))
     transitions = torch.stack(transitions, 0).reshape(len(step.vars), num_states, num_states, -1)
-    return emissions, transitions.permute(3, 0, 1, 2), shape[1:]  # [N, T, S, S]
+    return ChainInputs(emissions, transitions.permute(3, 0, 1, 2), None, shape[1:])
 
 
 def run_chain(step, slots, semiring, tape=None):
-    """Execute a :class:`ChainStep`: ``log sum`` (or ``max``) over all paths, per plate element.
-
-    The log semiring uses the fused forward-backward kernels; the max semiring runs Viterbi
-    once and leaves its back-pointers on the tape for :func:`backtrack`.
-    """
-    emissions, transitions, plate_shape = chain_inputs(step, slots)
-    if isinstance(transitions, MaskedTransitions):
-        if semiring.name != "logsum":
-            delta, pointers = viterbi(emissions.detach(), transitions.table.detach(), transitions.mask)
-            if tape is not None:
-                tape.append((step, ("map", delta, pointers, plate_shape)))
-            return delta.amax(-1).reshape(plate_shape)
-        transitions = transitions.dense()
-    if semiring.name == "logsum":
-        if tape is not None:
-            tape.append((step, ("sample", emissions.detach(), transitions.detach(), plate_shape)))
-        if transitions.dim() == 4:
-            out = batched_chain_log_likelihood(emissions, transitions)
-        else:
-            init = emissions.new_zeros(emissions.shape[-1])
-            out = chain_log_likelihood(init, transitions, emissions)
-        return out.reshape(plate_shape)
-    if transitions.dim() == 3:  # shared transitions: nothing masked
-        delta, pointers = viterbi(emissions.detach(), transitions.detach())
-    else:
-        delta, pointers = viterbi(emissions.detach(), transitions.detach())
+    """Execute a :class:`ChainStep`: the semiring's sum over all paths, per plate element
+    (``plate_shape``). With a ``tape`` the kernel's record goes on it for ``backtrack``."""
+    inputs = chain_inputs(step, slots)
+    out, memo = semiring.chain(inputs)
     if tape is not None:
-        tape.append((step, ("map", delta, pointers, plate_shape)))
-    return delta.amax(-1).reshape(plate_shape)
+        tape.append(ChainRecord(step, memo, inputs.plate_shape))
+    return out.reshape(inputs.plate_shape)
 
 
-def backtrack_chain(step, record, generator):
-    kind, first, second, plate_shape = record
-    if kind == "map":
-        states = follow(second, first.argmax(-1))
-    elif second.dim() == 4:
-        states = batched_chain_sample(first, second, generator)
-    else:
-        init = first.new_zeros(first.shape[-1])
-        states = chain_sample(init, second, first, generator=generator)
-    return {v: states[:, t].reshape(plate_shape) for t, v in enumerate(step.vars)}
+def chain_decisions(record, semiring, generator=None) -> dict:
+    """``{var: states over the chain's plates}`` for a chain record, by the semiring's choice."""
+    states = semiring.chain_states(record.memo, generator)
+    return {v: states[:, t].reshape(record.plate_shape) for t, v in enumerate(record.step.vars)}
