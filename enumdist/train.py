@@ -51,6 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scheduler=instantiate(cfg.optim.scheduler, _convert_="all") if cfg.optim.get("scheduler") else None,
         scheduler_interval=cfg.optim.scheduler_interval,
         validate=cfg.validate,
+        fold_in=OmegaConf.to_container(cfg.fold_in) if cfg.get("fold_in") else None,
         hparams=OmegaConf.to_container(cfg, resolve=True),  # plain containers: weights-only loadable
     )
 

@@ -7,6 +7,7 @@ per position.
 from __future__ import annotations
 
 import pyarrow as pa
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 
@@ -38,6 +39,10 @@ def gather_states(sites: dict[str, list[str]], values: dict[str, torch.Tensor], 
 
 
 def _probs(marginal) -> torch.Tensor:
+    """Probabilities per value, ``[..., D]`` (compute_marginals gives a Bernoulli site a
+    Bernoulli marginal, as Pyro does: its D = 2 values are 0 and 1)."""
+    if isinstance(marginal, dist.Bernoulli):
+        return torch.stack([1 - marginal.probs, marginal.probs], -1)
     return marginal.probs if hasattr(marginal, "probs") else marginal
 
 

@@ -107,7 +107,7 @@ def sample_posterior(trace_problem, model, args, kwargs, plates=LOCAL, memory_bu
     unmasked, as ``TraceEnum_ELBO`` has them)."""
     problem = plates.guarded(trace_problem)
     plates.prepare(problem)
-    if any(v.in_guide for v in problem.vars.values()):
+    if any(v.in_guide for v in problem.vars.values()):  # callers refuse these when tracing
         raise NotImplementedError("sample_posterior() is not compatible with guide enumeration")
     values = decode_problem(problem, LOG_SUM, plates, memory_budget)
     program = FixValues(values)(model)

@@ -191,9 +191,9 @@ class EnumELBO(ELBO):
         for problem in problems:  # several for sequentially enumerated guide sites
             plates.prepare(problem)
             self.last_problem = problem
-            self._last_call = (plates, (problem.model_trace, problem.guide_trace))
             value = loss_stage.elbo(problem, plates, self.memory_budget)
             total = value if total is None else total + value
+        self._last_call = (plates, (problems[0].model_trace, problems[0].guide_trace))
         self.last_comm_bytes = plates.bytes_reduced
         return total
 
@@ -248,14 +248,17 @@ class EnumELBO(ELBO):
                 self.last_comm_bytes += plates.average_gradients(trace_stage.trace_params(*traces))
         return float(loss.detach()) if torch.is_tensor(loss) else float(loss)
 
-    def _trace_all_parallel(self, model, guide, args, kwargs):
-        """A function tracing the problem with model-side sequential sites made parallel, and
-        blocked from any enclosing trace (these are internal runs)."""
+    def _trace_all_parallel(self, method, model, guide, args, kwargs):
+        """A function tracing the problem for the posterior query ``method``: model-side
+        sequential sites made parallel, blocked from any enclosing trace (these are internal
+        runs), a guide that enumerates refused."""
+        from enumdist.engine.marginals import refuse_guide_enumeration
 
         def trace():
             with poutine.block():
                 traces = trace_stage.run_traces(AsParallel()(model), guide, args, kwargs,
                                                 self.max_plate_nesting)
+                refuse_guide_enumeration(traces[1], method)
                 return self.trace_problem(model, guide, args, kwargs, traces)
 
         return trace
@@ -276,7 +279,7 @@ class EnumELBO(ELBO):
 
         self._check_one_particle("compute_marginals")
         model, guide = self._prepare(model, guide, args, kwargs)
-        trace = self._trace_all_parallel(model, guide, args, kwargs)
+        trace = self._trace_all_parallel("compute_marginals", model, guide, args, kwargs)
         return compute_marginals(trace, self._plates_backend(adjoint="own"), self.memory_budget)
 
     def sample_posterior(self, model, guide, *args, **kwargs):
@@ -288,7 +291,7 @@ class EnumELBO(ELBO):
 
         self._check_one_particle("sample_posterior")
         model, guide = self._prepare(model, guide, args, kwargs)
-        trace = self._trace_all_parallel(model, guide, args, kwargs)
+        trace = self._trace_all_parallel("sample_posterior", model, guide, args, kwargs)
         return sample_posterior(trace, model, args, kwargs, self._plates_backend(),
                                 self.memory_budget)
 

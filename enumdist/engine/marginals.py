@@ -26,6 +26,20 @@ from enumdist.engine.plan import MARGINALS, plan_for, problem_sizes
 from enumdist.engine.semiring import LOG_SUM
 
 
+def refuse_guide_enumeration(guide_trace, method: str) -> None:
+    """Pyro's posterior queries condition on one guide draw: a guide that enumerates (in
+    parallel or one value at a time) has none, so they refuse it, as ``TraceEnum_ELBO`` does."""
+    enumerated = sorted(
+        name for name, site in guide_trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and site["infer"].get("enumerate")
+    )
+    if enumerated:
+        raise NotImplementedError(
+            f"{method}() is not compatible with guide enumeration (guide sites {enumerated} "
+            "are enumerated); sample them in the guide, or enumerate them in the model."
+        )
+
+
 def marginal_distribution(fn, probs: torch.Tensor):
     """The posterior over a site's support as the site's own distribution type, as Pyro does:
     ``Bernoulli`` and ``OneHotCategorical`` sites get their own kind; any other enumerable
@@ -46,7 +60,7 @@ def compute_marginals(trace_problem, plates, memory_budget=None):
     """
     problem = plates.guarded(trace_problem)
     plates.prepare(problem)
-    if any(v.in_guide for v in problem.vars.values()):
+    if any(v.in_guide for v in problem.vars.values()):  # callers refuse these when tracing
         raise NotImplementedError("compute_marginals() is not compatible with guide enumeration")
     marginals = OrderedDict()
     if not problem.vars:
@@ -67,7 +81,7 @@ def compute_marginals(trace_problem, plates, memory_budget=None):
         log_z = plates.sum_terms(outside, inside)
         grads = torch.autograd.grad(log_z, leaves, allow_unused=True)
     own = {t.name: (g, t.factor.dims) for t, g in zip(problem.log_factors, grads)}
-    for name, var in problem.vars.items():
+    for name in problem.vars:
         grad, dims = own[name]
         keep = [i for i, d in enumerate(dims) if d == name or d in problem.plates]
         others = [i for i in range(len(dims)) if i not in keep]

@@ -1,7 +1,7 @@
 """Sharded plates: a plate's data split across ranks, with exact results on every rank.
 
 A plate is a product of factors -- a sum in log space. :class:`ShardedPlates` is the plate back
-end of ``contract.py`` that, whenever a product over a sharded plate is taken, first sums the
+end (see ``plates.py``, whose ``plates_for`` builds it) that, whenever a product over a sharded plate is taken, first sums the
 rank's own elements and then all-reduces the partial sums. Messages still carry the variables
 outside the plate when they are reduced, so a global enumerated variable (a regime shared by all
 sequences) is eliminated only after every rank's evidence has been added: the result is exactly
@@ -15,14 +15,18 @@ plate (priors, global guide terms), which every rank computes once. Averaging th
 gradients over ranks -- what DDP does, and what ``EnumELBO.loss_and_grads`` does itself when
 sharded -- gives ``sum_r dL/dm_r dm_r/dθ + dL_global/dθ``: exactly the full-data gradient, with
 terms outside the plate counted once. So: train sharded ``EnumELBO`` with DDP as usual, and do
-not divide the loss by the world size.
+not divide the loss by the world size. That summing backward is adjoint ``"sum"``. Adjoint
+``"own"`` returns the rank's own upstream gradient instead: the exact derivative of the common
+result with respect to this rank's inputs, which ``compute_marginals`` needs (its inputs are the
+rank's own factors, not shared parameters).
 
 Subsampled sharded plates (``pyro.plate(name, N, subsample=local_idx)``) are rescaled from
 ``N / local size`` to ``N / total size``, which equals one process using the union of subsamples.
 
 Faults: each call first exchanges a small status (did tracing fail? a hash of the model's
-structure) so that a rank with bad data, or a rank whose model differs, makes *every* rank raise
-a clear error instead of leaving the others blocked in an all-reduce.
+structure, the size of each shard) so that a rank with bad data, a rank whose model differs or
+a rank with an empty shard makes *every* rank raise a clear error instead of leaving the others
+blocked in an all-reduce.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ import torch
 import torch.distributed as tdist
 from pyro.poutine.indep_messenger import IndepMessenger
 
-from enumdist.engine.plates import LocalPlates, check_shard_plates, single_process  # noqa: F401
-from enumdist.engine.errors import EnumerationError, ModelStructureError, ShardError
+from enumdist.engine.plates import LocalPlates, check_shard_plates
+from enumdist.engine.errors import ModelStructureError, ShardError
 from enumdist.engine.factors import expand_plates
 from enumdist.engine.trace import EnumProblem
 
@@ -127,9 +131,11 @@ class ShardedPlates(LocalPlates):
         local_sizes = [-1] * len(shard)  # -1: the plate was not traced (tracing failed)
         try:
             result = fn()
-            if isinstance(result, EnumProblem):
-                signature = structure_signature(result, self.shard)
-                local_sizes = [result.plates[p].size if p in result.plates else -1 for p in shard]
+            problems = _problems_in(result)
+            if problems:
+                signature = "\n--\n".join(structure_signature(p, self.shard) for p in problems)
+                local_sizes = [problems[0].plates[p].size if p in problems[0].plates else -1
+                               for p in shard]
             else:  # not traced into a problem yet (sequential enumeration traces per value)
                 signature = repr(type(result))
         except Exception as exc:  # noqa: BLE001 - reported to all ranks below
@@ -154,7 +160,10 @@ class ShardedPlates(LocalPlates):
         failed = [r for r, s in enumerate(statuses) if s[0]]
         if failed:
             messages = [None] * self.world_size
-            tdist.all_gather_object(messages, None if error is None else repr(error), group=self.group)
+            tdist.all_gather_object(messages, None if error is None else repr(error),
+                                    group=self.group)
+            if len(failed) == self.world_size and len(set(messages)) == 1:
+                raise error  # the same error on every rank (a refusal): keep its own type
             if error is not None and len(failed) == 1:
                 raise ShardError(f"rank {self.rank} failed: {error}") from error
             detail = "; ".join(f"rank {r}: {messages[r]}" for r in failed)
@@ -163,8 +172,9 @@ class ShardedPlates(LocalPlates):
             summaries = [None] * self.world_size
             tdist.all_gather_object(summaries, signature, group=self.group)
             raise ModelStructureError(describe_mismatch(summaries, self.rank))
-        if any(n == 1 for n in sizes.values()) and isinstance(result, EnumProblem):
-            self.canonicalise(result)
+        if any(n == 1 for n in sizes.values()):
+            for problem in _problems_in(result):
+                self.canonicalise(problem)
         return result
 
     def canonicalise(self, problem) -> None:
@@ -193,6 +203,13 @@ class ShardedPlates(LocalPlates):
             for term in problem.log_factors + problem.costs + problem.guide_costs:
                 if name in term.ordinal:
                     term.scale = term.scale * correction
+
+
+def _problems_in(result) -> list:
+    """The traced problems a tracing function returned: one, several (one per value of a
+    sequentially enumerated guide site), or none yet (model-side sequential enumeration)."""
+    results = result if isinstance(result, list) else [result]
+    return [r for r in results if isinstance(r, EnumProblem)]
 
 
 def _empty_plate(exc) -> str | None:

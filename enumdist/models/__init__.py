@@ -3,7 +3,8 @@
 - HMM family for piano rolls (:mod:`.hmm`, scaffolding in :mod:`.chain`);
 - :class:`GaussianMixture` (Bayesian, with an autoguide over its global latents);
 - :class:`TopicModel` (documents ⊃ words, one enumerated topic per word);
-- :class:`SemiSupervisedClassifier` (labels observed or enumerated in one plate).
+- :class:`SemiSupervisedClassifier` (labels observed or enumerated in one plate);
+- :class:`FunctionModel`: any Pyro model function ``def model(batch)``, wrapped without a class.
 
 Decode-friendly extras every zoo model has: ``state_sites(batch) -> {state name: [site, ...]}``
 (sites in time/position order); HMMs add ``transition_matrices()``; models with latents a guide
@@ -12,6 +13,7 @@ enumerated sites hidden).
 """
 
 from enumdist.models.base import EnumModel
+from enumdist.models.function import FunctionModel
 from enumdist.models.hmm import (HMM, AutoregressiveHMM, FactorialHMM, NeuralEmissionHMM,
                                  PartiallyFactorialHMM, SecondOrderHMM)
 from enumdist.models.mixture import GaussianMixture
@@ -19,7 +21,7 @@ from enumdist.models.semisupervised import SemiSupervisedClassifier
 from enumdist.models.topic import TopicModel
 
 __all__ = [
-    "EnumModel", "HMM", "AutoregressiveHMM", "FactorialHMM", "PartiallyFactorialHMM",
+    "EnumModel", "FunctionModel", "HMM", "AutoregressiveHMM", "FactorialHMM", "PartiallyFactorialHMM",
     "NeuralEmissionHMM", "SecondOrderHMM", "GaussianMixture", "TopicModel",
     "SemiSupervisedClassifier",
 ]

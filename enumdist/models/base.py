@@ -19,11 +19,22 @@ live on the module, so that Lightning, DDP, optimisers and checkpoints see them.
 ``num_observations(batch)``
     How many observed values the batch holds (notes, tokens, data points); the pipeline reports
     loss per observation.
+
+``state_sites(batch)``
+    What the decoding stage writes: ``{state name: [site, ...]}``, the enumerated sites that
+    make up each decoded state, in position order (an HMM's ``x_0, x_1, ...``). The default
+    is every enumerated site on its own. Decoded values are gathered per item into one column per
+    state, so each site's value must hold one value (or one row of values) per item.
+
+Optional: ``global_latents`` (non-enumerated latents an autoguide covers) with ``guide_model``
+(the model with enumerated sites hidden) and ``init_loc_fn``; ``transition_matrices()`` for the
+decoding stage's transition pictures. See docs/own_model.md.
 """
 
 from __future__ import annotations
 
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule
 
 
@@ -42,6 +53,15 @@ class EnumModel(PyroModule):
 
     def num_observations(self, batch: dict[str, torch.Tensor]) -> int:  # pragma: no cover
         raise NotImplementedError(f"{type(self).__name__} must define num_observations(batch)")
+
+    def state_sites(self, batch: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+        """``{state: [site, ...]}`` to decode; by default every enumerated site is its own state
+        (found by tracing ``model(batch)`` once)."""
+        with poutine.block(), torch.no_grad():
+            trace = poutine.trace(self.model).get_trace(batch)
+        return {name: [name] for name, site in trace.nodes.items()
+                if site["type"] == "sample" and not site["is_observed"]
+                and site["infer"].get("enumerate") is not None}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> None:
         return self.model(batch)

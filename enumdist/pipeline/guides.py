@@ -8,8 +8,10 @@ LightningModule calls the guide once in ``setup()`` so that they exist before DD
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
+import pyro
 import pyro.infer.autoguide as autoguide
 from pyro import poutine
 from pyro.nn import PyroModule
@@ -58,8 +60,33 @@ def auto(model: EnumModel, kind: str = "AutoDelta", **kwargs) -> PyroModule:
         guide_model = poutine.block(model.model, hide_fn=_is_enumerated_or_observed)
     if hasattr(model, "init_loc_fn"):
         kwargs.setdefault("init_loc_fn", model.init_loc_fn)
+    data_plate = None
+    if "create_plates" in inspect.signature(getattr(autoguide, kind)).parameters:
+        data_plate = kwargs.setdefault("create_plates", DataPlate(model.shard_plate))
     guide = getattr(autoguide, kind)(guide_model, **kwargs)
+    if isinstance(data_plate, DataPlate):
+        data_plate.guide = guide
     return PicklableAutoGuide(guide.model, guide)  # guide.model: wrapped by its init strategy
+
+
+class DataPlate:
+    """An autoguide's ``create_plates``: the data plate over the *batch's own* items.
+
+    Left to itself an autoguide opens the model's subsampled plate with a fresh random
+    subsample of the same size, so a per-item latent (a document's topic weights) would be
+    drawn for other items than the model's ``batch["index"]``. This plate uses the batch's
+    ``index`` and ``num_total``, at the dim the model gives it (read from the guide's prototype).
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.guide = None  # the autoguide, set right after it is built
+
+    def __call__(self, batch) -> list:
+        frame = self.guide._prototype_frames.get(self.name)
+        if frame is None or not isinstance(batch, dict) or "index" not in batch:
+            return []
+        return [pyro.plate(self.name, int(batch["num_total"]), subsample=batch["index"], dim=frame.dim)]
 
 
 class PicklableAutoGuide(PyroModule):

@@ -26,6 +26,7 @@ from pyro import poutine
 
 import enumdist.process_group  # noqa: F401 - imports torch._dynamo before any process group (no SIGABRT at exit)
 from enumdist.models.base import EnumModel
+from enumdist.pipeline.fold_in import check_fold_in, fold_in
 from enumdist.pipeline.guides import GuideFactory, empty
 
 
@@ -77,17 +78,24 @@ class EnumModule(pl.LightningModule):
         optimizer: factory ``params -> torch.optim.Optimizer``.
         scheduler: optional factory ``optimizer -> LRScheduler``; stepped every ``scheduler_interval``.
         validate: ``pyro.enable_validation``.
+        fold_in: ``{"steps": int, "lr": float}``: how held-out items' per-item guide latents are
+            fitted before evaluation (:mod:`enumdist.pipeline.fold_in`); unused by guides
+            without per-item latents.
         hparams: plain-container config stored in checkpoints (must be weights-only loadable).
     """
 
     def __init__(self, model: EnumModel, elbo: Callable[..., Any], optimizer: Callable[..., torch.optim.Optimizer],
                  guide: GuideFactory = empty, scheduler: Callable[..., Any] | None = None,
-                 scheduler_interval: str = "step", validate: bool = True, hparams: dict | None = None):
+                 scheduler_interval: str = "step", validate: bool = True, hparams: dict | None = None,
+                 fold_in: dict | None = None):
         super().__init__()
         if not isinstance(model, EnumModel):
             raise TypeError(f"model: expected an enumdist.models.base.EnumModel, got {type(model).__name__}")
         self.model = model
         self.guide = guide(model)
+        self.guide_factory = guide
+        self.fold_in = {"steps": 50, "lr": 0.05, **(fold_in or {})}
+        self.local_latents: list[str] = []  # the guide's per-item latents (set in setup)
         self.elbo_factory, self.optimizer_factory = elbo, optimizer
         self.scheduler_factory, self.scheduler_interval = scheduler, scheduler_interval
         self.validate = validate
@@ -117,17 +125,19 @@ class EnumModule(pl.LightningModule):
         with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.guide_init_seed)
             self.guide(full)
+        self.local_latents = check_fold_in(self.model, self.guide, full)
 
     # -- steps ------------------------------------------------------------------------------
-    def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, batch: dict, guide=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(full-data loss estimate, loss per observation of the split the batch comes from).
 
         Differentiable while training; evaluation (under ``no_grad``) uses ``elbo.loss``.
         """
+        guide = guide or self.guide
         if torch.is_grad_enabled():
-            loss = self.elbo.differentiable_loss(self.model.model, self.guide, batch)
+            loss = self.elbo.differentiable_loss(self.model.model, guide, batch)
         else:
-            loss = torch.as_tensor(self.elbo.loss(self.model.model, self.guide, batch), dtype=torch.float64)
+            loss = torch.as_tensor(self.elbo.loss(self.model.model, guide, batch), dtype=torch.float64)
         counts = torch.tensor([float(self.model.num_observations(batch)), float(len(batch["index"]))],
                               dtype=torch.float64, device=loss.device)
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum") if self.trainer.world_size > 1 else counts
@@ -143,13 +153,20 @@ class EnumModule(pl.LightningModule):
                  batch_size=len(batch["index"]))
         return loss / self.train_observations
 
+    def held_out_guide(self, batch: dict):
+        """The trained guide, or -- when it has per-item latents, fitted to the training items --
+        a fresh guide fitted to ``batch`` (fold-in; the model's parameters stay frozen)."""
+        if not self.local_latents:
+            return self.guide
+        return fold_in(self.model, self.guide_factory, self.elbo, batch, **self.fold_in)
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        _, per_observation = self._loss(batch)
+        _, per_observation = self._loss(batch, self.held_out_guide(batch))
         self.log("valid/loss_per_obs", per_observation, prog_bar=True, rank_zero_only=True,
                  batch_size=len(batch["index"]))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        _, per_observation = self._loss(batch)
+        _, per_observation = self._loss(batch, self.held_out_guide(batch))
         self.log("test/loss_per_obs", per_observation, rank_zero_only=True, batch_size=len(batch["index"]))
 
     # -- optimisation -----------------------------------------------------------------------

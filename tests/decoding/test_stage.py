@@ -147,15 +147,15 @@ def test_mixture_decoding_replays_the_trained_guide(tmp_path):
 
 
 def test_command_line(hmm_run, capsys):
-    from enumdist.decode import main
+    from enumdist.decode import decode
 
     run_dir, _ = hmm_run
-    outputs = main([f"run_dir={run_dir}", "decode_batch_size=4", "progress=false",
-                    "pictures=false"])
+    outputs = decode({"run_dir": str(run_dir), "decode_batch_size": 4, "progress": False,
+                      "pictures": False})
     assert outputs["decoded"].is_file()
     assert "decoded:" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="run_dir"):
-        main(["split=test"])
+    with pytest.raises(ValueError, match="run_dir"):
+        decode({"split": "test"})
 
 
 def test_other_options_or_a_new_checkpoint_never_reuse_chunks(hmm_run):

@@ -188,6 +188,13 @@ def guide_side_global_guide(data):
     pyro.sample("r", dist.Categorical(q))
 
 
+def guide_side_sequential_guide(data):
+    """The guide enumerates the global ``r`` one value at a time (a model run per value)."""
+    q = pyro.param("q_r", torch.tensor([0.3, 0.7], dtype=torch.float64),
+                   constraint=constraints.simplex)
+    pyro.sample("r", dist.Categorical(q), infer={"enumerate": "sequential"})
+
+
 def _entry_case(name, model, guide=None, oracle=None):
     guide_factory = (lambda m: guide) if guide else (lambda m: zoo.empty_guide)
     case = zoo.Case(name, model, (ENTRY_DATA,), 1, guide_factory, guide is None)
@@ -196,10 +203,12 @@ def _entry_case(name, model, guide=None, oracle=None):
 
 
 _NUM_ITEMS.update({name: (lambda args: len(args[0])) for name in
-                   ("entry_model_side", "entry_guide_side", "entry_sequential")})
+                   ("entry_model_side", "entry_guide_side", "entry_guide_sequential",
+                    "entry_sequential")})
 SHARD_CASES += [
     _entry_case("entry_model_side", global_and_local),
     _entry_case("entry_guide_side", guide_side_global, guide_side_global_guide),
+    _entry_case("entry_guide_sequential", guide_side_global, guide_side_sequential_guide),
     # model-side sequential enumeration, sharded; Pyro's oracle enumerates g in parallel
     _entry_case("entry_sequential", sequential_global, oracle=global_and_local),
 ]

@@ -81,3 +81,21 @@ def test_refuses_what_pyro_refuses():
     with pytest.raises(NotImplementedError, match="multiple particles"):
         enumdist.EnumELBO(max_plate_nesting=1, num_particles=2).sample_posterior(
             global_outside_plate, empty_guide, DATA)
+
+
+@pytest.mark.parametrize("how", ["sequential", "parallel"])
+def test_posterior_queries_refuse_a_guide_enumerating_either_way(how):
+    """As TraceEnum_ELBO: compute_marginals and sample_posterior need one guide draw."""
+    from tests.engine.shard_cases import guide_side_global
+
+    def guide(data):
+        q = pyro.param("q_r", torch.tensor([0.3, 0.7], dtype=torch.float64),
+                       constraint=dist.constraints.simplex)
+        pyro.sample("r", dist.Categorical(q), infer={"enumerate": how})
+
+    torch.set_default_dtype(torch.float64)
+    for engine in (TraceEnum_ELBO, enumdist.EnumELBO):
+        for method in ("compute_marginals", "sample_posterior"):
+            pyro.clear_param_store()
+            with pytest.raises(NotImplementedError, match="guide enumeration"):
+                getattr(engine(max_plate_nesting=1), method)(guide_side_global, guide, DATA)

@@ -4,6 +4,7 @@ One spawn runs every scenario (spawning costs seconds); each test checks one of 
 """
 
 import socket
+import time
 
 import pytest
 import torch
@@ -31,8 +32,14 @@ def ranks(tmp_path_factory):
     outdir = tmp_path_factory.mktemp("shards")
     ctx = mp.spawn(shard_worker.main, args=(WORLD, _free_port(), str(outdir)), nprocs=WORLD,
                    join=False)
+    deadline = time.monotonic() + 600
     for process in ctx.processes:
-        process.join(timeout=600)
+        process.join(timeout=max(1.0, deadline - time.monotonic()))
+    stuck = [p for p in ctx.processes if p.is_alive()]
+    for process in stuck:  # never leave a blocked rank behind
+        process.kill()
+        process.join(timeout=10)
+    assert not stuck, "a rank did not finish within 600 s"
     assert all(p.exitcode == 0 for p in ctx.processes), [p.exitcode for p in ctx.processes]
     results = [torch.load(outdir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     for r in results:
