@@ -20,6 +20,8 @@ With ``tape=[]`` the forward pass records each product tensor (or a chain's inpu
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from enumdist.engine.chain.adapter import Row, chain_decisions, run_chain
@@ -66,6 +68,13 @@ def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
             out = plates.plate_sum(term, positions, step.absent_count, reduced, step.out_dims)
         slots[step.out] = out
     return [(dense(slots[slot]), dims, ordinal) for slot, dims, ordinal in plan.outputs]
+
+
+def full_sum(tensor: torch.Tensor, dims, ordinal, sizes) -> torch.Tensor:
+    """Sum of a term over all its dims, counting plates it broadcasts over."""
+    missing = math.prod(sizes[p] for p in ordinal if p not in dims)
+    total = tensor.sum()
+    return total * missing if missing != 1 else total
 
 
 def _batch_lazy_plate_sums(steps, slots, plates):

@@ -36,6 +36,7 @@ sum one after each product and its log-norm kept; states unreachable from every 
 non-negligible weight underflow to ``-inf`` as in any scaled forward algorithm.
 """
 
+# ruff: noqa: F401 - the underscored names below are re-exports (see the note after them)
 from enumdist.engine.chain.factor import bernoulli_emission_log_probs, chain_factor
 from enumdist.engine.chain.forward_backward import (
     METHODS,
