@@ -12,7 +12,7 @@ import torch
 from pyro.poutine.trace_struct import Trace
 
 from enumdist.engine.errors import EnumerationError
-from enumdist.engine.factors import Factor
+from enumdist.engine.factors import LogFactor
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class ModelTerm:
     """One model or guide site as a factor, with how the ELBO must treat it."""
 
     name: str
-    factor: Factor
+    factor: LogFactor  # a Factor, or a lazy one (lazy.py)
     ordinal: frozenset[str]
     scale: float | torch.Tensor = 1.0  # float or scalar tensor; applied outside the log-sum-exp
 

@@ -65,3 +65,22 @@ def test_step_by_step_tape_holds_sum_records_and_backtracks_to_the_argmax():
     decided = backtrack(tape, MAX_SUM, sizes)
     path = tuple(int(decided[f"x{t}"][0]) for t in range(3))
     assert path == max(scores, key=lambda p: float(scores[p]))
+
+
+
+def test_every_kind_of_factor_meets_the_log_factor_protocol():
+    from enumdist.engine.chain.adapter import Row
+    from enumdist.engine.factors import Dense, Factor, LogFactor, dense
+    from enumdist.engine.lazy import CategoricalTable, LazyBernoulliLogProb
+
+    logits = Factor(torch.zeros(4, 3, dtype=torch.float64), ("a", "k"))
+    bits = Factor(torch.ones(4, 3, dtype=torch.float64), ("a", "k"))
+    kinds = [logits, LazyBernoulliLogProb(logits, bits, None),
+             CategoricalTable(torch.zeros(3, 2, dtype=torch.float64), ("x", "y"), True)]
+    for factor in kinds:
+        assert isinstance(factor, LogFactor)
+        assert dense(factor).shape == tuple(factor.sizes[d] for d in factor.dims)
+        assert factor.element_size() == 8
+    row = Row(torch.zeros(5, 3), 2)
+    assert isinstance(row, Dense) and not isinstance(row, LogFactor)
+    assert dense(row).shape == (3,)
