@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from enumdist.engine.errors import EnumdistError
+
 CACHE_ENV = "ENUMDIST_CACHE"
 
 
-class CorruptCacheError(ValueError):
+class CorruptCacheError(EnumdistError, ValueError):
     """A cache file exists but cannot be read back (truncated, not an npz, missing arrays)."""
 
 

@@ -15,12 +15,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pyro import poutine
 
+from enumdist.engine.errors import EnumdistError
 from enumdist.models.base import EnumModel
 from enumdist.pipeline import targets
 from enumdist.pipeline.checkpoint_files import load_checkpoint
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(EnumdistError, ValueError):
     """The checkpoint's parameters do not fit the model the run's config builds."""
 
 

@@ -82,21 +82,21 @@ def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL,
         requests = EnumRequests(first_available_dim, "model")
         model_trace = poutine.trace(enum(AsParallel()(requests(model)))).get_trace(*args, **kwargs)
         with ignore_jit_warnings():
-            problem = trace_stage.build_problem(
+            return trace_stage.build_problem(
                 model_trace, poutine.Trace(), max_plate_nesting, validate=True,
                 mask_enumerated=True, memory_budget=memory_budget,
             )
-        return problem
 
     problem = plates.guarded(trace)
     plates.prepare(problem)
     if not problem.vars and strict_enumeration_warning:  # as Pyro's, whatever the validation
         warnings.warn(
             "infer_discrete found no sample sites configured for enumeration. Mark discrete "
-            "sites infer={'enumerate': 'parallel'} (or @config_enumerate); the model then "
-            "runs unchanged."
+            "sites infer={'enumerate': 'parallel'} (or @config_enumerate); the model then runs "
+            "unchanged."
         )
-    return decode_problem(problem, semiring, plates, memory_budget)
+    with ignore_jit_warnings():
+        return decode_problem(problem, semiring, plates, memory_budget)
 
 
 def sample_posterior(trace_problem, model, args, kwargs, plates=LOCAL, memory_budget=None):

@@ -293,8 +293,10 @@ class EnumELBO(ELBO):
         self._check_one_particle("sample_posterior")
         model, guide = self._prepare(model, guide, args, kwargs)
         trace = self._trace_all_parallel("sample_posterior", model, guide, args, kwargs)
-        return sample_posterior(trace, model, args, kwargs, self._plates_backend(),
-                                self.memory_budget)
+        with warnings.catch_warnings():  # as Pyro's sample_posterior: the guide may omit them
+            warnings.filterwarnings("ignore", "Found vars in model but not guide")
+            return sample_posterior(trace, model, args, kwargs, self._plates_backend(),
+                                    self.memory_budget)
 
 
 class JitEnumELBO(EnumELBO):

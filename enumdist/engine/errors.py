@@ -35,6 +35,11 @@ class InvalidArgumentError(EnumerationError):
     parameter ...", "Expected value argument ... to be within the support")."""
 
 
+class NonTreePlatesError(EnumerationError, NotImplementedError):
+    """Variables in crossing plates with no variable in all of them (Pyro: "Expected
+    tree-structured plate nesting", a ``NotImplementedError``)."""
+
+
 class UnsupportedEnumerationError(EnumdistError, NotImplementedError):
     """A combination of options the engine cannot compute exactly (and refuses to guess)."""
 

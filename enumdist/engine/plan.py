@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import torch
 
-from enumdist.engine.errors import EnumerationError, MemoryBudgetError
+from enumdist.engine.errors import MemoryBudgetError, NonTreePlatesError
 
 
 @dataclass(frozen=True)
@@ -230,8 +230,9 @@ def make_plan(structure, sizes, sum_vars, plate_names) -> Plan:
                 continue
             target = frozenset().union(*(var_ordinal[d] for d in remaining))
             if target == leaf:
-                raise EnumerationError(
-                    "the plate structure is not a tree: variables "
+                raise NonTreePlatesError(
+                    "Expected tree-structured plate nesting, but the plate structure is not a "
+                    "tree: variables "
                     f"{sorted(remaining)} live in plates {sorted(leaf)} without any of them "
                     "living in all of those plates, so no order of elimination is exact. "
                     "Nest the plates, or move one variable outside the crossing plate."

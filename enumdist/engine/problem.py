@@ -82,7 +82,8 @@ class EnumProblem:
         if len(scales) > 1:
             listing = ", ".join(f"'{n}' x{v:g}" for v, (n, _) in scales.items())
             raise EnumerationError(
-                "all enumerated sites and the sites depending on them must share one "
+                "Expected all enumerated sample sites to share a common poutine.scale: the "
+                "model-enumerated sites and the sites depending on them must share one "
                 f"poutine.scale, but found {listing}. A subsampled plate under a global "
                 "enumerated variable causes this: don't subsample that plate, or shard it with "
                 "EnumELBO(shard_plates=[...]) instead."

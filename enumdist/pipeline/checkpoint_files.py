@@ -31,11 +31,13 @@ from typing import Any
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
+from enumdist.engine.errors import EnumdistError
+
 SIDECAR_SUFFIX = ".sha256"
 TEMPORARY_GLOB = ".*.tmp"  # what atomic_write leaves behind when killed
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EnumdistError, ValueError):
     """A checkpoint file that cannot be used (corrupt, truncated, not a checkpoint); names the file."""
 
 

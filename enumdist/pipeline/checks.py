@@ -10,8 +10,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from enumdist.engine.errors import EnumdistError
 
-class ConfigError(ValueError):
+
+class ConfigError(EnumdistError, ValueError):
     """A config value that cannot work; the message names the key."""
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
+from enumdist.engine.errors import EnumdistError
+
 PACKAGE_MODULES = ("enumdist.models", "enumdist.data", "enumdist.pipeline.data", "enumdist.pipeline.guides")
 INSTANTIATED_GROUPS = ("model", "data", "guide")
 ALLOW_ENV = "ENUMDIST_ALLOW_TARGETS"
@@ -33,7 +35,7 @@ ALLOW_ENV = "ENUMDIST_ALLOW_TARGETS"
 _registered: set[str] = set()
 
 
-class UntrustedTargetError(ValueError):
+class UntrustedTargetError(EnumdistError, ValueError):
     """A saved config names a ``_target_`` outside the allowlist; names the key and the fix."""
 
 

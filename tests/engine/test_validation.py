@@ -302,6 +302,18 @@ def test_errors_share_one_base_and_pyros_builtin_classes():
     assert issubclass(ShardError, EnumdistError) and issubclass(ShardError, RuntimeError)
 
 
+def test_pipeline_errors_share_the_base():
+    from enumdist.data.cache import CorruptCacheError
+    from enumdist.decoding.checkpoint import CheckpointMismatchError
+    from enumdist.pipeline.checkpoint_files import CheckpointError
+    from enumdist.pipeline.checks import ConfigError
+    from enumdist.pipeline.targets import UntrustedTargetError
+
+    for error in (ConfigError, UntrustedTargetError, CheckpointError, CheckpointMismatchError,
+                  CorruptCacheError):
+        assert issubclass(error, EnumdistError) and issubclass(error, ValueError), error
+
+
 def unenumerated(data):
     with pyro.plate("data", len(data)):
         pyro.sample("x", dist.Normal(0.0, 1.0), obs=data)
@@ -504,3 +516,54 @@ def test_compute_marginals_warns_about_uncovered_sites_as_pyro():
             warnings.simplefilter("always")
             elbo.compute_marginals(model, no_guide, data)
         assert any("Found vars in model but not guide" in m for m in messages(caught)), elbo
+
+
+def test_enumerated_sites_under_different_scales_raise_as_pyro():
+    def model(data):
+        with poutine.scale(scale=2.0):
+            a = pyro.sample("a", dist.Bernoulli(0.3), infer=ENUM)
+        with poutine.scale(scale=3.0):
+            b = pyro.sample("b", dist.Bernoulli(0.2 + 0.5 * a), infer=ENUM)
+        pyro.sample("x", dist.Normal(a + b, 1.0), obs=data)
+
+    data = torch.tensor(0.7)
+    with pytest.raises(ValueError, match="Expected all enumerated sample sites to share a common "
+                       "poutine.scale"):
+        pyro_loss(model, no_guide, data, max_plate_nesting=0)
+    with pytest.raises(EnumerationError, match="Expected all enumerated sample sites to share a "
+                       r"common poutine.scale.*'a' x2, 'b' x3"):
+        ours_loss(model, no_guide, data, max_plate_nesting=0)
+
+
+def test_crossing_plates_raise_not_implemented_as_pyro():
+    """A variable in each of two crossing plates, both read by one site: no exact order."""
+    def model(data):
+        rows, cols = pyro.plate("rows", 2, dim=-2), pyro.plate("cols", 3, dim=-1)
+        with rows:
+            a = pyro.sample("a", dist.Bernoulli(0.3), infer=ENUM)
+        with cols:
+            b = pyro.sample("b", dist.Bernoulli(0.6), infer=ENUM)
+        with rows, cols:
+            pyro.sample("x", dist.Normal(a + b, 1.0), obs=data)
+
+    data = torch.randn(2, 3)
+    with pytest.raises(NotImplementedError, match="Expected tree-structured plate nesting"):
+        pyro_loss(model, no_guide, data, max_plate_nesting=2)
+    with pytest.raises(EnumerationError, match="Expected tree-structured plate nesting") as error:
+        ours_loss(model, no_guide, data, max_plate_nesting=2)
+    assert isinstance(error.value, NotImplementedError)
+
+
+def test_sample_posterior_does_not_warn_about_uncovered_sites_as_pyro():
+    def model(data):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(data)):
+            c = pyro.sample("c", dist.Bernoulli(0.3), infer=ENUM)
+            pyro.sample("x", dist.Normal(z + c, 1.0), obs=data)
+
+    data = torch.randn(4)
+    for elbo in (TraceEnum_ELBO(max_plate_nesting=1), enumdist.EnumELBO(max_plate_nesting=1)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            elbo.sample_posterior(model, no_guide, data)
+        assert not any("Found vars in model but not guide" in m for m in messages(caught)), elbo
