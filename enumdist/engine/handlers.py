@@ -30,8 +30,9 @@ class EnumRequests(Messenger):
     def __init__(self, first_available_dim: int, who: str):
         super().__init__()
         if not isinstance(first_available_dim, int) or first_available_dim >= 0:
-            raise ValueError(f"first_available_dim must be a negative int, got "
-                             f"{first_available_dim!r}")
+            raise ValueError(
+                f"first_available_dim must be a negative int, got {first_available_dim!r}"
+            )
         if who not in ("model", "guide"):
             raise ValueError(f"who must be 'model' or 'guide', got {who!r}")
         self.first_available_dim = first_available_dim

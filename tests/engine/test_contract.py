@@ -13,8 +13,10 @@ from tests.engine.test_plan import chain_structure
 
 def chain_tensors(structure, sizes, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(tuple(sizes[d] for d in dims), generator=generator, dtype=torch.float64)
-            for dims, _ in structure]
+    return [
+        torch.randn(tuple(sizes[d] for d in dims), generator=generator, dtype=torch.float64)
+        for dims, _ in structure
+    ]
 
 
 def path_scores(structure, tensors, length):
@@ -22,8 +24,9 @@ def path_scores(structure, tensors, length):
     scores = {}
     for path in itertools.product(range(3), repeat=length):
         value = {f"x{t}": s for t, s in enumerate(path)}
-        scores[path] = sum(t[tuple(value[d] for d in dims)] for (dims, _), t in
-                           zip(structure, tensors))
+        scores[path] = sum(
+            t[tuple(value[d] for d in dims)] for (dims, _), t in zip(structure, tensors)
+        )
     return scores
 
 
@@ -43,8 +46,9 @@ def test_fused_chain_sums_and_maximises_like_brute_force():
     tensors = chain_tensors(structure, sizes)
     scores = path_scores(structure, tensors, 6)
     ((log_z, _, _),) = contract(plan, tensors, LOG_SUM)
-    torch.testing.assert_close(log_z, torch.logsumexp(torch.stack(list(scores.values())), 0),
-                               rtol=1e-10, atol=0)
+    torch.testing.assert_close(
+        log_z, torch.logsumexp(torch.stack(list(scores.values())), 0), rtol=1e-10, atol=0
+    )
     tape = []
     ((best, _, _),) = contract(plan, tensors, MAX_SUM, tape=tape)
     assert [type(r) for r in tape] == [ChainRecord]
@@ -67,7 +71,6 @@ def test_step_by_step_tape_holds_sum_records_and_backtracks_to_the_argmax():
     assert path == max(scores, key=lambda p: float(scores[p]))
 
 
-
 def test_every_kind_of_factor_meets_the_log_factor_protocol():
     from enumdist.engine.chain.adapter import Row
     from enumdist.engine.factors import Dense, Factor, LogFactor, dense
@@ -75,8 +78,11 @@ def test_every_kind_of_factor_meets_the_log_factor_protocol():
 
     logits = Factor(torch.zeros(4, 3, dtype=torch.float64), ("a", "k"))
     bits = Factor(torch.ones(4, 3, dtype=torch.float64), ("a", "k"))
-    kinds = [logits, LazyBernoulliLogProb(logits, bits, None),
-             CategoricalTable(torch.zeros(3, 2, dtype=torch.float64), ("x", "y"), True)]
+    kinds = [
+        logits,
+        LazyBernoulliLogProb(logits, bits, None),
+        CategoricalTable(torch.zeros(3, 2, dtype=torch.float64), ("x", "y"), True),
+    ]
     for factor in kinds:
         assert isinstance(factor, LogFactor)
         assert dense(factor).shape == tuple(factor.sizes[d] for d in factor.dims)

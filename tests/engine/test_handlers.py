@@ -1,9 +1,9 @@
 """The engine's handlers check their arguments when built, as Pyro's poutine handlers do."""
 
-import pytest
-import torch
 import pyro
 import pyro.distributions as dist
+import pytest
+import torch
 from pyro import poutine
 
 from enumdist.engine.handlers import AsParallel, EnumRequests, FixValues

@@ -57,5 +57,9 @@ def test_crossing_plates_are_refused_as_not_a_tree():
     a, b = frozenset({"a"}), frozenset({"b"})
     structure = ((("u", "a"), a), (("v", "b"), b), (("u", "v", "a", "b"), a | b))
     with pytest.raises(EnumerationError, match="not a tree"):
-        make_plan(structure, {"u": 2, "v": 2, "a": 3, "b": 3}, frozenset({"u", "v"}),
-                  frozenset({"a", "b"}))
+        make_plan(
+            structure,
+            {"u": 2, "v": 2, "a": 3, "b": 3},
+            frozenset({"u", "v"}),
+            frozenset({"a", "b"}),
+        )

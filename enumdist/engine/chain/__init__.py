@@ -67,16 +67,16 @@ from enumdist.engine.chain.viterbi import chain_map, follow, viterbi
 # The underscored names are re-exported for the kernels' tests and for time sharding, which
 # builds on the blocked scan's pieces.
 __all__ = [
+    "METHODS",
+    "backward_sample",
+    "batched_chain_log_likelihood",
+    "batched_chain_sample",
+    "bernoulli_emission_log_probs",
+    "chain_factor",
     "chain_log_likelihood",
     "chain_map",
     "chain_sample",
-    "bernoulli_emission_log_probs",
-    "chain_factor",
-    "batched_chain_log_likelihood",
-    "batched_chain_sample",
-    "backward_sample",
     "draw",
     "follow",
     "viterbi",
-    "METHODS",
 ]

@@ -46,9 +46,11 @@ def _chain_emissions(step, slots, num_states, plate_sizes):
     that batch is sliced instead of split into rows and stacked again; other unary terms (the
     initial state's) are added to their steps.
     """
-    shape = tuple(plate_sizes[p] for p in step.plates) + (num_states,)
-    rows = [[(slots[slot], dims) for slot, dims in units if isinstance(slots[slot], Row)]
-            for units in step.unary]
+    shape = (*tuple(plate_sizes[p] for p in step.plates), num_states)
+    rows = [
+        [(slots[slot], dims) for slot, dims in units if isinstance(slots[slot], Row)]
+        for units in step.unary
+    ]
     first = rows[0][0][0] if rows[0] else None
     if first is not None and all(
         len(r) == 1 and r[0][0].stack is first.stack and r[0][0].index == first.index + t
@@ -56,21 +58,25 @@ def _chain_emissions(step, slots, num_states, plate_sizes):
     ):
         dims = rows[0][0][1]
         batch = first.stack[first.index : first.index + len(step.vars)]
-        batch = align(batch, (STACK,) + dims, (STACK,) + step.plates + (step.vars[0],))
-        emissions = batch.expand((len(step.vars),) + shape)
+        batch = align(batch, (STACK, *dims), (STACK, *step.plates, step.vars[0]))
+        emissions = batch.expand((len(step.vars), *shape))
         extra_steps, extras = [], []
         for t, (var, units) in enumerate(zip(step.vars, step.unary)):
             others = [(slots[s], d) for s, d in units if not isinstance(slots[s], Row)]
             if others:
-                target = step.plates + (var,)
+                target = (*step.plates, var)
                 extra_steps.append(t)
                 extras.append(sum(align(dense(x), d, target) for x, d in others).expand(shape))
         if extras:
             index = torch.tensor(extra_steps, device=emissions.device)
             emissions = emissions.index_add(0, index, torch.stack(extras))
         return emissions
-    totals = [sum(align(dense(slots[slot]), dims, step.plates + (var,)) for slot, dims in units)
-              if units else None for var, units in zip(step.vars, step.unary)]
+    totals = [
+        sum(align(dense(slots[slot]), dims, (*step.plates, var)) for slot, dims in units)
+        if units
+        else None
+        for var, units in zip(step.vars, step.unary)
+    ]
     like = next(t for t in totals if t is not None)
     zero = like.new_zeros(())  # a step with no unary term (nothing observed there)
     return torch.stack([(zero if t is None else t).expand(shape) for t in totals], 0)
@@ -79,13 +85,12 @@ def _chain_emissions(step, slots, num_states, plate_sizes):
 def _renamed(table, pair):
     """``table`` over the chain pair ``(v_t, v_t+1)`` with those dims renamed prev / next."""
     names = {pair[0]: "prev", pair[1]: "next"}
-    return CategoricalTable(table.param, tuple(names[d] for d in table.param_dims),
-                            table.is_logits)
+    return CategoricalTable(table.param, tuple(names[d] for d in table.param_dims), table.is_logits)
 
 
 def _with_unused_first_step(transitions: torch.Tensor) -> torch.Tensor:
     """Prepend the (unused, zero) transition into step 0: the kernels index them by step."""
-    return torch.cat([transitions.new_zeros((1,) + transitions.shape[1:]), transitions])
+    return torch.cat([transitions.new_zeros((1, *transitions.shape[1:])), transitions])
 
 
 @dataclass(frozen=True)
@@ -114,19 +119,26 @@ class ChainInputs:
 def _masked_transitions(step, pairs, plate_shape):
     """``(table [T, S, S], mask [N, T])`` when every pairwise factor is a table over its pair with a
     mask over the chain's plates only; else None."""
-    if not all(isinstance(p, CategoricalTable) and p.mask is not None
-               and p.is_logits == pairs[0].is_logits
-               and set(p.mask.dims) <= set(step.plates) for p in pairs):
+    if not all(
+        isinstance(p, CategoricalTable)
+        and p.mask is not None
+        and p.is_logits == pairs[0].is_logits
+        and set(p.mask.dims) <= set(step.plates)
+        for p in pairs
+    ):
         return None
     if any(set(p.param_dims) != set(step.vars[t : t + 2]) for t, p in enumerate(pairs)):
         return None
-    table = log_tables([_renamed(p, step.vars[t : t + 2]) for t, p in enumerate(pairs)],
-                       ("prev", "next"))
+    table = log_tables(
+        [_renamed(p, step.vars[t : t + 2]) for t, p in enumerate(pairs)], ("prev", "next")
+    )
     masks = [align(p.mask.tensor, p.mask.dims, step.plates) for p in pairs]
     num_plate_elements = math.prod(plate_shape)
     mask = torch.stack([m.expand(plate_shape).reshape(num_plate_elements) for m in masks], 1)
-    return (_with_unused_first_step(table),
-            torch.cat([mask.new_ones(num_plate_elements, 1), mask], 1))
+    return (
+        _with_unused_first_step(table),
+        torch.cat([mask.new_ones(num_plate_elements, 1), mask], 1),
+    )
 
 
 def chain_inputs(step, slots):
@@ -138,24 +150,31 @@ def chain_inputs(step, slots):
             sizes = dict(zip(dims, _shape(slots[slot])))
             plate_sizes.update({d: n for d, n in sizes.items() if d in step.plates})
             num_states = num_states or next(n for d, n in sizes.items() if d not in step.plates)
-    shape = (num_states,) + tuple(plate_sizes[p] for p in step.plates)
+    shape = (num_states, *tuple(plate_sizes[p] for p in step.plates))
     emissions = _chain_emissions(step, slots, num_states, plate_sizes)  # [T, *plates, S]
     emissions = emissions.reshape(len(step.vars), -1, num_states).transpose(0, 1)  # [N, T, S]
     per_element = any(d in step.plates for _, dims in step.pairwise for d in dims)
     if not per_element:  # shared transitions [T, S, S]: the fused kernels
         pairs = [slots[slot] for slot, _ in step.pairwise]
-        if all(isinstance(p, CategoricalTable) and p.is_logits == pairs[0].is_logits
-               for p in pairs):  # one log for the stacked parameters of every step
-            stacked = log_tables([_renamed(p, step.vars[t : t + 2])
-                                  for t, p in enumerate(pairs)], ("prev", "next"))
+        if all(
+            isinstance(p, CategoricalTable) and p.is_logits == pairs[0].is_logits for p in pairs
+        ):  # one log for the stacked parameters of every step
+            stacked = log_tables(
+                [_renamed(p, step.vars[t : t + 2]) for t, p in enumerate(pairs)], ("prev", "next")
+            )
         else:
-            stacked = torch.stack([align(dense(slots[slot]), dims, step.vars[t : t + 2])
-                                   for t, (slot, dims) in enumerate(step.pairwise)], 0)
+            stacked = torch.stack(
+                [
+                    align(dense(slots[slot]), dims, step.vars[t : t + 2])
+                    for t, (slot, dims) in enumerate(step.pairwise)
+                ],
+                0,
+            )
         return ChainInputs(emissions, _with_unused_first_step(stacked), None, shape[1:])
     masked = _masked_transitions(step, [slots[slot] for slot, _ in step.pairwise], shape[1:])
     if masked is not None:
         return ChainInputs(emissions, *masked, shape[1:])
-    full = (num_states, num_states) + shape[1:]
+    full = (num_states, num_states, *shape[1:])
     transitions = [emissions.new_zeros(full)]
     for t, (slot, dims) in enumerate(step.pairwise):
         target = tuple(step.vars[t : t + 2]) + step.plates

@@ -17,8 +17,9 @@ def bernoulli_emission_log_probs(observations, probs):
     return observations @ (log_p - log_q).T + log_q.sum(-1)
 
 
-def chain_factor(name, init_logits, trans_logits, emission_log_probs, lengths=None,
-                 method="sequential"):
+def chain_factor(
+    name, init_logits, trans_logits, emission_log_probs, lengths=None, method="sequential"
+):
     """``pyro.factor(name, chain_log_likelihood(...))``: use inside a ``pyro.plate`` over the
     ``N`` sequences (dim -1) to make a model's log-joint the chain marginal; returns it [N]."""
     import pyro

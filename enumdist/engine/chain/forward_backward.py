@@ -41,46 +41,60 @@ class _ChainLogZ(torch.autograd.Function):
         probs, shift = _transition_probs(trans)
         scaled_emissions, emission_max = _scaled(emissions)
         if method == "scan":
-            h, c, blocks = _scan_forward(init_logits, probs, shift, scaled_emissions,
-                                         emission_max, valid)
+            h, c, blocks = _scan_forward(
+                init_logits, probs, shift, scaled_emissions, emission_max, valid
+            )
         else:
-            h, c = _sequential_forward(init_logits, probs, shift, scaled_emissions,
-                                       emission_max, valid)
+            h, c = _sequential_forward(
+                init_logits, probs, shift, scaled_emissions, emission_max, valid
+            )
             blocks = ()
         log_z = torch.log(h[:, -1].sum(-1)) + c[:, -1]
-        ctx.save_for_backward(trans_logits, scaled_emissions, emission_max, valid, h, c, log_z,
-                              *blocks)
+        ctx.save_for_backward(
+            trans_logits, scaled_emissions, emission_max, valid, h, c, log_z, *blocks
+        )
         ctx.method = method
         return log_z
 
     @staticmethod
     def backward(ctx, grad):
-        (trans_logits, scaled_emissions, emission_max, valid, h_alpha, c_alpha, log_z,
-         *blocks) = ctx.saved_tensors
+        (trans_logits, scaled_emissions, emission_max, valid, h_alpha, c_alpha, log_z, *blocks) = (
+            ctx.saved_tensors
+        )
         trans = trans_logits if trans_logits.dim() == 3 else trans_logits.unsqueeze(0)
         probs, shift = _transition_probs(trans)
         if ctx.method == "scan":
-            h_beta, c_beta = _scan_backward(probs, shift, scaled_emissions, emission_max, valid,
-                                            blocks)
+            h_beta, c_beta = _scan_backward(
+                probs, shift, scaled_emissions, emission_max, valid, blocks
+            )
         else:
-            h_beta, c_beta = _sequential_backward(probs, shift, scaled_emissions, emission_max,
-                                                  valid)
+            h_beta, c_beta = _sequential_backward(
+                probs, shift, scaled_emissions, emission_max, valid
+            )
         weight = torch.where(valid, grad.unsqueeze(-1), torch.zeros((), dtype=grad.dtype))
         # posterior marginals gamma_t = exp(alpha_t + beta_t - log Z) = d log Z / d e_t
-        gamma = h_alpha * h_beta * (torch.exp(c_alpha + c_beta - log_z[:, None]) * weight)[..., None]
+        gamma = (
+            h_alpha * h_beta * (torch.exp(c_alpha + c_beta - log_z[:, None]) * weight)[..., None]
+        )
         # pairwise xi_t[i, j] = exp(alpha_{t-1}[i] + A_t[i, j] + e_t[j] + beta_t[j] - log Z)
         scale = c_alpha[:, :-1] + emission_max[:, 1:] + c_beta[:, 1:] - log_z[:, None]
         if trans.shape[0] == 1:
             w = torch.exp(scale + shift.reshape(())) * weight[:, 1:]
             # summed over all (n, t): flatten in the messages' own (time-major) memory order
             left = (h_alpha[:, :-1] * w[..., None]).transpose(0, 1).reshape(-1, probs.shape[-1])
-            right = (scaled_emissions[:, 1:] * h_beta[:, 1:]).transpose(0, 1).reshape(
-                -1, probs.shape[-1])
+            right = (
+                (scaled_emissions[:, 1:] * h_beta[:, 1:])
+                .transpose(0, 1)
+                .reshape(-1, probs.shape[-1])
+            )
             grad_trans = (left.T @ right) * probs[0]
         else:
             w = torch.exp(scale + shift[1:].reshape(1, -1)) * weight[:, 1:]
-            pair = torch.einsum("nti,ntj->tij", h_alpha[:, :-1] * w[..., None],
-                                scaled_emissions[:, 1:] * h_beta[:, 1:])
+            pair = torch.einsum(
+                "nti,ntj->tij",
+                h_alpha[:, :-1] * w[..., None],
+                scaled_emissions[:, 1:] * h_beta[:, 1:],
+            )
             grad_trans = torch.cat([torch.zeros_like(trans[:1]), pair * probs[1:]])
         return gamma[:, 0].sum(0), grad_trans.reshape(trans_logits.shape), gamma, None, None
 
@@ -92,8 +106,9 @@ def _sorted(lengths):
     return torch.argsort(lengths, descending=True, stable=True)
 
 
-def chain_log_likelihood(init_logits, trans_logits, emission_log_probs, lengths=None,
-                         method="sequential"):
+def chain_log_likelihood(
+    init_logits, trans_logits, emission_log_probs, lengths=None, method="sequential"
+):
     """``log sum_x p(x, y_n)`` for every sequence: a tensor ``[N]``, differentiable in all three
     log-weight arguments through a fused forward-backward adjoint.
 
@@ -107,8 +122,9 @@ def chain_log_likelihood(init_logits, trans_logits, emission_log_probs, lengths=
     order = _sorted(valid.sum(1))
     if order is None:
         return _ChainLogZ.apply(init_logits, trans_logits, emission_log_probs, valid, method)
-    log_z = _ChainLogZ.apply(init_logits, trans_logits, emission_log_probs[order], valid[order],
-                             method)
+    log_z = _ChainLogZ.apply(
+        init_logits, trans_logits, emission_log_probs[order], valid[order], method
+    )
     return log_z[torch.argsort(order)]
 
 

@@ -47,8 +47,9 @@ def chain_sample(init_logits, trans_logits, emission_log_probs, lengths=None, ge
     order = _sorted(valid.sum(1))
     order = torch.arange(valid.shape[0]) if order is None else order
     probs, shift = _transition_probs(trans)
-    h, _ = _sequential_forward(init_logits, probs, shift, *_scaled(emission_log_probs[order]),
-                               valid[order])
+    h, _ = _sequential_forward(
+        init_logits, probs, shift, *_scaled(emission_log_probs[order]), valid[order]
+    )
     alpha = torch.log(h)[torch.argsort(order)]  # per-row constants do not matter below
     return backward_sample(alpha, trans, valid, generator) * valid
 

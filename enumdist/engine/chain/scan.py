@@ -72,8 +72,9 @@ def _block_matrices(steps):
     kept = steps.keep.sum(0)  # [B, N]
     ending_b, ending_n = ((kept > 0) & (kept < k)).nonzero(as_tuple=True)
     ending_j = kept[ending_b, ending_n]
-    ends_at = {j: (ending_b[ending_j == j], ending_n[ending_j == j])
-               for j in ending_j.unique().tolist()}
+    ends_at = {
+        j: (ending_b[ending_j == j], ending_n[ending_j == j]) for j in ending_j.unique().tolist()
+    }
     eye = torch.eye(s, dtype=steps.emissions.dtype, device=steps.emissions.device)
     x = eye.expand(b, n, s, s)
     norms = steps.emissions.new_empty(k, b, n, s)

@@ -65,8 +65,11 @@ def _sequential_backward(probs, shift, scaled_emissions, emission_max, valid):
     ones = out.new_ones(out.shape[-1], 1)
     h = out.new_ones(n, out.shape[-1])
     out[-1] = h
-    step_probs_t = [probs[0].T.contiguous()] * t_total if probs.shape[0] == 1 else list(
-        probs.transpose(-1, -2).contiguous())
+    step_probs_t = (
+        [probs[0].T.contiguous()] * t_total
+        if probs.shape[0] == 1
+        else list(probs.transpose(-1, -2).contiguous())
+    )
     for t in range(t_total - 1, 0, -1):
         k = counts[t]
         if k == n:  # every sequence still running: write in place, no slicing or copies

@@ -67,7 +67,10 @@ def chain_map(init_logits, trans_logits, emission_log_probs, lengths=None):
     valid = _prepare(init_logits, trans_logits, emission_log_probs, lengths)
     trans = trans_logits if trans_logits.dim() == 3 else trans_logits.unsqueeze(0)
     every = bool(valid.all())
-    emissions = emission_log_probs if every else torch.where(
-        valid.unsqueeze(-1), emission_log_probs, emission_log_probs.new_zeros(()))
+    emissions = (
+        emission_log_probs
+        if every
+        else torch.where(valid.unsqueeze(-1), emission_log_probs, emission_log_probs.new_zeros(()))
+    )
     delta, pointers = viterbi(emissions, trans, None if every else valid, init_logits)
     return follow(pointers, delta.argmax(-1)) * valid
