@@ -24,7 +24,7 @@ DISTRIBUTION = {"torch": "torch", "pyro": "pyro-ppl", "numpy": "numpy", "opt_ein
                 "hydra": "hydra-core", "omegaconf": "hydra-core", "tqdm": "tqdm",
                 "matplotlib": "matplotlib", "pyarrow": "pyarrow", "wandb": "wandb",
                 "submitit": "hydra-submitit-launcher", "hydra_plugins": "hydra-submitit-launcher",
-                "music21": "music21", "sklearn": "scikit-learn"}
+                "music21": "music21", "sklearn": "scikit-learn", "scipy": "scipy"}
 # tqdm comes with pyro-ppl itself; the pipeline declares it because the decoding stage imports it
 OPTIONAL = sorted(set(DISTRIBUTION) - {"torch", "pyro", "numpy", "opt_einsum", "tqdm"})
 
