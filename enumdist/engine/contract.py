@@ -57,6 +57,7 @@ def contract(plan: Plan, tensors, semiring, plates=LOCAL, tape=None):
                 x = term if x is None else x + term
                 if tape is None:
                     slots[slot] = None  # free intermediates as soon as they are used
+            assert x is not None, f"sum step over {step.var!r} has no inputs"
             if tape is not None:
                 tape.append(SumRecord(step, x))
             out = semiring.eliminate(x, (step.all_dims.index(step.var),))

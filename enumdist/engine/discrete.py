@@ -55,12 +55,12 @@ def decode_problem(problem, semiring, plates=LOCAL, memory_budget=None) -> dict:
     if not problem.vars:
         return {}
     with ignore_jit_warnings():
-        tape = []
+        tape: list = []
         plan = plan_for(problem, problem.log_factors, memory_budget, DECODE)
         contract(plan, [t.factor.data for t in problem.log_factors], semiring, plates, tape)
         decided = backtrack(tape, semiring, problem_sizes(problem), plates)
         return {
-            name: value_of(problem.vars[name], *decided[name], problem.plates)
+            name: value_of(problem.vars[name], decided[name][0], decided[name][1], problem.plates)
             for name in problem.vars
         }
 

@@ -56,7 +56,8 @@ class LogFactor(Dense, Protocol):
     memory estimates, and ``data`` (what the contraction consumes: the tensor, or the lazy
     factor itself). A chain's batched ``Row`` is only :class:`Dense`."""
 
-    dims: tuple[str, ...]
+    @property
+    def dims(self) -> tuple[str, ...]: ...
 
     @property
     def sizes(self) -> dict[str, int]: ...

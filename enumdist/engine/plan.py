@@ -169,7 +169,8 @@ def make_plan(structure, sizes, sum_vars, plate_names) -> Plan:
     buckets: dict[frozenset, list[int]] = {}
     for slot, (_, ordinal) in enumerate(structure):
         buckets.setdefault(ordinal, []).append(slot)
-    steps, outputs = [], []
+    steps: list[SumStep | PlateStep] = []
+    outputs = []
     largest = ((), 0)
 
     def new_slot(dims):
@@ -182,7 +183,7 @@ def make_plan(structure, sizes, sum_vars, plate_names) -> Plan:
     while buckets:
         leaf = max(buckets, key=lambda o: (len(o), sorted(o)))
         pool = set(buckets.pop(leaf))
-        order = {}  # first appearance, for deterministic tie breaking
+        order: dict[str, int] = {}  # first appearance, for deterministic tie breaking
         for slot in sorted(pool):
             for d in dims_of[slot]:
                 order.setdefault(d, len(order))

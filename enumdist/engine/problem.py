@@ -69,7 +69,7 @@ class EnumProblem:
 
     def common_scale(self) -> float | torch.Tensor:
         """The scale shared by all factors in the elimination (Pyro requires one)."""
-        scales = {}
+        scales: dict[float, tuple[str, float | torch.Tensor]] = {}
         for term in self.log_factors:
             scale = term.scale
             if isinstance(scale, torch.Tensor) and scale.dim():

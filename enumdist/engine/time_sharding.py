@@ -184,6 +184,7 @@ class TimeShardedChain:
                     f"0..{self.world_size - 1}); every rank must hold the same sequences and "
                     f"states, in the same dtype, with transitions of the same form, and make the "
                     f"same call")
+        assert block is not None  # no rank failed, this one included
         return block
 
     def _entering_first(self, block):

@@ -121,7 +121,7 @@ def run_traces(model, guide, args, kwargs, max_plate_nesting: int, guide_wrapper
     if any(site["type"] == "sample" for site in guide_trace.nodes.values()):
         program = poutine.replay(program, trace=guide_trace)
     model_trace = poutine.trace(program).get_trace(*args, **kwargs)
-    model_trace.enumerate_requests = requests.requested
+    model_trace.enumerate_requests = requests.requested  # type: ignore[attr-defined]
     return model_trace, guide_trace
 
 
@@ -299,7 +299,7 @@ def check_sites(model_trace, guide_trace, max_plate_nesting: int, remember_valid
     """Every site's shape against its plates, ``pyro.markov`` dim conflicts, and the model's
     observations (NaN, support): what must hold before any log-prob is computed."""
     for who, trace in (("guide", guide_trace), ("model", model_trace)):
-        last_site_at_dim = {}
+        last_site_at_dim: dict[int, str] = {}
         for _, site in _sample_sites(trace):
             check_site_shape(site, _layout(site).plates, max_plate_nesting, who)
             check_markov_history(site, who, last_site_at_dim)
@@ -309,7 +309,7 @@ def check_sites(model_trace, guide_trace, max_plate_nesting: int, remember_valid
 
 def trace_params(*traces) -> list:
     """Unconstrained parameter tensors seen in ``traces``, once each, ordered by name."""
-    params = {}
+    params: dict[str, torch.Tensor] = {}
     for trace in traces:
         for name, site in trace.nodes.items():
             if site["type"] == "param":
