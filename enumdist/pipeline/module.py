@@ -68,6 +68,19 @@ def plates_of(model: EnumModel, batch: dict) -> set[str]:
     return {frame.name for site in trace.nodes.values() for frame in site.get("cond_indep_stack", ())}
 
 
+def training_probe(datamodule: pl.LightningDataModule, model: EnumModel) -> tuple[dict, int]:
+    """(a batch to trace the model and build the guide on, observations in the training split).
+
+    In-memory data give their full split; streaming data (too large for that) a few items and a
+    chunked count (:class:`~enumdist.pipeline.streaming.StreamingDataModule`).
+    """
+    if hasattr(datamodule, "probe_batch"):
+        return (datamodule.probe_batch("train"),
+                datamodule.count_observations(model.num_observations, "train"))
+    full = datamodule.full_batch("train")
+    return full, int(model.num_observations(full))
+
+
 class EnumModule(pl.LightningModule):
     """Trains ``model`` (a zoo :class:`~enumdist.models.base.EnumModel`) by an enumeration ELBO.
 
@@ -109,15 +122,13 @@ class EnumModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         apply_pyro_settings(self.validate)
         self.elbo = build_elbo(self.elbo_factory, self.model)
-        datamodule = self.trainer.datamodule
-        full = datamodule.full_batch("train")
+        full, self.train_observations = training_probe(self.trainer.datamodule, self.model)
         plates = plates_of(self.model, full)
         if self.model.shard_plate not in plates:
             raise ValueError(
                 f"model.shard_plate={self.model.shard_plate!r} ({type(self.model).__name__}) is not a plate "
                 f"of the model; its plates are {sorted(plates)}. Set shard_plate to the data plate."
             )
-        self.train_observations = int(self.model.num_observations(full))
         if self.train_observations <= 0:
             raise ValueError("data: the training split holds no observations")
         # create lazily-initialised (autoguide) parameters before DDP wraps the module, from a
