@@ -61,6 +61,9 @@ class EnumModel(PyroModule):
     #: names of the non-enumerated latent sites an autoguide covers; ``()``: all latents are
     #: enumerated, so the model needs no guide (:func:`enumdist.pipeline.guides.auto`)
     global_latents: tuple[str, ...] = ()
+    #: names of the model's hidden chains (HMMs: site of chain ``c`` at step ``t`` is
+    #: ``f"{c}_{t}"``); ``()`` for models without chains
+    chains: tuple[str, ...] = ()
     #: ``init_loc_fn(site)`` an autoguide starts from; ``None``: the autoguide's own default
     init_loc_fn = None
 

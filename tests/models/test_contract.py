@@ -31,6 +31,7 @@ class Bare(EnumModel):
 def test_a_bare_model_gets_every_declared_default():
     model = Bare()
     assert model.guide is None and model.global_latents == () and model.init_loc_fn is None
+    assert model.chains == ()
     assert model.transition_matrices() == {} and model.transition_conditions() == {}
     assert model.decoded_figures({}, {}, "t") == {}
     model.validate_items({"x": torch.zeros(2)}, "split 'test'")  # nothing to check
