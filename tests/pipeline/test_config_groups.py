@@ -73,3 +73,11 @@ def test_each_group_option_has_its_own_target(group):
         key = node["load"]["_target_"] if group == "data" else node["_target_"]
         assert key not in targets, f"{group}/{path.stem} and {group}/{targets[key]} share {key}"
         targets[key] = path.stem
+
+
+def test_non_checks_live_in_their_own_modules_and_old_imports_still_work():
+    from enumdist.pipeline import checkpoint_files, checks, groups
+
+    assert checks.instantiate_group is groups.instantiate_group
+    assert checks.resolve_ckpt_path is checkpoint_files.resolve_ckpt_path
+    assert "instantiate_group" not in vars(checks) and "resolve_ckpt_path" not in vars(checks)
