@@ -178,12 +178,9 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
     model = ckpt.build_model(cfg, state_dict, checkpoint)
 
     datamodule = instantiate(cfg.data)
-    load_split = getattr(datamodule, "load_split", None) or datamodule._load_split
-    items = load_split(options.split)  # raises on empty splits and NaN fields
+    items = datamodule.load_split(options.split)  # raises on empty splits and NaN fields
     table, names = items.table, getattr(items, "names", None)
     num_items = next(iter(table.values())).shape[0]
-    if num_items == 0:
-        raise ValueError(f"split {options.split!r} of run {run_dir} is empty: nothing to decode")
     items_of = lambda r, steps=None: batch_of(table, r, steps)  # noqa: E731
     model.validate_items(items_of(range(num_items)), f"split {options.split!r}")
     guide = ckpt.build_guide(cfg, model, items_of(range(min(num_items, 2))), state_dict, checkpoint)

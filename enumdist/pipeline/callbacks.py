@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -220,10 +219,3 @@ class SlurmRequeue(pl.Callback):
                   f"scontrol requeue {job}: {'ok' if result.returncode == 0 else result.stderr.strip()}",
                   flush=True)
         trainer.should_stop = True
-
-
-def read_history(path: str | os.PathLike) -> list[tuple[int, float]]:
-    """The training rows ``(step, loss_per_obs)`` of a ``train_history.csv``."""
-    with open(path) as f:
-        return [(int(r["step"]), float(r["loss_per_obs"])) for r in csv.DictReader(f)
-                if r["loss_per_obs"] not in (None, "")]

@@ -1,6 +1,5 @@
 """The model contract is declared on EnumModel: pipeline and decoding read attributes, never probe."""
 
-import re
 import subprocess
 from pathlib import Path
 

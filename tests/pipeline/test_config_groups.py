@@ -81,3 +81,13 @@ def test_non_checks_live_in_their_own_modules_and_old_imports_still_work():
     assert checks.instantiate_group is groups.instantiate_group
     assert checks.resolve_ckpt_path is checkpoint_files.resolve_ckpt_path
     assert "instantiate_group" not in vars(checks) and "resolve_ckpt_path" not in vars(checks)
+
+
+@pytest.mark.parametrize("name", ["read_history", "_load_split", "root_dir:"])
+def test_dead_code_stays_deleted(name):
+    import subprocess
+
+    found = subprocess.run(["git", "grep", "-n", name, "--", "enumdist/pipeline", "enumdist/decoding",
+                            "enumdist/conf/paths"], cwd=PACKAGE_CONF.parents[1], capture_output=True,
+                           text=True).stdout
+    assert found == "", found
