@@ -31,6 +31,7 @@ EXPECTED = {
     "digits_semisupervised": ("semisupervised_classifier",
                               {"_target_": "enumdist.models.SemiSupervisedClassifier", "num_features": 64,
                                "num_classes": 10, "min_scale": 0.1, "seed": 0}),
+    "hmm_1m": ("chorale_hmm", {"_target_": "enumdist.models.HMM", "hidden_dim": 8, **HMM}),
     "iris_mixture": ("gaussian_mixture", {"_target_": "enumdist.models.GaussianMixture", "num_features": 4,
                                           "num_components": 3, "seed": 0}),
     "python_docs_topics": ("topic_model", {"_target_": "enumdist.models.TopicModel", "vocab_size": 1000,
@@ -70,7 +71,7 @@ def test_each_group_option_has_its_own_target(group):
     targets = {}
     for path in sorted((PACKAGE_CONF / group).glob("*.yaml")):
         node = yaml.safe_load(path.read_text())
-        key = node["load"]["_target_"] if group == "data" else node["_target_"]
+        key = node["load"]["_target_"] if "load" in node else node["_target_"]
         assert key not in targets, f"{group}/{path.stem} and {group}/{targets[key]} share {key}"
         targets[key] = path.stem
 
