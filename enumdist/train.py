@@ -26,13 +26,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from enumdist.pipeline.callbacks import SlurmRequeue
     from enumdist.pipeline.checkpoint_files import AtomicCheckpointIO, tidy_run_dir
     from enumdist.pipeline.checks import (check_decoding, check_slurm_devices, check_values,
                                           instantiate_group, resolve_ckpt_path)
+    from enumdist.pipeline.console import filter_known_warnings
+    from enumdist.pipeline.loggers import build_loggers, finish_loggers, log_decoded_outputs
     from enumdist.pipeline.module import EnumModule
+    from enumdist.pipeline.slurm import SlurmRequeue, slurm_plugins, trained_checkpoint, write_metrics
     from enumdist.pipeline.strategies import kill_launched_ranks, lightning_strategy
     from enumdist.process_group import naming_timeouts, without_timeout
+
+    filter_known_warnings(cfg.get("filter_known_warnings", True))
 
     check_values(cfg)
     check_slurm_devices(cfg)
@@ -55,15 +59,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         hparams=OmegaConf.to_container(cfg, resolve=True),  # plain containers: weights-only loadable
     )
 
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c]
+    loggers = build_loggers(cfg, run_dir)  # each gets the flattened config; wandb: see loggers.py
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
     if not loggers:  # Lightning refuses a LearningRateMonitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    plugins = [AtomicCheckpointIO()]
-    if SlurmRequeue.active():  # our step-boundary requeue replaces Lightning's in-handler one
-        from lightning_fabric.plugins.environments import SLURMEnvironment
-
-        plugins.append(SLURMEnvironment(auto_requeue=False))
+    # Lightning's in-handler SIGUSR1 requeue is off under SLURM: SlurmRequeue acts at a step boundary
+    plugins = [AtomicCheckpointIO(), *slurm_plugins()]
     trainer_cfg, timeout_s = without_timeout(cfg.trainer)  # the process-group timeout goes to the strategy
     trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=plugins,
                           strategy=lightning_strategy(trainer_cfg.strategy, timeout_s))
@@ -76,12 +77,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with collectives():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.test:
+    requeue = next((c for c in callbacks if isinstance(c, SlurmRequeue) and c.requested), None)
+    if requeue is not None:  # stopped for a requeue: no test/decode of the unfinished model
+        finish_loggers(trainer.loggers)
+        requeue.requeue(trainer)
+        return metrics
+    if cfg.test:  # the trained weights, explicitly: under SLURM ckpt_path=None means hpc_ckpt_*.ckpt
+        tested = trained_checkpoint(trainer, run_dir)
         with collectives():
-            trainer.test(module, datamodule=datamodule, verbose=False)
+            trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     if not trainer.is_global_zero:
+        finish_loggers(trainer.loggers)
         return metrics
     pictures = sorted(str(p) for p in run_dir.glob("*.png"))
     if cfg.decode.enabled:
@@ -91,9 +99,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trust_config(cfg)  # the user's own config: its targets may be decoded in this process
         outputs = run_decoding(str(run_dir), cfg)  # {output name: path}
         pictures += sorted(str(p) for p in outputs.values() if str(p).endswith(".png"))
+        log_decoded_outputs(trainer.loggers, outputs)
     for logger in trainer.loggers:  # wandb: the training curve and the decoding stage's pictures
         if hasattr(logger, "log_image") and pictures:
             logger.log_image(key="pictures", images=pictures)
+    finish_loggers(trainer.loggers)  # one wandb run per job, also in a sweep run by one process
+    write_metrics(metrics, run_dir)
     report(metrics, run_dir, pictures)
     return metrics
 
@@ -113,7 +124,7 @@ def report(metrics: dict[str, float], run_dir: Path, pictures: list[str]) -> Non
         if key in metrics:
             print(f"{key.replace('/', ' ').replace('_per_obs', ' per observation'):<32} {metrics[key]:.5f}")
     print(f"run directory: {run_dir}")
-    for name in ("checkpoints/last.ckpt", "train_history.csv", "wandb", ".hydra/config.yaml"):
+    for name in ("checkpoints/last.ckpt", "train_history.csv", "metrics.json", "wandb", ".hydra/config.yaml"):
         if (run_dir / name).exists():
             print(f"  {name:<22} {run_dir / name}")
     for picture in pictures:

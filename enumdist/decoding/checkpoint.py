@@ -1,9 +1,10 @@
 """Rebuild a trained run: its composed config, the zoo model and guide, and their weights.
 
 Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain containers only,
-never arbitrary pickled objects, after their bytes are checked against the checksum sidecar. The
-saved config may only instantiate allowlisted targets (:mod:`enumdist.pipeline.targets`). The LightningModule stores the zoo model's parameters under
-``model.`` and the guide's under ``guide.``.
+never arbitrary pickled objects, after their bytes are checked against the checksum sidecar.
+The saved config may only instantiate allowlisted targets (:mod:`enumdist.pipeline.targets`).
+The LightningModule stores the zoo model's parameters under ``model.`` and the guide's under
+``guide.``.
 """
 
 from __future__ import annotations

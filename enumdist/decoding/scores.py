@@ -31,7 +31,7 @@ from pyro import poutine
 
 from enumdist.engine import trace as trace_stage
 from enumdist.engine.loss import contracted_terms, problem_sizes
-from enumdist.engine.sequential import AsParallel
+from enumdist.engine.handlers import AsParallel
 
 
 def per_item(terms, plate: str, batch_size: int, sizes: dict[str, int]) -> torch.Tensor:

@@ -20,11 +20,11 @@ from pyro.util import ignore_jit_warnings
 from enumdist.engine import trace as trace_stage
 from enumdist.engine.contract import backtrack, contract
 from enumdist.engine.errors import EnumerationError
+from enumdist.engine.handlers import AsParallel, EnumRequests, FixValues
 from enumdist.engine.layout import to_pyro_layout
 from enumdist.engine.plan import DECODE, default_memory_budget, plan_for, problem_sizes
 from enumdist.engine.plates import LOCAL, plates_for
 from enumdist.engine.semiring import LOG_SUM, for_temperature
-from enumdist.engine.sequential import AsParallel, FixValues
 
 
 def guess_first_available_dim(model, args, kwargs) -> int:
@@ -79,7 +79,7 @@ def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL,
     enum = EnumMessenger(first_available_dim=first_available_dim)
 
     def trace():
-        requests = trace_stage.EnumRequests(first_available_dim, "model")
+        requests = EnumRequests(first_available_dim, "model")
         model_trace = poutine.trace(enum(AsParallel()(requests(model)))).get_trace(*args, **kwargs)
         with ignore_jit_warnings():
             return trace_stage.build_problem(

@@ -25,7 +25,8 @@ from enumdist.engine.errors import UnsupportedEnumerationError
 from enumdist.engine.observations import forget_checked_observations
 from enumdist.engine.plan import default_memory_budget
 from enumdist.engine.plates import plates_for
-from enumdist.engine.sequential import AsParallel, sequential_elbo
+from enumdist.engine.handlers import AsParallel
+from enumdist.engine.sequential import sequential_elbo
 from enumdist.engine.site_checks import check_model_guide_match
 
 #: the values of ``EnumELBO(validate=...)``

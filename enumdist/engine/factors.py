@@ -9,6 +9,7 @@ singleton dimensions. Everything downstream of the trace stage speaks only in fa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import math
 
@@ -38,6 +39,37 @@ class Factor:
 
     def element_size(self) -> int:
         return self.tensor.element_size()
+
+
+@runtime_checkable
+class Dense(Protocol):
+    """Anything a contraction slot may hold besides a tensor: it can be materialised."""
+
+    @property
+    def tensor(self) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class LogFactor(Dense, Protocol):
+    """What :class:`Factor`, ``lazy.LazyBernoulliLogProb`` and ``lazy.CategoricalTable`` share:
+    named dims with their sizes, a dense log tensor over ``dims``, the element size used for
+    memory estimates, and ``data`` (what the contraction consumes: the tensor, or the lazy
+    factor itself). A chain's batched ``Row`` is only :class:`Dense`."""
+
+    dims: tuple[str, ...]
+
+    @property
+    def sizes(self) -> dict[str, int]: ...
+
+    @property
+    def data(self) -> object: ...
+
+    def element_size(self) -> int: ...
+
+
+def dense(term: torch.Tensor | Dense) -> torch.Tensor:
+    """A slot's dense tensor: a tensor as it is, a lazy factor or row materialised."""
+    return term if torch.is_tensor(term) else term.tensor
 
 
 def compact_shape(tensor: torch.Tensor) -> tuple[int, ...]:

@@ -8,22 +8,13 @@ guide sites weigh by ``q``; non-reparameterised sampled sites carry a score-func
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from enumdist.engine.contract import contract
+from enumdist.engine.contract import contract, full_sum
 from enumdist.engine.dice import expected_costs
 from enumdist.engine.plan import plan_for, problem_sizes  # noqa: F401 - re-exported
 from enumdist.engine.plates import LOCAL
 from enumdist.engine.semiring import LOG_SUM
-
-
-def full_sum(tensor: torch.Tensor, dims, ordinal, sizes) -> torch.Tensor:
-    """Sum of a term over all its dims, counting plates it broadcasts over."""
-    missing = math.prod(sizes[p] for p in ordinal if p not in dims)
-    total = tensor.sum()
-    return total * missing if missing != 1 else total
 
 
 def contracted_terms(problem, plates=LOCAL, memory_budget=None):

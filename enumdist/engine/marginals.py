@@ -18,10 +18,9 @@ from collections import OrderedDict
 import pyro.distributions as dist
 import torch
 
-from enumdist.engine.contract import contract
+from enumdist.engine.contract import contract, full_sum
 from enumdist.engine.factors import expand_plates
 from enumdist.engine.layout import to_pyro_layout
-from enumdist.engine.loss import full_sum
 from enumdist.engine.plan import MARGINALS, plan_for, problem_sizes
 from enumdist.engine.semiring import LOG_SUM
 

@@ -12,6 +12,10 @@ LogSum       log-sum-exp           sample from the softmax            loss, marg
 MaxSum       max                   arg-max                            MAP / Viterbi
 ===========  ====================  ================================  =======================
 
+Each also owns its fused kernel for a whole first-order chain (``chain``: the chain's sum
+over all paths per row, and a memo) and the matching backward choice (``chain_states``:
+states ``[N, T]`` from that memo), so the contract stage never asks which semiring it holds.
+
 Both are stateless; ``eliminate`` and ``choose`` are pure functions of their inputs (``choose``
 of ``LogSum`` draws from torch's global RNG or the given generator).
 """
@@ -20,9 +24,18 @@ from __future__ import annotations
 
 import torch
 
+from enumdist.engine.chain.forward_backward import (
+    batched_chain_log_likelihood,
+    chain_log_likelihood,
+)
+from enumdist.engine.chain.sampling import batched_chain_sample, chain_sample, draw
+from enumdist.engine.chain.viterbi import follow, viterbi
+
 
 class Semiring:
-    """Interface: ``eliminate(x, dims)`` and ``choose(logits)`` (last dim = the variable)."""
+    """Interface: ``eliminate(x, dims)`` and ``choose(logits)`` (last dim = the variable);
+    ``chain(inputs)`` and ``chain_states(memo)`` for a fused chain
+    (``inputs``: :class:`~enumdist.engine.chain.adapter.ChainInputs`)."""
 
     name = "abstract"
 
@@ -30,6 +43,14 @@ class Semiring:
         raise NotImplementedError
 
     def choose(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def chain(self, inputs) -> tuple[torch.Tensor, object]:
+        """``(sum over all paths [N], memo for chain_states)``."""
+        raise NotImplementedError
+
+    def chain_states(self, memo, generator=None) -> torch.Tensor:
+        """States ``[N, T]`` chosen backwards from a :meth:`chain` memo."""
         raise NotImplementedError
 
 
@@ -42,10 +63,25 @@ class LogSum(Semiring):
         return torch.logsumexp(x, dim=dims)
 
     def choose(self, logits, generator=None):
-        probs = torch.softmax(logits.detach(), dim=-1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        idx = torch.multinomial(flat, 1, generator=generator).squeeze(-1)
-        return idx.reshape(probs.shape[:-1])
+        return draw(logits.detach(), generator)
+
+    def chain(self, inputs):
+        """The fused forward-backward (shared transitions) or the per-sequence kernel; the memo
+        is the detached inputs, for forward filtering backward sampling."""
+        emissions, transitions = inputs.emissions, inputs.per_sequence_transitions()
+        if transitions.dim() == 4:
+            out = batched_chain_log_likelihood(emissions, transitions)
+        else:
+            out = chain_log_likelihood(emissions.new_zeros(emissions.shape[-1]), transitions,
+                                       emissions)
+        return out, (emissions.detach(), transitions.detach())
+
+    def chain_states(self, memo, generator=None):
+        emissions, transitions = memo
+        if transitions.dim() == 4:
+            return batched_chain_sample(emissions, transitions, generator)
+        init = emissions.new_zeros(emissions.shape[-1])
+        return chain_sample(init, transitions, emissions, generator=generator)
 
 
 class MaxSum(Semiring):
@@ -58,6 +94,16 @@ class MaxSum(Semiring):
 
     def choose(self, logits, generator=None):
         return logits.detach().argmax(dim=-1)
+
+    def chain(self, inputs):
+        """Viterbi once; the memo is its final scores and back-pointers."""
+        delta, pointers = viterbi(inputs.emissions.detach(), inputs.transitions.detach(),
+                                  inputs.mask)
+        return delta.amax(-1), (delta, pointers)
+
+    def chain_states(self, memo, generator=None):
+        delta, pointers = memo
+        return follow(pointers, delta.argmax(-1))
 
 
 LOG_SUM = LogSum()

@@ -18,33 +18,14 @@ from __future__ import annotations
 import itertools
 
 import torch
-from pyro.poutine.messenger import Messenger
 
 from enumdist.engine import loss as loss_stage
 from enumdist.engine import trace as trace_stage
-from enumdist.engine.plates import LOCAL
+from enumdist.engine.contract import full_sum
 from enumdist.engine.errors import EnumerationError
-
-
-class FixValues(Messenger):
-    """Set the value of the named sample sites (they stay latent, not observed)."""
-
-    def __init__(self, values: dict):
-        super().__init__()
-        self.values = values
-
-    def _pyro_sample(self, msg):
-        if msg["name"] in self.values:
-            msg["value"] = self.values[msg["name"]]
-            msg["done"] = True
-
-
-class AsParallel(Messenger):
-    """Treat ``infer={"enumerate": "sequential"}`` model sites as parallel ones."""
-
-    def _pyro_sample(self, msg):
-        if msg["infer"].get("enumerate") == "sequential" and not msg["is_observed"]:
-            msg["infer"] = dict(msg["infer"], enumerate="parallel")
+from enumdist.engine.handlers import FixValues
+from enumdist.engine.plan import problem_sizes
+from enumdist.engine.plates import LOCAL
 
 
 def _supports(model_trace, names):
@@ -147,11 +128,11 @@ def sequential_elbo(trace_problem, model, guide, args, kwargs, names, traces, pl
 
     combinations = list(itertools.product(*supports))
     first = problem_for(combinations[0])
-    sizes = loss_stage.problem_sizes(first)
+    sizes = problem_sizes(first)
     guide_terms = {True: torch.zeros(()), False: torch.zeros(())}
     for t in first.guide_costs:
         inside = plates.touches_shard(t.ordinal)
-        guide_terms[inside] = guide_terms[inside] - loss_stage.full_sum(
+        guide_terms[inside] = guide_terms[inside] - full_sum(
             t.factor.tensor * t.scale, t.factor.dims, t.ordinal, sizes)
     guide_part = plates.sum_terms(guide_terms[False], guide_terms[True])
     params = [p for p in trace_stage.trace_params(first.model_trace, first.guide_trace)

@@ -40,7 +40,7 @@ from pyro.poutine.indep_messenger import IndepMessenger
 from enumdist.engine.plates import LocalPlates, check_shard_plates
 from enumdist.engine.errors import ModelStructureError, ShardError
 from enumdist.engine.factors import expand_plates
-from enumdist.engine.trace import EnumProblem
+from enumdist.engine.problem import EnumProblem
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -14,99 +14,22 @@ the enumerated variables, classified the way ``TraceEnum_ELBO`` classifies them:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 import pyro.distributions as dist
 import pyro.poutine as poutine
 from pyro.poutine.enum_messenger import EnumMessenger
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
 from enumdist.engine.errors import EnumerationError, MemoryBudgetError
-from enumdist.engine.factors import Factor, compact, name_dims
-from enumdist.engine.guide_enum import (check_model_enumeration_not_more_global, dice_factor,
-                                        num_samples)
+from enumdist.engine.factors import compact, name_dims
+from enumdist.engine.guide_enum import check_model_enumeration_not_more_global, dice_factor
+from enumdist.engine.handlers import EnumRequests
+from enumdist.engine.problem import EnumProblem, EnumVar, ModelTerm, Plate  # noqa: F401 - re-exported
 from enumdist.engine.lazy import enumerated_table, lazy_log_prob
 from enumdist.engine.observations import check_observations, site_mask
 from enumdist.engine.site_checks import check_markov_history, check_site_shape
-
-
-@dataclass(frozen=True)
-class Plate:
-    """A vectorised plate: its tensor dim, local size and full (pre-subsampling) size."""
-
-    name: str
-    dim: int
-    size: int
-    full_size: int
-
-
-@dataclass
-class EnumVar:
-    """An enumerated discrete variable (one sample site)."""
-
-    name: str
-    size: int
-    ordinal: frozenset  # plate names the site lives in
-    enum_dim: int  # Pyro's numbered dim for the variable at the time of the site
-    support: torch.Tensor  # the site's enumerated value (Pyro layout)
-    in_guide: bool
-    event_dim: int = 0
-
-
-@dataclass
-class ModelTerm:
-    """One model or guide site as a factor, with how the ELBO must treat it."""
-
-    name: str
-    factor: Factor
-    ordinal: frozenset
-    scale: object = 1.0  # float or scalar tensor; applied outside the log-sum-exp
-
-
-@dataclass
-class EnumProblem:
-    """Everything downstream stages need, in names rather than numbered dims."""
-
-    plates: dict[str, Plate]
-    vars: dict[str, EnumVar]
-    log_factors: list[ModelTerm] = field(default_factory=list)  # enter the elimination
-    costs: list[ModelTerm] = field(default_factory=list)  # plain expected costs (sign: +log p)
-    guide_costs: list[ModelTerm] = field(default_factory=list)  # -log q terms
-    dice_factors: list[ModelTerm] = field(default_factory=list)  # guide weights (see dice.py)
-    # ordinal -> log number of sequential runs of the guide's sites there (see guide_enum.py)
-    dice_denominators: dict = field(default_factory=dict)
-    model_trace: object = None
-    guide_trace: object = None
-
-    @property
-    def sum_vars(self) -> frozenset:
-        return frozenset(n for n, v in self.vars.items() if not v.in_guide)
-
-    def common_scale(self):
-        """The scale shared by all factors in the elimination (Pyro requires one)."""
-        scales = {}
-        for term in self.log_factors:
-            scale = term.scale
-            if isinstance(scale, torch.Tensor) and scale.dim():
-                raise EnumerationError(
-                    f"site '{term.name}': enumeration supports only a scalar poutine.scale "
-                    f"(got a tensor of shape {tuple(scale.shape)}); use poutine.mask for "
-                    f"per-element weights."
-                )
-            scales.setdefault(float(scale), (term.name, scale))
-        if len(scales) > 1:
-            listing = ", ".join(f"'{n}' x{v:g}" for v, (n, _) in scales.items())
-            raise EnumerationError(
-                "Expected all enumerated sample sites to share a common poutine.scale: the "
-                "model-enumerated sites and the sites depending on them must share one "
-                f"poutine.scale, but found {listing}. A subsampled plate under a global "
-                "enumerated variable causes this: don't subsample that plate, or shard it with "
-                "EnumELBO(shard_plates=[...]) instead."
-            )
-        return next(iter(scales.values()))[1] if scales else 1.0
 
 
 class SiteLayout(NamedTuple):
@@ -176,47 +99,6 @@ def _mask(log_prob: torch.Tensor, mask) -> torch.Tensor:
     if mask is False:
         return torch.zeros_like(log_prob)
     return torch.where(mask, log_prob, log_prob.new_zeros(()))
-
-
-class EnumRequests(Messenger):
-    """Innermost handler: checks each sample site before Pyro's handlers act on it.
-
-    It sees the site as the program wrote it (``replay`` later overwrites ``infer``), so it
-    records which sites asked for enumeration, and it reports layout problems -- a plate at a
-    dim where enumeration dims live, enumeration of a continuous site -- in our words, before
-    Pyro's broadcasting fails with a shape mismatch.
-    """
-
-    def __init__(self, first_available_dim: int, who: str):
-        super().__init__()
-        self.first_available_dim = first_available_dim
-        self.who = who
-        self.requested: set[str] = set()
-
-    def _pyro_sample(self, msg):
-        for frame in msg["cond_indep_stack"]:
-            if frame.vectorized and frame.dim <= self.first_available_dim:
-                nesting = -1 - self.first_available_dim
-                raise EnumerationError(
-                    f"plate '{frame.name}' (at {self.who} site '{msg['name']}') sits at dim "
-                    f"{frame.dim}, but enumeration dims start at first_available_dim="
-                    f"{self.first_available_dim} (max_plate_nesting={nesting}). Pass "
-                    f"max_plate_nesting={-frame.dim} (first_available_dim={frame.dim - 1}) or "
-                    "more, or give every plate an explicit dim= (a plate without dim= takes "
-                    "the next free dim on the left)."
-                )
-        how = msg["infer"].get("enumerate")
-        if not how or msg["is_observed"]:
-            return
-        monte_carlo = self.who == "guide" and num_samples(msg) is not None
-        if not monte_carlo and not getattr(msg["fn"], "has_enumerate_support", False):
-            raise EnumerationError(
-                f"{self.who} site '{msg['name']}' asks for enumeration but its "
-                f"{type(msg['fn']).__name__} distribution has no finite support to "
-                f"enumerate; remove infer={{'enumerate': ...}} there (continuous latents "
-                f"belong in the guide, e.g. AutoNormal)."
-            )
-        self.requested.add(msg["name"])
 
 
 def run_traces(model, guide, args, kwargs, max_plate_nesting: int, guide_wrapper=None):

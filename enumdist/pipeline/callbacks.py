@@ -11,9 +11,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -171,51 +168,3 @@ class SaveRankParameters(pl.Callback):
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         path = Path(self.dirpath) / f"rank{trainer.global_rank}.pt"
         atomic_write(path, lambda f: torch.save({"step": trainer.global_step, "state_dict": state}, f))
-
-
-class SlurmRequeue(pl.Callback):
-    """On SIGUSR1 (``sbatch --signal=SIGUSR1@90``): checkpoint and requeue, at a step boundary.
-
-    Lightning's own handler saves the checkpoint inside the signal handler, in the middle of a
-    step; with DDP its barrier can meet another rank's gradient all-reduce and hang (seen here
-    with gloo). This handler only sets a flag; after each step the ranks agree on it (one
-    all-reduce), all save ``<root>/hpc_ckpt_<n>.ckpt`` and rank 0 runs ``scontrol requeue``.
-    The restarted job resumes from it with ``ckpt_path=last``. Inactive outside SLURM batch jobs
-    and under submitit (which handles the signal and resubmits itself). ``train.py`` turns
-    Lightning's handler off (``SLURMEnvironment(auto_requeue=False)``) where this one is active.
-    """
-
-    def __init__(self, signum: int = signal.SIGUSR1):
-        self.signum, self.received = signum, False
-
-    @staticmethod
-    def active() -> bool:
-        return "SLURM_JOB_ID" in os.environ and "SUBMITIT_EXECUTOR" not in os.environ \
-            and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
-
-    def setup(self, trainer, pl_module, stage) -> None:
-        if self.active():
-            signal.signal(self.signum, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        self.received = True
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.active():
-            return
-        flag = torch.tensor(float(self.received), device=pl_module.device)
-        if trainer.world_size > 1:
-            flag = trainer.strategy.reduce(flag, reduce_op="sum")
-        if flag.item() == 0:
-            return
-        number = int(os.environ.get("SLURM_RESTART_COUNT", "0")) + 1
-        trainer.save_checkpoint(os.path.join(trainer.default_root_dir, f"hpc_ckpt_{number}.ckpt"))
-        if trainer.is_global_zero:
-            job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])
-            task = os.environ.get("SLURM_ARRAY_TASK_ID")
-            job = f"{job}_{task}" if task else job
-            result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
-            print(f"SlurmRequeue: saved hpc_ckpt_{number}.ckpt at step {trainer.global_step}; "
-                  f"scontrol requeue {job}: {'ok' if result.returncode == 0 else result.stderr.strip()}",
-                  flush=True)
-        trainer.should_stop = True

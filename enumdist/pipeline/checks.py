@@ -60,8 +60,8 @@ def check_values(cfg: DictConfig, rules: tuple[Rule, ...] = VALUE_RULES) -> None
     """Refuse, before anything runs, values that cannot work (every problem at once, each naming
     its key): mandatory values left ``???`` and the typed ranges of :data:`VALUE_RULES` (a key the
     config does not have is not checked)."""
-    problems = [f"{key} is missing (???): set {key}=<value>" + MISSING_HINTS.get(key, "")
-                for key in sorted(OmegaConf.missing_keys(cfg))]
+    missing = missing_keys(cfg)
+    problems = [f"{key} is missing (???): set {key}=<value>" + MISSING_HINTS.get(key, "") for key in missing]
     for rule in rules:
         parent, _, leaf = rule.key.rpartition(".")
         node = OmegaConf.select(cfg, parent, default=None, throw_on_missing=False)
@@ -71,6 +71,27 @@ def check_values(cfg: DictConfig, rules: tuple[Rule, ...] = VALUE_RULES) -> None
                 problems.append(problem)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every ``???`` value under ``node``, without resolving interpolations (which
+    may need Hydra's runtime config, or fail later by their own name)."""
+    from omegaconf import DictConfig, ListConfig
+
+    found = []
+    if isinstance(node, DictConfig):
+        items = [(str(k), node._get_node(k)) for k in node]
+    elif isinstance(node, ListConfig):
+        items = [(str(i), node._get_node(i)) for i in range(len(node))]
+    else:
+        return found
+    for key, child in items:
+        path = f"{prefix}{key}"
+        if child._is_missing() and not child._is_interpolation():
+            found.append(path)
+        elif isinstance(child, (DictConfig, ListConfig)):
+            found += missing_keys(child, path + ".")
+    return sorted(found)
 
 
 MISSING_HINTS = {

@@ -96,8 +96,10 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint_and_says_so(trained, 
         resolve_ckpt_path(str(run_dir / "checkpoints" / "step4.ckpt"), run_dir)  # named: refused
 
 
-def test_decode_refuses_a_corrupt_checkpoint_by_name(trained, tmp_path):
+def test_decode_refuses_a_corrupt_checkpoint_by_name(trained, tmp_path, monkeypatch):
     from enumdist.decoding import run_decoding
+
+    monkeypatch.setenv("ENUMDIST_ALLOW_TARGETS", "tests.pipeline.toy.toy_sequences")  # our own toy data
 
     run_dir = copy_run(trained, tmp_path / "run")
     flip_bytes(run_dir / "checkpoints" / "last.ckpt")

@@ -45,7 +45,7 @@ def test_cli_run_writes_the_run_directory_layout(tmp_path):
     assert [bool(r["valid_loss_per_obs"]) for r in rows] == [False, False, True, False]
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb must run offline under the run dir"
     assert list((run_dir / "wandb").rglob("media/images/pictures_*.png")), "pictures go to wandb"
-    assert "Epoch 3: 100%" in result.stdout + result.stderr  # the progress bar
+    assert "Epoch 3, step: 100%|██████████| 4/4" in result.stdout + result.stderr  # one bar over max_steps
 
 
 def test_guide_parameters_are_under_guide_prefix(tmp_path):
