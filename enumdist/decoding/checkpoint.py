@@ -79,8 +79,7 @@ def build_model(cfg: DictConfig, state_dict: dict[str, torch.Tensor], source: Pa
     model = instantiate(cfg.model)
     if not isinstance(model, EnumModel):
         raise TypeError(f"model._target_={cfg.model.get('_target_')} is not an EnumModel")
-    if hasattr(model, "create_parameters"):  # parameters made on the first call (FunctionModel)
-        model.create_parameters(select_prefix(state_dict, "model."))
+    model.create_parameters(select_prefix(state_dict, "model."))  # made on the first call (FunctionModel)
     load_weights(model, select_prefix(state_dict, "model."),
                  what=f"model {cfg.model.get('_target_', type(model).__name__)}", source=source)
     return model.eval()

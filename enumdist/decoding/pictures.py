@@ -14,13 +14,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.patches import Patch
 
-from enumdist.data.piano_roll import LOWEST_MIDI_PITCH, NUM_PIANO_KEYS  # noqa: E402
-from enumdist.decoding.files import atomic_path  # noqa: E402
+from enumdist.data.piano_roll import LOWEST_MIDI_PITCH, NUM_PIANO_KEYS
+from enumdist.decoding.files import atomic_path
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 #: up to this many states get a legend entry each; more get a colour bar

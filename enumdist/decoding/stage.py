@@ -42,7 +42,6 @@ from pyro import poutine
 from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
-from enumdist.data.piano_roll import validate_piano_roll
 from enumdist.decoding import checkpoint as ckpt
 from enumdist.decoding import pictures
 from enumdist.decoding.decoder import decode_batch, to_table
@@ -143,15 +142,6 @@ def write_chunk(path: Path, table: pa.Table) -> Path:
     return write_parquet(table, path)
 
 
-def check_items(model, batch: dict, split: str) -> None:
-    """Clear errors for malformed piano rolls before any decoding."""
-    if "sequences" not in batch or not hasattr(model, "num_keys"):
-        return
-    for row, (roll, length) in enumerate(zip(batch["sequences"], batch["lengths"])):
-        validate_piano_roll(roll[: int(length)], num_keys=model.num_keys,
-                            name=f"split {split!r} item {int(batch['index'][row])}")
-
-
 def check_no_local_guide_latents(model, guide, batch: dict, options: DecodeOptions) -> None:
     """A guide's latents inside the data plate were fitted to the training items; replaying them
     on another split would pair items with the wrong latents."""
@@ -188,14 +178,11 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
     model = ckpt.build_model(cfg, state_dict, checkpoint)
 
     datamodule = instantiate(cfg.data)
-    load_split = getattr(datamodule, "load_split", None) or datamodule._load_split
-    items = load_split(options.split)  # raises on empty splits and NaN fields
+    items = datamodule.load_split(options.split)  # raises on empty splits and NaN fields
     table, names = items.table, getattr(items, "names", None)
     num_items = next(iter(table.values())).shape[0]
-    if num_items == 0:
-        raise ValueError(f"split {options.split!r} of run {run_dir} is empty: nothing to decode")
     items_of = lambda r, steps=None: batch_of(table, r, steps)  # noqa: E731
-    check_items(model, items_of(range(num_items)), options.split)
+    model.validate_items(items_of(range(num_items)), f"split {options.split!r}")
     guide = ckpt.build_guide(cfg, model, items_of(range(min(num_items, 2))), state_dict, checkpoint)
     if guide is not None and options.split != "train":
         check_no_local_guide_latents(model, guide, items_of(range(min(num_items, 2))), options)
@@ -224,7 +211,7 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
 
     outputs = {"decoded": out_dir / "decoded.parquet", "manifest": out_dir / "manifest.json"}
     if options.pictures:
-        if hasattr(model, "transition_matrices") and model.transition_matrices():
+        if model.transition_matrices():
             outputs.update(transitions=run_dir / "transitions.png",
                            piano_roll=run_dir / "piano_roll_states.png")
         if options.marginals:
@@ -256,15 +243,8 @@ def _draw(model, table: dict, merged: pa.Table, outputs: dict, split: str) -> No
     title = f"{first['name']} ({split} item {first['index']})" if first["name"] else \
         f"{split} item {first['index']}"
     if "transitions" in outputs:
-        pictures.save(pictures.transition_figure(model.transition_matrices(),
-                                                 model.transition_conditions()),
-                      outputs["transitions"])
-        roll = table["sequences"][first["index"], : first["length"]]
-        states = {c: torch.tensor(first[c]) for c in model.chains}
-        pictures.save(pictures.piano_roll_figure(roll, states,
-                                                 {c: model.hidden_dim for c in model.chains},
-                                                 title=f"{title}: decoded hidden states"),
-                      outputs["piano_roll"])
+        for name, figure in model.decoded_figures(table, first, title).items():
+            pictures.save(figure, outputs[name])
     if "marginals" in outputs:
         names = [c[: -len("_marginals")] for c in merged.column_names if c.endswith("_marginals")]
         per_item = all(len(first[c]) == 1 for c in names)

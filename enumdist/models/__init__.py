@@ -1,6 +1,6 @@
 """The model zoo: plain Pyro models with enumerated discrete latents (see :mod:`.base`).
 
-- HMM family for piano rolls (:mod:`.hmm`, scaffolding in :mod:`.chain`);
+- HMM family for piano rolls (:mod:`.hmm`, scaffolding in :mod:`.hmm_base`);
 - :class:`GaussianMixture` (Bayesian, with an autoguide over its global latents);
 - :class:`TopicModel` (documents ⊃ words, one enumerated topic per word);
 - :class:`SemiSupervisedClassifier` (labels observed or enumerated in one plate);

@@ -1,6 +1,6 @@
 """The HMM family for polyphonic music (piano rolls), written as python loops under ``pyro.markov``.
 
-All share the batch layout, plates and site naming of :mod:`enumdist.models.chain`.
+All share the batch layout, plates and site naming of :mod:`enumdist.models.hmm_base`.
 Indexing with enumerated values goes through ``Vindex`` so that the enumeration dims on the left
 broadcast against the ``keys`` plate on the right.
 """
@@ -14,7 +14,7 @@ from pyro.nn import PyroModule
 from pyro.ops.indexing import Vindex
 from torch import nn
 
-from enumdist.models.chain import (ChainModel, random_key_probs, random_simplex,
+from enumdist.models.hmm_base import (ChainModel, random_key_probs, random_simplex,
                                    random_transition)
 
 ENUM = {"enumerate": "parallel"}

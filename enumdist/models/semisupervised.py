@@ -26,7 +26,7 @@ from pyro.nn import PyroParam
 from torch.distributions import constraints
 
 from enumdist.models.base import EnumModel
-from enumdist.models.chain import seeded
+from enumdist.models.hmm_base import seeded
 
 
 class SemiSupervisedClassifier(EnumModel):

@@ -22,7 +22,7 @@ from pyro.nn import PyroParam
 from torch.distributions import constraints
 
 from enumdist.models.base import EnumModel
-from enumdist.models.chain import seeded
+from enumdist.models.hmm_base import seeded
 
 
 class TopicModel(EnumModel):

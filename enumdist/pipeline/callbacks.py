@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import csv
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -170,10 +168,3 @@ class SaveRankParameters(pl.Callback):
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         path = Path(self.dirpath) / f"rank{trainer.global_rank}.pt"
         atomic_write(path, lambda f: torch.save({"step": trainer.global_step, "state_dict": state}, f))
-
-
-def read_history(path: str | os.PathLike) -> list[tuple[int, float]]:
-    """The training rows ``(step, loss_per_obs)`` of a ``train_history.csv``."""
-    with open(path) as f:
-        return [(int(r["step"]), float(r["loss_per_obs"])) for r in csv.DictReader(f)
-                if r["loss_per_obs"] not in (None, "")]

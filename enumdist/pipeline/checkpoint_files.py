@@ -225,3 +225,27 @@ def tidy_run_dir(run_dir: str | os.PathLike, model_checkpoint: Any | None, resum
     for path in removed:
         print(f"resume: removed {path}, left behind by an interrupted run", flush=True)
     return removed
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | os.PathLike) -> str | None:
+    """``"last"``: the checkpoint with the highest recorded step among ``<run_dir>/checkpoints/*.ckpt``
+    and SLURM's ``<run_dir>/hpc_ckpt_*.ckpt`` whose bytes verify (corrupt ones are skipped with a
+    warning; see :mod:`enumdist.pipeline.checkpoint_files`), or ``None`` (fresh start) when there is
+    none. A given path must exist and verify."""
+    from enumdist.pipeline.checks import ConfigError  # checks re-exports this function
+
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        found = newest_intact(run_dir, Path(run_dir) / "checkpoints")
+        legacy = Path(run_dir) / "checkpoints" / "last.ckpt"
+        if found is None and legacy.is_file() and read_record(legacy) is None:
+            # a run from before checksums: loaded weights-only, unverified (with a warning)
+            found = legacy
+        if found is not None:
+            print(f"ckpt_path=last: resuming from {found}", flush=True)
+        return None if found is None else str(found)
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r} does not exist (use ckpt_path=last to resume a run directory)")
+    verify(ckpt_path)
+    return str(ckpt_path)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from enumdist.engine.errors import EnumdistError
@@ -103,17 +100,6 @@ MISSING_HINTS = {
 }
 
 
-def instantiate_group(cfg: DictConfig, key: str, **kwargs) -> Any:
-    """``hydra.utils.instantiate(cfg[key])`` with an error that names ``key`` and its ``_target_``."""
-    node = cfg.get(key)
-    if node is None or "_target_" not in node:
-        raise ConfigError(f"{key}: no config with a _target_ (choose one of enumdist/conf/{key}/*.yaml)")
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as error:
-        raise ConfigError(f"{key}: cannot instantiate {key}._target_={node._target_!r}: {error}") from error
-
-
 def slurm_tasks_per_node(environ: dict[str, str] | None = None) -> int | None:
     """Tasks per node of the SLURM job step we run in, or ``None`` outside ``srun``/SLURM tasks."""
     environ = os.environ if environ is None else environ
@@ -146,25 +132,14 @@ def check_decoding(cfg: DictConfig) -> None:
             ) from error
 
 
-def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | os.PathLike) -> str | None:
-    """``"last"``: the checkpoint with the highest recorded step among ``<run_dir>/checkpoints/*.ckpt``
-    and SLURM's ``<run_dir>/hpc_ckpt_*.ckpt`` whose bytes verify (corrupt ones are skipped with a
-    warning; see :mod:`enumdist.pipeline.checkpoint_files`), or ``None`` (fresh start) when there is
-    none. A given path must exist and verify."""
-    from enumdist.pipeline.checkpoint_files import newest_intact, read_record, verify
-
-    if ckpt_path is None:
-        return None
-    if ckpt_path == "last":
-        found = newest_intact(run_dir, Path(run_dir) / "checkpoints")
-        legacy = Path(run_dir) / "checkpoints" / "last.ckpt"
-        if found is None and legacy.is_file() and read_record(legacy) is None:
-            # a run from before checksums: loaded weights-only, unverified (with a warning)
-            found = legacy
-        if found is not None:
-            print(f"ckpt_path=last: resuming from {found}", flush=True)
-        return None if found is None else str(found)
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path!r} does not exist (use ckpt_path=last to resume a run directory)")
-    verify(ckpt_path)
-    return str(ckpt_path)
+def __getattr__(name: str) -> Any:
+    """Old homes, kept importable: ``instantiate_group`` lives in :mod:`enumdist.pipeline.groups`,
+    ``resolve_ckpt_path`` in :mod:`enumdist.pipeline.checkpoint_files` (imported lazily: both use
+    :class:`ConfigError` from here)."""
+    if name == "instantiate_group":
+        from enumdist.pipeline.groups import instantiate_group
+        return instantiate_group
+    if name == "resolve_ckpt_path":
+        from enumdist.pipeline.checkpoint_files import resolve_ckpt_path
+        return resolve_ckpt_path
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,14 +13,9 @@ from collections.abc import Callable
 
 import pyro
 import pyro.infer.autoguide as autoguide
-from pyro import poutine
 from pyro.nn import PyroModule
 
 from enumdist.models.base import EnumModel
-
-
-def _is_enumerated_or_observed(msg: dict) -> bool:
-    return msg["type"] == "sample" and (msg["is_observed"] or msg["infer"].get("enumerate") is not None)
 
 
 class EmptyGuide(PyroModule):
@@ -49,21 +44,18 @@ def auto(model: EnumModel, kind: str = "AutoDelta", **kwargs) -> PyroModule:
     ``model.init_loc_fn`` when the model has one. A model with its own ``guide`` keeps it; a
     model without ``global_latents`` (all latents enumerated) gets :class:`EmptyGuide`.
     """
-    if getattr(model, "guide", None) is not None:
+    if model.guide is not None:
         return ModelGuide(model)
-    if not getattr(model, "global_latents", ()):
+    if not model.global_latents:
         return EmptyGuide()
     if not hasattr(autoguide, kind):
         raise ValueError(f"guide.kind={kind!r} is not a pyro.infer.autoguide class")
-    guide_model = getattr(model, "guide_model", None)
-    if guide_model is None:
-        guide_model = poutine.block(model.model, hide_fn=_is_enumerated_or_observed)
-    if hasattr(model, "init_loc_fn"):
+    if model.init_loc_fn is not None:
         kwargs.setdefault("init_loc_fn", model.init_loc_fn)
     data_plate = None
     if "create_plates" in inspect.signature(getattr(autoguide, kind)).parameters:
         data_plate = kwargs.setdefault("create_plates", DataPlate(model.shard_plate))
-    guide = getattr(autoguide, kind)(guide_model, **kwargs)
+    guide = getattr(autoguide, kind)(model.guide_model, **kwargs)
     if isinstance(data_plate, DataPlate):
         data_plate.guide = guide
     return PicklableAutoGuide(guide.model, guide)  # guide.model: wrapped by its init strategy
@@ -111,7 +103,7 @@ class PicklableAutoGuide(PyroModule):
 
 def empty(model: EnumModel) -> PyroModule:
     """No guide (all latents enumerated), or the model's own guide if it has one."""
-    if getattr(model, "guide", None) is not None:
+    if model.guide is not None:
         return ModelGuide(model)
     return EmptyGuide()
 

@@ -41,7 +41,7 @@ class RecoveryThresholds:
 
 
 def _chain_parameters(model) -> dict[str, tuple[str, str]]:
-    return FACTORIAL_PARAMETERS if hasattr(model, "transition_w") else PARAMETERS
+    return FACTORIAL_PARAMETERS if "w" in model.chains else PARAMETERS
 
 
 def _emission_rows(model, chain: str) -> np.ndarray:

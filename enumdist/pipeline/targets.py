@@ -67,7 +67,7 @@ def is_allowed(target: str) -> bool:
 
     try:
         obj = _locate(target)
-    except Exception:  # noqa: BLE001 - an unresolvable target is simply not allowed
+    except Exception:  # an unresolvable target is simply not allowed
         return False
     return (inspect.isclass(obj) or inspect.isfunction(obj)) and _in_package(getattr(obj, "__module__", ""))
 

@@ -16,7 +16,7 @@ from enumdist.pipeline.checkpoint_files import (
     save_checkpoint,
     sidecar_of,
 )
-from enumdist.pipeline.checks import resolve_ckpt_path
+from enumdist.pipeline.checkpoint_files import resolve_ckpt_path
 from tests.pipeline.test_train import final_state, train_with
 
 TOY = ["experiment=toy_hmm", "elbo=pyro", "test=false"]

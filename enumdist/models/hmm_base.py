@@ -26,6 +26,7 @@ from pyro import poutine
 from pyro.nn import PyroParam
 from torch.distributions import constraints
 
+from enumdist.data.piano_roll import validate_piano_roll
 from enumdist.models.base import EnumModel
 
 
@@ -91,16 +92,23 @@ class ChainModel(EnumModel):
         num_steps = batch["sequences"].shape[1]
         return {c: [f"{c}_{t}" for t in range(num_steps)] for c in self.chains}
 
-    def transition_matrices(self) -> dict[str, torch.Tensor]:
-        """Learned transition matrices, for pictures; chain name -> ``[..., D, D]``, the leading
-        dims being what else the transition is conditioned on (see
-        :meth:`transition_conditions`)."""
-        return {}
+    def validate_items(self, batch: dict[str, torch.Tensor], where: str) -> None:
+        """Every item must be a valid piano roll of ``num_keys`` keys up to its length."""
+        for row, (roll, length) in enumerate(zip(batch["sequences"], batch["lengths"])):
+            validate_piano_roll(roll[: int(length)], num_keys=self.num_keys,
+                                name=f"{where} item {int(batch['index'][row])}")
 
-    def transition_conditions(self) -> dict[str, tuple[str, ...]]:
-        """Chain name -> names of the leading dims of its transition matrix (e.g.
-        ``("x_{t-2}",)``); chains with plain ``[D, D]`` transitions need no entry."""
-        return {}
+    def decoded_figures(self, table: dict, first: dict, title: str) -> dict:
+        """Transition matrices, and the first item's piano roll under its decoded states."""
+        from enumdist.decoding import pictures  # matplotlib only where pictures are drawn
+
+        roll = table["sequences"][first["index"], : first["length"]]
+        states = {c: torch.tensor(first[c]) for c in self.chains}
+        return {"transitions": pictures.transition_figure(self.transition_matrices(),
+                                                          self.transition_conditions()),
+                "piano_roll": pictures.piano_roll_figure(roll, states,
+                                                         {c: self.hidden_dim for c in self.chains},
+                                                         title=f"{title}: decoded hidden states")}
 
     # ---- helpers for subclasses -----------------------------------------------------------
     def check_batch(self, batch: dict[str, torch.Tensor]) -> None:
