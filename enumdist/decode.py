@@ -34,10 +34,15 @@ def _schema() -> type:
     """``DecodeConfig``: ``run_dir`` (required) and every field of :class:`DecodeOptions`, with its
     type and default -- generated, so that the options are declared in one place only."""
     hints = typing.get_type_hints(DecodeOptions)
-    fields = [(f.name, hints[f.name], dataclasses.field(default=f.default))
-              for f in dataclasses.fields(DecodeOptions)]
-    return dataclasses.make_dataclass("DecodeConfig", [("run_dir", str, dataclasses.field(default=MISSING))] + fields,
-                                      namespace={"__doc__": "Options of enumdist-decode (see DecodeOptions)."})
+    fields = [
+        (f.name, hints[f.name], dataclasses.field(default=f.default))
+        for f in dataclasses.fields(DecodeOptions)
+    ]
+    return dataclasses.make_dataclass(
+        "DecodeConfig",
+        [("run_dir", str, dataclasses.field(default=MISSING)), *fields],
+        namespace={"__doc__": "Options of enumdist-decode (see DecodeOptions)."},
+    )
 
 
 DecodeConfig = _schema()
@@ -49,11 +54,15 @@ def decode(cfg: DictConfig | dict) -> dict[str, Path]:
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is set up and torn down here.
     """
-    options = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    options = (
+        OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    )
     run_dir = options.pop("run_dir", MISSING)
     if run_dir in (None, MISSING, ""):
-        raise ValueError("run_dir=<training run directory> is required, e.g. enumdist-decode "
-                         "run_dir=outputs/chorale_hmm/<date>_<time>")
+        raise ValueError(
+            "run_dir=<training run directory> is required, e.g. enumdist-decode "
+            "run_dir=outputs/chorale_hmm/<date>_<time>"
+        )
     torch.set_num_threads(int(os.environ.get("ENUMDIST_NUM_THREADS", torch.get_num_threads())))
     started, rank = False, 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():

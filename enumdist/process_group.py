@@ -56,16 +56,23 @@ def set_collective_timeout(timeout_s: float) -> None:
     dist.distributed_c10d._set_pg_timeout(timedelta(seconds=float(timeout_s)))
 
 
-def init_process_group(backend: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs) -> None:
+def init_process_group(
+    backend: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs
+) -> None:
     """``torch.distributed.init_process_group`` the project's way (see module docstring): joining
     waits :func:`rendezvous_timeout_s`, every collective afterwards ``timeout_s``."""
-    dist.init_process_group(backend or default_backend(), timeout=timedelta(seconds=rendezvous_timeout_s(timeout_s)),
-                            **kwargs)
+    dist.init_process_group(
+        backend or default_backend(),
+        timeout=timedelta(seconds=rendezvous_timeout_s(timeout_s)),
+        **kwargs,
+    )
     set_collective_timeout(timeout_s)
 
 
 @contextmanager
-def process_group(backend: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs) -> Iterator[None]:
+def process_group(
+    backend: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs
+) -> Iterator[None]:
     """A process group for the duration of the block, destroyed on the way out (errors included)."""
     init_process_group(backend, timeout_s=timeout_s, **kwargs)
     try:
@@ -100,8 +107,9 @@ def without_timeout(trainer_cfg: Any) -> tuple[Any, float | None]:
 
 
 @contextmanager
-def naming_timeouts(timeout_s: float | None, rank: int, world_size: int, key: str = TIMEOUT_KEY,
-                    on_timeout=None) -> Iterator[None]:
+def naming_timeouts(
+    timeout_s: float | None, rank: int, world_size: int, key: str = TIMEOUT_KEY, on_timeout=None
+) -> Iterator[None]:
     """Re-raise a collective's timeout as :class:`ProcessGroupTimeout` naming ``key``, its value,
     this rank and the ranks it waited for; ``on_timeout()`` runs first (e.g. to kill the ranks
     this process launched)."""
@@ -118,7 +126,8 @@ def naming_timeouts(timeout_s: float | None, rank: int, world_size: int, key: st
             f"rank {rank} of {world_size}: a collective waited longer than {key}={timeout_s:g} s for "
             f"{waited}, which is stopped (SIGSTOP), stuck or dead. Find that rank's process; raise "
             f"{key} if its steps are legitimately that slow. Backend said: "
-            f"{str(error).strip().splitlines()[-1][:300]}") from error
+            f"{str(error).strip().splitlines()[-1][:300]}"
+        ) from error
 
 
 def rank_and_world() -> tuple[int, int]:

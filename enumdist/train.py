@@ -12,10 +12,10 @@ import os
 
 os.environ.setdefault("WANDB_MODE", "offline")  # never talk to the network unless asked to
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
@@ -27,12 +27,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from enumdist.pipeline.checkpoint_files import AtomicCheckpointIO, tidy_run_dir
-    from enumdist.pipeline.checks import (check_decoding, check_slurm_devices, check_values,
-                                          instantiate_group, resolve_ckpt_path)
+    from enumdist.pipeline.checks import (
+        check_decoding,
+        check_slurm_devices,
+        check_values,
+        instantiate_group,
+        resolve_ckpt_path,
+    )
     from enumdist.pipeline.console import filter_known_warnings
     from enumdist.pipeline.loggers import build_loggers, finish_loggers, log_decoded_outputs
     from enumdist.pipeline.module import EnumModule
-    from enumdist.pipeline.slurm import SlurmRequeue, slurm_plugins, trained_checkpoint, write_metrics
+    from enumdist.pipeline.slurm import (
+        SlurmRequeue,
+        slurm_plugins,
+        trained_checkpoint,
+        write_metrics,
+    )
     from enumdist.pipeline.strategies import kill_launched_ranks, lightning_strategy
     from enumdist.process_group import naming_timeouts, without_timeout
 
@@ -50,13 +60,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     guide = instantiate_group(cfg, "guide")  # a factory: model -> guide module
     elbo = instantiate_group(cfg, "elbo")  # a factory: built per process in EnumModule.setup
     module = EnumModule(
-        model, elbo=elbo, guide=guide,
+        model,
+        elbo=elbo,
+        guide=guide,
         optimizer=instantiate(cfg.optim.optimizer, _convert_="all"),  # plain lists in checkpoints
-        scheduler=instantiate(cfg.optim.scheduler, _convert_="all") if cfg.optim.get("scheduler") else None,
+        scheduler=instantiate(cfg.optim.scheduler, _convert_="all")
+        if cfg.optim.get("scheduler")
+        else None,
         scheduler_interval=cfg.optim.scheduler_interval,
         validate=cfg.validate,
         fold_in=OmegaConf.to_container(cfg.fold_in) if cfg.get("fold_in") else None,
-        hparams=OmegaConf.to_container(cfg, resolve=True),  # plain containers: weights-only loadable
+        hparams=OmegaConf.to_container(
+            cfg, resolve=True
+        ),  # plain containers: weights-only loadable
     )
 
     loggers = build_loggers(cfg, run_dir)  # each gets the flattened config; wandb: see loggers.py
@@ -65,11 +81,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     # Lightning's in-handler SIGUSR1 requeue is off under SLURM: SlurmRequeue acts at a step boundary
     plugins = [AtomicCheckpointIO(), *slurm_plugins()]
-    trainer_cfg, timeout_s = without_timeout(cfg.trainer)  # the process-group timeout goes to the strategy
-    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=plugins,
-                          strategy=lightning_strategy(trainer_cfg.strategy, timeout_s))
-    collectives = lambda: naming_timeouts(timeout_s, trainer.global_rank, trainer.world_size,  # noqa: E731
-                                          on_timeout=lambda: kill_launched_ranks(trainer))
+    trainer_cfg, timeout_s = without_timeout(
+        cfg.trainer
+    )  # the process-group timeout goes to the strategy
+    trainer = instantiate(
+        trainer_cfg,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=plugins,
+        strategy=lightning_strategy(trainer_cfg.strategy, timeout_s),
+    )
+
+    def collectives():
+        return naming_timeouts(
+            timeout_s,
+            trainer.global_rank,
+            trainer.world_size,
+            on_timeout=lambda: kill_launched_ranks(trainer),
+        )
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     if ckpt_path is not None and trainer.is_global_zero:  # a kill leaves temporaries and orphans
@@ -82,7 +111,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finish_loggers(trainer.loggers)
         requeue.requeue(trainer)
         return metrics
-    if cfg.test:  # the trained weights, explicitly: under SLURM ckpt_path=None means hpc_ckpt_*.ckpt
+    if (
+        cfg.test
+    ):  # the trained weights, explicitly: under SLURM ckpt_path=None means hpc_ckpt_*.ckpt
         tested = trained_checkpoint(trainer, run_dir)
         with collectives():
             trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False)
@@ -122,9 +153,17 @@ def report(metrics: dict[str, float], run_dir: Path, pictures: list[str]) -> Non
     """Rank 0's closing words: held-out loss per observation and where the run's files are."""
     for key in ("train/loss_per_obs", "valid/loss_per_obs", "test/loss_per_obs", "test/accuracy"):
         if key in metrics:
-            print(f"{key.replace('/', ' ').replace('_per_obs', ' per observation'):<32} {metrics[key]:.5f}")
+            print(
+                f"{key.replace('/', ' ').replace('_per_obs', ' per observation'):<32} {metrics[key]:.5f}"
+            )
     print(f"run directory: {run_dir}")
-    for name in ("checkpoints/last.ckpt", "train_history.csv", "metrics.json", "wandb", ".hydra/config.yaml"):
+    for name in (
+        "checkpoints/last.ckpt",
+        "train_history.csv",
+        "metrics.json",
+        "wandb",
+        ".hydra/config.yaml",
+    ):
         if (run_dir / name).exists():
             print(f"  {name:<22} {run_dir / name}")
     for picture in pictures:

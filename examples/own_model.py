@@ -1,6 +1,10 @@
 """Your own Pyro model, trained by enumdist's pipeline and decoded, in about 30 lines.
 The model contract is in docs/own_model.md; `python examples/own_model.py` runs it (CPU, ~seconds)."""
-import pyro, pyro.distributions as dist, pytorch_lightning as pl, torch  # noqa: E401
+
+import pyro
+import pyro.distributions as dist
+import pytorch_lightning as pl
+import torch
 from pyro.nn import PyroParam
 from torch.distributions import constraints
 
@@ -35,9 +39,17 @@ def load(split):  # any dict of per-item tensors, one per split
 
 model, data = TwoClusters(), ShardedDataModule(load, batch_size=50)
 module = EnumModule(model, elbo=enumdist.EnumELBO, optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
-trainer = pl.Trainer(max_steps=200, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     use_distributed_sampler=False, enable_model_summary=False)
+trainer = pl.Trainer(
+    max_steps=200,
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    use_distributed_sampler=False,
+    enable_model_summary=False,
+)
 trainer.fit(module, datamodule=data)
 test_loss = trainer.test(module, datamodule=data, verbose=False)[0]["test/loss_per_obs"]
 decoded = decode_batch(model, None, data.full_batch("test"), marginals=True)  # MAP clusters
-print(f"test loss per point {test_loss:.3f}; locs {model.locs.tolist()}; z {decoded['z'][:5, 0].tolist()}")
+print(
+    f"test loss per point {test_loss:.3f}; locs {model.locs.tolist()}; z {decoded['z'][:5, 0].tolist()}"
+)

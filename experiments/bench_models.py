@@ -30,8 +30,9 @@ def params(num_keys: int, num_states: int = NUM_STATES):
     )
     generator = torch.Generator().manual_seed(0)
     # drawn in float32 whatever the default dtype, so float64 runs start from the same values
-    uniform = torch.rand(num_states, num_keys, generator=generator, dtype=torch.float32,
-                         device="cpu")  # the same draw on every device
+    uniform = torch.rand(
+        num_states, num_keys, generator=generator, dtype=torch.float32, device="cpu"
+    )  # the same draw on every device
     probs_y = pyro.param(
         "probs_y",
         uniform.to(torch.get_default_dtype()).to(torch.get_default_device()) * 0.5 + 0.2,
@@ -49,11 +50,13 @@ def loop_model(sequences, lengths, num_states: int = NUM_STATES):
         x = 0
         for t in pyro.markov(range(max_length)):
             with poutine.mask(mask=(t < lengths).unsqueeze(-1)):
-                x = pyro.sample(f"x_{t}", dist.Categorical(probs_x[x]),
-                                infer={"enumerate": "parallel"})
+                x = pyro.sample(
+                    f"x_{t}", dist.Categorical(probs_x[x]), infer={"enumerate": "parallel"}
+                )
                 with keys:
-                    pyro.sample(f"y_{t}", dist.Bernoulli(probs_y[x.squeeze(-1)]),
-                                obs=sequences[:, t])
+                    pyro.sample(
+                        f"y_{t}", dist.Bernoulli(probs_y[x.squeeze(-1)]), obs=sequences[:, t]
+                    )
 
 
 def chain_inputs(sequences, num_states: int = NUM_STATES):

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.bench_models import empty_guide, loop_model  # noqa: E402
+from experiments.bench_models import empty_guide, loop_model
 
 torch.set_num_threads(1)
 
@@ -53,7 +53,9 @@ def long_chain(method, length, num_sequences, num_states, warm_up=True):
         long_chain(method, 64, num_sequences, num_states, warm_up=False)
     generator = torch.Generator().manual_seed(0)
     init = torch.randn(num_states, generator=generator).log_softmax(-1).requires_grad_()
-    trans = torch.randn(num_states, num_states, generator=generator).log_softmax(-1).requires_grad_()
+    trans = (
+        torch.randn(num_states, num_states, generator=generator).log_softmax(-1).requires_grad_()
+    )
     emissions = torch.randn(num_sequences, length, num_states, generator=generator).requires_grad_()
     lengths = torch.full((num_sequences,), length)
     lengths[1::2] = length - length // 7  # ragged
@@ -74,8 +76,12 @@ def long_chain(method, length, num_sequences, num_states, warm_up=True):
     start = time.perf_counter()
     step()
     second = time.perf_counter() - start
-    return {"method": method, "seconds": min(first, second), "peak_rss_growth": peak,
-            "log_z": log_z.tolist()}
+    return {
+        "method": method,
+        "seconds": min(first, second),
+        "peak_rss_growth": peak,
+        "log_z": log_z.tolist(),
+    }
 
 
 def jit_first_call():
@@ -128,9 +134,17 @@ def _shard_worker(rank, world, tile, steps, port, out_path):
     seconds = min(times)
     if rank == 0:
         with open(out_path, "w") as f:
-            json.dump({"world": world, "seconds_per_step": seconds, "loss": loss,
-                       "observed_steps": int(lengths.sum()), "num_sequences": len(lengths),
-                       "comm_bytes": elbo.last_comm_bytes}, f)
+            json.dump(
+                {
+                    "world": world,
+                    "seconds_per_step": seconds,
+                    "loss": loss,
+                    "observed_steps": int(lengths.sum()),
+                    "num_sequences": len(lengths),
+                    "comm_bytes": elbo.last_comm_bytes,
+                },
+                f,
+            )
     tdist.destroy_process_group()
 
 

@@ -34,7 +34,6 @@ sys.path.insert(0, ROOT)
 import enumdist  # noqa: E402
 from enumdist.data import load_chorales  # noqa: E402
 from enumdist.engine.chain import chain_log_likelihood, chain_map  # noqa: E402
-from experiments.report import write_section  # noqa: E402
 from experiments.bench_models import (  # noqa: E402
     chain_inputs,
     chain_model,
@@ -42,7 +41,7 @@ from experiments.bench_models import (  # noqa: E402
     loop_model,
     naive_forward_loss,
 )
-
+from experiments.report import write_section  # noqa: E402
 
 MEDIANS: dict = {}  # fn name -> median seconds of the last timed() call, for the report
 
@@ -104,24 +103,34 @@ def elbo_step(elbo, model, *args):
     def step():
         pyro.clear_param_store()
         return elbo.loss_and_grads(model, empty_guide, *args)
+
     return step
 
 
 def decoded_states(decoder, sequences, lengths):
-    trace = poutine.trace(decoder(loop_model, first_available_dim=-3, temperature=0)
-                          ).get_trace(sequences, lengths)
-    return torch.stack([trace.nodes[f"x_{t}"]["value"].reshape(-1)
-                        for t in range(sequences.shape[1])], dim=1)
+    trace = poutine.trace(decoder(loop_model, first_available_dim=-3, temperature=0)).get_trace(
+        sequences, lengths
+    )
+    return torch.stack(
+        [trace.nodes[f"x_{t}"]["value"].reshape(-1) for t in range(sequences.shape[1])], dim=1
+    )
 
 
 def subprocess_json(args, timeout, copies=1):
     """Run ``bench_subprocess.py ARGS`` (``copies`` of it side by side); its JSON line(s)."""
     # large blocks via mmap, returned to the OS when freed: ru_maxrss then tracks live memory
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
-    command = [sys.executable, os.path.join(ROOT, "experiments", "bench_subprocess.py"),
-               *map(str, args)]
-    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for _ in range(copies)]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "experiments", "bench_subprocess.py"),
+        *map(str, args),
+    ]
+    procs = [
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(copies)
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=timeout)
@@ -147,16 +156,21 @@ def run(quick: bool, device: str = "cpu"):
     train = train.restrict_keys(train.active_keys())
     seqs, lengths = train.sequences.to(device), train.lengths.to(device)
     n, t, k = seqs.shape
-    notes.append(f"data: train chorales, N={n} sequences, T={t} steps max, K={k} keys, "
-                 f"{int(lengths.sum())} observed steps, 16 hidden states, float32")
+    notes.append(
+        f"data: train chorales, N={n} sequences, T={t} steps max, K={k} keys, "
+        f"{int(lengths.sum())} observed steps, 16 hidden states, float32"
+    )
 
     # 5 first call (planning), then 1 the steady-state step: EnumELBO vs TraceEnum_ELBO
     enum_elbo = enumdist.EnumELBO(max_plate_nesting=2)
     first, _ = once(elbo_step(enum_elbo, loop_model, seqs, lengths))
     (enum_s, enum_loss), (pyro_s, pyro_loss) = interleaved(
-        {"enum": (elbo_step(enum_elbo, loop_model, seqs, lengths), 3),
-         "pyro": (elbo_step(TraceEnum_ELBO(max_plate_nesting=2), loop_model, seqs, lengths), 1)},
-        repeats + 3)
+        {
+            "enum": (elbo_step(enum_elbo, loop_model, seqs, lengths), 3),
+            "pyro": (elbo_step(TraceEnum_ELBO(max_plate_nesting=2), loop_model, seqs, lengths), 1),
+        },
+        repeats + 3,
+    )
     row("5", "EnumELBO first call / later call (s)", f"{first:.2f} / {enum_s:.2f}", "first < 2 s")
     row("1", "ELBO+grad, python-loop model: TraceEnum_ELBO (s)", f"{pyro_s:.3f}")
     row("1", "ELBO+grad, python-loop model: EnumELBO (s)", f"{enum_s:.3f}")
@@ -185,35 +199,54 @@ def run(quick: bool, device: str = "cpu"):
     row("2", "ELBO+grad, chain path via Trace_ELBO (s)", f"{chain_s:.4f}")
     row("2", "loss+grad, chain_log_likelihood alone (s)", f"{raw_s:.4f}")
     row("2", "loss+grad, naive log-sum-exp loop, autograd (s)", f"{naive_s:.4f}")
-    row("2", "speed-up chain path (Trace_ELBO) vs TraceEnum_ELBO", f"{pyro_s / chain_s:.1f}x",
-        ">= 100x" if on_gpu else ">= 30x")
+    row(
+        "2",
+        "speed-up chain path (Trace_ELBO) vs TraceEnum_ELBO",
+        f"{pyro_s / chain_s:.1f}x",
+        ">= 100x" if on_gpu else ">= 30x",
+    )
     row("2", "speed-up chain path (Trace_ELBO) vs naive loop", f"{naive_s / chain_s:.2f}x", "> 1x")
     rel = lambda a, b: abs(a - b) / abs(b)  # noqa: E731
-    row("2", "loss rel. diff chain / EnumELBO / naive vs TraceEnum_ELBO (float32)",
+    row(
+        "2",
+        "loss rel. diff chain / EnumELBO / naive vs TraceEnum_ELBO (float32)",
         f"{rel(chain_loss, pyro_loss):.1e} / {rel(enum_loss, pyro_loss):.1e} / "
-        f"{rel(naive_loss, pyro_loss):.1e}", "float32 noise (~1e-7)")
+        f"{rel(naive_loss, pyro_loss):.1e}",
+        "float32 noise (~1e-7)",
+    )
 
     # 3 MAP decoding of the whole set
     pyro.clear_param_store()
-    pyro_map_s, pyro_states = timed(lambda: decoded_states(pyro.infer.infer_discrete, seqs, lengths),
-                                    repeats)
-    enum_map_s, enum_states = timed(lambda: decoded_states(enumdist.infer_discrete, seqs, lengths),
-                                    repeats)
+    pyro_map_s, pyro_states = timed(
+        lambda: decoded_states(pyro.infer.infer_discrete, seqs, lengths), repeats
+    )
+    enum_map_s, enum_states = timed(
+        lambda: decoded_states(enumdist.infer_discrete, seqs, lengths), repeats
+    )
 
     def viterbi():
         with torch.no_grad():
             return chain_map(*chain_inputs(seqs), lengths)
 
     chain_map_s, chain_states = timed(viterbi, repeats * 3)
-    row("3", "MAP: Pyro infer_discrete / enumdist.infer_discrete / chain_map (s)",
-        f"{pyro_map_s:.3f} / {enum_map_s:.3f} / {chain_map_s:.4f}")
-    row("3", "speed-up enumdist.infer_discrete vs Pyro", f"{pyro_map_s / enum_map_s:.1f}x", ">= 20x")
+    row(
+        "3",
+        "MAP: Pyro infer_discrete / enumdist.infer_discrete / chain_map (s)",
+        f"{pyro_map_s:.3f} / {enum_map_s:.3f} / {chain_map_s:.4f}",
+    )
+    row(
+        "3", "speed-up enumdist.infer_discrete vs Pyro", f"{pyro_map_s / enum_map_s:.1f}x", ">= 20x"
+    )
     row("3", "speed-up chain_map vs Pyro", f"{pyro_map_s / chain_map_s:.1f}x", ">= 20x")
-    enum_states, chain_states, pyro_states = (x.cpu() for x in (enum_states, chain_states,
-                                                                pyro_states))
-    row("3", "identical states (enumdist.infer_discrete, chain_map) vs Pyro",
+    enum_states, chain_states, pyro_states = (
+        x.cpu() for x in (enum_states, chain_states, pyro_states)
+    )
+    row(
+        "3",
+        "identical states (enumdist.infer_discrete, chain_map) vs Pyro",
         f"{torch.equal(enum_states, pyro_states)}, {torch.equal(chain_states, pyro_states)}",
-        "True, True")
+        "True, True",
+    )
 
     # 7 float32 vs float64
     old = torch.get_default_dtype()
@@ -224,8 +257,11 @@ def run(quick: bool, device: str = "cpu"):
         chain64 = elbo_step(Trace_ELBO(), chain_model, seqs64, lengths)()
     finally:
         torch.set_default_dtype(old)
-    row("7", "rel. error float32 vs float64 loss: EnumELBO / chain path",
-        f"{rel(enum_loss, enum64):.1e} / {rel(chain_loss, chain64):.1e}")
+    row(
+        "7",
+        "rel. error float32 vs float64 loss: EnumELBO / chain path",
+        f"{rel(enum_loss, enum64):.1e} / {rel(chain_loss, chain64):.1e}",
+    )
 
     torch.set_default_device(None)
     if on_gpu:  # the remaining parts measure CPU processes (RSS, gloo)
@@ -235,19 +271,33 @@ def run(quick: bool, device: str = "cpu"):
     # 4 long chains: sequential vs scan (and the naive loop's memory), fresh process each
     long_t = 2000 if quick else 10000
     long_n, long_s = 4, 16
-    results = {m: subprocess_json(["long", m, long_t, long_n, long_s], timeout=300)
-               for m in ("sequential", "scan", "naive")}
+    results = {
+        m: subprocess_json(["long", m, long_t, long_n, long_s], timeout=300)
+        for m in ("sequential", "scan", "naive")
+    }
     mib = lambda b: b / 2**20  # noqa: E731
-    row("4", f"long chain T={long_t}, N={long_n}, S={long_s}: loss+grad sequential / scan / "
-        "naive (s)", " / ".join(f"{results[m]['seconds']:.3f}" for m in results))
-    row("4", "speed-up scan vs sequential",
-        f"{results['sequential']['seconds'] / results['scan']['seconds']:.2f}x", "> 1x")
-    row("4", "peak RSS growth (VmHWM, fresh process) sequential / scan / naive (MiB)",
+    row(
+        "4",
+        f"long chain T={long_t}, N={long_n}, S={long_s}: loss+grad sequential / scan / naive (s)",
+        " / ".join(f"{results[m]['seconds']:.3f}" for m in results),
+    )
+    row(
+        "4",
+        "speed-up scan vs sequential",
+        f"{results['sequential']['seconds'] / results['scan']['seconds']:.2f}x",
+        "> 1x",
+    )
+    row(
+        "4",
+        "peak RSS growth (VmHWM, fresh process) sequential / scan / naive (MiB)",
         " / ".join(f"{mib(results[m]['peak_rss_growth']):.1f}" for m in results),
         f"N·T·S = {mib(long_n * long_t * long_s * 4):.1f} MiB, "
-        f"N·T·S² = {mib(long_n * long_t * long_s**2 * 4):.1f} MiB")
-    same = max(abs(a - b) / abs(b) for a, b in zip(results["scan"]["log_z"],
-                                                   results["sequential"]["log_z"]))
+        f"N·T·S² = {mib(long_n * long_t * long_s**2 * 4):.1f} MiB",
+    )
+    same = max(
+        abs(a - b) / abs(b)
+        for a, b in zip(results["scan"]["log_z"], results["sequential"]["log_z"])
+    )
     row("4", "scan vs sequential log Z rel. diff", f"{same:.1e}")
 
     # 5 JIT reference
@@ -256,8 +306,11 @@ def run(quick: bool, device: str = "cpu"):
     else:
         try:
             jit = subprocess_json(["jit"], timeout=60)
-            row("5", "JitTraceEnum_ELBO first / second call (s)",
-                f"{jit['first']:.1f} / {jit['second']:.2f}")
+            row(
+                "5",
+                "JitTraceEnum_ELBO first / second call (s)",
+                f"{jit['first']:.1f} / {jit['second']:.2f}",
+            )
         except subprocess.TimeoutExpired:
             row("5", "JitTraceEnum_ELBO first call", "skipped: > 60 s")
 
@@ -265,16 +318,26 @@ def run(quick: bool, device: str = "cpu"):
     tile, steps = (1, 1) if quick else (8, 4)
     shard = {w: subprocess_json(["shard", w, tile, steps], timeout=400) for w in (1, 2)}
     per_s = {w: shard[w]["observed_steps"] / shard[w]["seconds_per_step"] for w in shard}
-    row("6", f"sharded EnumELBO, chorales tiled {tile}x (N={shard[1]['num_sequences']}): "
+    row(
+        "6",
+        f"sharded EnumELBO, chorales tiled {tile}x (N={shard[1]['num_sequences']}): "
         "observed steps/s, 1 / 2 processes",
-        f"{per_s[1]:.0f} / {per_s[2]:.0f} ({per_s[2] / per_s[1]:.2f}x)")
-    row("6", "bytes all-reduced per step (2 processes), loss 1 vs 2 processes",
-        f"{shard[2]['comm_bytes']}, {shard[1]['loss']:.1f} vs {shard[2]['loss']:.1f}")
+        f"{per_s[1]:.0f} / {per_s[2]:.0f} ({per_s[2] / per_s[1]:.2f}x)",
+    )
+    row(
+        "6",
+        "bytes all-reduced per step (2 processes), loss 1 vs 2 processes",
+        f"{shard[2]['comm_bytes']}, {shard[1]['loss']:.1f} vs {shard[2]['loss']:.1f}",
+    )
     if tile % 2 == 0:  # what 2 processes on this machine can give at all: no communication
         pair = subprocess_json(["shard", 1, tile // 2, steps], timeout=400, copies=2)
         ceiling = sum(r["observed_steps"] / r["seconds_per_step"] for r in pair)
-        row("6", "ceiling: 2 independent 1-process runs on half the data each, side by side: "
-            "observed steps/s together", f"{ceiling:.0f} ({ceiling / per_s[1]:.2f}x)")
+        row(
+            "6",
+            "ceiling: 2 independent 1-process runs on half the data each, side by side: "
+            "observed steps/s together",
+            f"{ceiling:.0f} ({ceiling / per_s[1]:.2f}x)",
+        )
     return rows, notes
 
 
@@ -306,12 +369,14 @@ def write_markdown(rows, notes, quick, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller runs, no JIT")
-    parser.add_argument("--out", default=None, help="default: BENCHMARKS.md (BENCHMARKS_GPU.md "
-                        "with --device cuda)")
+    parser.add_argument(
+        "--out", default=None, help="default: BENCHMARKS.md (BENCHMARKS_GPU.md with --device cuda)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (targets 1, 2, 3, 5, 7)")
     args = parser.parse_args()
-    args.out = args.out or os.path.join(ROOT, "BENCHMARKS.md" if args.device == "cpu"
-                                        else "BENCHMARKS_GPU.md")
+    args.out = args.out or os.path.join(
+        ROOT, "BENCHMARKS.md" if args.device == "cpu" else "BENCHMARKS_GPU.md"
+    )
     rows, notes = run(args.quick, args.device)
     write_markdown(rows, notes, args.quick, args.out)
     print(f"wrote {args.out}")

@@ -26,8 +26,8 @@ sys.path.insert(0, ROOT)
 
 import enumdist  # noqa: E402
 from enumdist.data import load_chorales  # noqa: E402
-from experiments.bench_models import params as loop_params  # noqa: E402
 from experiments import report  # noqa: E402
+from experiments.bench_models import params as loop_params  # noqa: E402
 from experiments.benchmark import decoded_states, timed  # noqa: E402
 
 SECTION = "## DiscreteHMM"
@@ -36,8 +36,9 @@ SECTION = "## DiscreteHMM"
 def _hmm_params(num_states, obs_shape, seed=0):
     generator = torch.Generator().manual_seed(seed)
     init = torch.randn(num_states, generator=generator).requires_grad_()
-    trans = (torch.randn(num_states, num_states, generator=generator)
-             + 2 * torch.eye(num_states)).requires_grad_()
+    trans = (
+        torch.randn(num_states, num_states, generator=generator) + 2 * torch.eye(num_states)
+    ).requires_grad_()
     obs = torch.randn(obs_shape, generator=generator).requires_grad_()
     return init, trans, obs
 
@@ -56,21 +57,28 @@ def _contenders(make_obs, params, value, lengths=None):
             loss = -hmm(cls, **kw).log_prob(value).sum()
             loss.backward()
             return float(loss.detach())
+
         return step
 
     def filtered(cls):
         def run():
             with torch.no_grad():
                 return hmm(cls).filter(value).probs
+
         return run
 
     def filter_errors(pyro_probs, ours_probs):
         """Each float32 filter's max abs error against Pyro's in float64."""
         with torch.no_grad():
-            exact = pd.DiscreteHMM(init.double(), trans.double(),
-                                   make_obs(obs_param.double())).filter(value.double()).probs
-        return (f"max abs error of probs vs float64: Pyro {(pyro_probs - exact).abs().max():.1e}, "
-                f"enumdist {(ours_probs - exact).abs().max():.1e}")
+            exact = (
+                pd.DiscreteHMM(init.double(), trans.double(), make_obs(obs_param.double()))
+                .filter(value.double())
+                .probs
+            )
+        return (
+            f"max abs error of probs vs float64: Pyro {(pyro_probs - exact).abs().max():.1e}, "
+            f"enumdist {(ours_probs - exact).abs().max():.1e}"
+        )
 
     def viterbi():
         return hmm(enumdist.DiscreteHMM, lengths=lengths).viterbi(value).states
@@ -101,11 +109,18 @@ def run(quick):
         return pd.Bernoulli(logits=logits).to_event(1)
 
     params = _hmm_params(s, (s, k))
-    loss_and_grad, filtered, filter_errors, viterbi = _contenders(bernoulli_keys, params, y, lengths)
+    loss_and_grad, filtered, filter_errors, viterbi = _contenders(
+        bernoulli_keys, params, y, lengths
+    )
     pyro_s, pyro_loss = timed(loss_and_grad(pd.DiscreteHMM), max(1, repeats // 2))
     ours_s, ours_loss = timed(loss_and_grad(enumdist.DiscreteHMM), repeats * 3)
-    row(case, "loss+grad (padded, as Pyro's)", pyro_s, ours_s,
-        f"loss rel. diff {abs(ours_loss - pyro_loss) / abs(pyro_loss):.1e}")
+    row(
+        case,
+        "loss+grad (padded, as Pyro's)",
+        pyro_s,
+        ours_s,
+        f"loss rel. diff {abs(ours_loss - pyro_loss) / abs(pyro_loss):.1e}",
+    )
     ragged_s, _ = timed(loss_and_grad(enumdist.DiscreteHMM, lengths=lengths), repeats * 3)
     row(case, "loss+grad with `lengths` (ragged; Pyro's has none)", "n/a", ragged_s)
     pyro_f, p_filter = timed(filtered(pd.DiscreteHMM), repeats)
@@ -118,14 +133,20 @@ def run(quick):
     init = torch.full((s,), -float("inf"))
     init[0] = 0.0
     with torch.no_grad():
-        loop_hmm = enumdist.DiscreteHMM(init, probs_x.log(), pd.Bernoulli(probs_y).to_event(1),
-                                        lengths=lengths)
+        loop_hmm = enumdist.DiscreteHMM(
+            init, probs_x.log(), pd.Bernoulli(probs_y).to_event(1), lengths=lengths
+        )
     pyro_v, pyro_states = timed(lambda: decoded_states(pyro.infer.infer_discrete, y, lengths), 1)
     ours_v, ours_states = timed(lambda: loop_hmm.viterbi(y).states, repeats * 3)
     valid = torch.arange(t) < lengths[:, None]
     same = bool((pyro_states[valid] == ours_states[valid]).all())
-    row(case, "MAP path (Pyro: infer_discrete on the python-loop model)", pyro_v, ours_v,
-        f"identical states: {same}")
+    row(
+        case,
+        "MAP path (Pyro: infer_discrete on the python-loop model)",
+        pyro_v,
+        ours_v,
+        f"identical states: {same}",
+    )
 
     # -- a long chain ----------------------------------------------------------------------------
     t_long, n_long, s_long = (20_000 if quick else 100_000), 2, 8
@@ -140,8 +161,13 @@ def run(quick):
     loss_and_grad, filtered, filter_errors, viterbi = _contenders(normal, params, value)
     pyro_s, pyro_loss = timed(loss_and_grad(pd.DiscreteHMM), 1)
     ours_s, ours_loss = timed(loss_and_grad(enumdist.DiscreteHMM), repeats)
-    row(case, "loss+grad", pyro_s, ours_s,
-        f"loss rel. diff {abs(ours_loss - pyro_loss) / abs(pyro_loss):.1e}")
+    row(
+        case,
+        "loss+grad",
+        pyro_s,
+        ours_s,
+        f"loss rel. diff {abs(ours_loss - pyro_loss) / abs(pyro_loss):.1e}",
+    )
     for method in ("sequential", "scan"):
         m_s, _ = timed(loss_and_grad(enumdist.DiscreteHMM, method=method), repeats)
         row(case, f"loss+grad, method={method!r} (default 'auto')", "", m_s)
@@ -150,17 +176,24 @@ def run(quick):
     row(case, "filter", pyro_f, ours_f, filter_errors(p_filter, o_filter))
     ours_v, _ = timed(viterbi, repeats)
     row(case, "MAP path (Viterbi; Pyro's has none)", "n/a", ours_v)
-    notes.append("float32; times are the best of several repeats after a warm-up call "
-                 "(`experiments/benchmark.py`'s `timed`); ratio = Pyro / enumdist")
+    notes.append(
+        "float32; times are the best of several repeats after a warm-up call "
+        "(`experiments/benchmark.py`'s `timed`); ratio = Pyro / enumdist"
+    )
     return rows, notes
 
 
-HEADER = ("case", "measurement", "Pyro DiscreteHMM (s)", "enumdist.DiscreteHMM (s)", "speed-up",
-          "notes")
+HEADER = (
+    "case",
+    "measurement",
+    "Pyro DiscreteHMM (s)",
+    "enumdist.DiscreteHMM (s)",
+    "speed-up",
+    "notes",
+)
 
 
-def write_section(rows, notes, command, path, section=SECTION, header=HEADER,
-                  name="discrete_hmm"):
+def write_section(rows, notes, command, path, section=SECTION, header=HEADER, name="discrete_hmm"):
     """Write ``rows`` as the marked section ``name`` of ``path`` (see experiments/report.py),
     headed ``section``; the rest of the file is left alone."""
     lines = [

@@ -49,16 +49,20 @@ def worker(args):
     torch.set_default_dtype(torch.float64)
     s, steps, world, rank = args.states, args.steps, args.world, args.rank
     g = torch.Generator().manual_seed(0)
-    params = [torch.randn(s, generator=g), torch.randn(s, s, generator=g) + 3 * torch.eye(s),
-              torch.linspace(-3, 3, s)]
+    params = [
+        torch.randn(s, generator=g),
+        torch.randn(s, s, generator=g) + 3 * torch.eye(s),
+        torch.linspace(-3, 3, s),
+    ]
     for p in params:
         p.requires_grad_()
     y = torch.randn(1, steps, generator=g) * 2
     baseline = _vm_hwm_mib()
     sharded = world > 1 or args.block_of > 1
     if sharded:  # --block-of W on one process: rank 0's share of the work, nobody to wait for
-        tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}",
-                                 rank=rank, world_size=world)
+        tdist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world
+        )
         chain = TimeShardedChain(method=args.method)
         local = split_by_time(y, rank, max(world, args.block_of)).contiguous()
     del_bytes = {"chain": 0, "gradients": sum(p.numel() * p.element_size() for p in params)}
@@ -68,8 +72,9 @@ def worker(args):
             p.grad = None
         init, trans, loc = params
         if not sharded:
-            log_z = enumdist.DiscreteHMM(init, trans, pd.Normal(loc, 1.0),
-                                         method=args.method).log_prob(y)
+            log_z = enumdist.DiscreteHMM(
+                init, trans, pd.Normal(loc, 1.0), method=args.method
+            ).log_prob(y)
         else:
             emissions = pd.Normal(loc, 1.0).log_prob(local.unsqueeze(-1))
             log_z = chain.log_likelihood(init.log_softmax(-1), trans.log_softmax(-1), emissions)
@@ -86,9 +91,15 @@ def worker(args):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    out = {"rank": rank, "seconds": min(times), "log_z": log_z, "baseline_rss_mib": baseline,
-           "peak_rss_mib": _vm_hwm_mib(), "bytes": del_bytes if world > 1 else None,
-           "grad_norm": float(sum(p.grad.norm() ** 2 for p in params) ** 0.5)}
+    out = {
+        "rank": rank,
+        "seconds": min(times),
+        "log_z": log_z,
+        "baseline_rss_mib": baseline,
+        "peak_rss_mib": _vm_hwm_mib(),
+        "bytes": del_bytes if world > 1 else None,
+        "grad_norm": float(sum(p.grad.norm() ** 2 for p in params) ** 0.5),
+    }
     print(json.dumps(out), flush=True)
     if sharded:
         tdist.destroy_process_group()
@@ -99,11 +110,36 @@ def launch(world, states, steps, repeats, method, timeout, block_of=1):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    procs = [subprocess.Popen(
-        [sys.executable, __file__, "--worker", "--world", str(world), "--rank", str(r),
-         "--states", str(states), "--steps", str(steps), "--repeats", str(repeats),
-         "--method", method, "--port", str(port), "--block-of", str(block_of)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for r in range(world)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--world",
+                str(world),
+                "--rank",
+                str(r),
+                "--states",
+                str(states),
+                "--steps",
+                str(steps),
+                "--repeats",
+                str(repeats),
+                "--method",
+                method,
+                "--port",
+                str(port),
+                "--block-of",
+                str(block_of),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for r in range(world)
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=timeout)
@@ -123,21 +159,42 @@ def run(steps, states_list, repeats, method, timeout=1200):
         b = two[0]["bytes"]
         case = f"one chain T={steps:.0e}, N=1, S={s}, float64"
         rows += [
-            (case, "loss+grad, 1 process / 2 processes (s)",
-             f"{one['seconds']:.2f} / {step_2:.2f}", f"{one['seconds'] / step_2:.2f}x",
-             "2 processes on 2 cores shared with other jobs"),
-            (case, "ceiling: rank 0's share of a step, alone in one process (s)",
-             f"{alone['seconds']:.2f}", f"{one['seconds'] / alone['seconds']:.2f}x",
-             "the 2-process step with a free core per rank"),
-            (case, "peak RSS (VmHWM) per rank, 1 process / 2 processes (MiB)",
-             f"{one['peak_rss_mib']:.0f} / " + ", ".join(f"{r['peak_rss_mib']:.0f}" for r in two),
-             "", f"after imports and data: {one['baseline_rss_mib']:.0f} MiB"),
-            (case, "bytes sent+received per step per rank (2 processes)",
-             f"{b['chain']} + {b['gradients']}", "",
-             "transfer matrices, header, + gradient average; independent of T"),
-            (case, "log Z, 1 process vs 2 processes",
-             f"{one['log_z']:.10f} vs {two[0]['log_z']:.10f}", "",
-             f"rel. diff {abs(one['log_z'] - two[0]['log_z']) / abs(one['log_z']):.1e}"),
+            (
+                case,
+                "loss+grad, 1 process / 2 processes (s)",
+                f"{one['seconds']:.2f} / {step_2:.2f}",
+                f"{one['seconds'] / step_2:.2f}x",
+                "2 processes on 2 cores shared with other jobs",
+            ),
+            (
+                case,
+                "ceiling: rank 0's share of a step, alone in one process (s)",
+                f"{alone['seconds']:.2f}",
+                f"{one['seconds'] / alone['seconds']:.2f}x",
+                "the 2-process step with a free core per rank",
+            ),
+            (
+                case,
+                "peak RSS (VmHWM) per rank, 1 process / 2 processes (MiB)",
+                f"{one['peak_rss_mib']:.0f} / "
+                + ", ".join(f"{r['peak_rss_mib']:.0f}" for r in two),
+                "",
+                f"after imports and data: {one['baseline_rss_mib']:.0f} MiB",
+            ),
+            (
+                case,
+                "bytes sent+received per step per rank (2 processes)",
+                f"{b['chain']} + {b['gradients']}",
+                "",
+                "transfer matrices, header, + gradient average; independent of T",
+            ),
+            (
+                case,
+                "log Z, 1 process vs 2 processes",
+                f"{one['log_z']:.10f} vs {two[0]['log_z']:.10f}",
+                "",
+                f"rel. diff {abs(one['log_z'] - two[0]['log_z']) / abs(one['log_z']):.1e}",
+            ),
         ]
         for r in rows[-5:]:
             print(r, flush=True)
@@ -163,12 +220,22 @@ def main():
     from experiments.benchmark_hmm import write_section
 
     rows = run(args.steps, args.states, args.repeats, args.method)
-    notes = ["fresh processes per configuration, gloo, torch.set_num_threads(1) each; "
-             "`--repeats` timed steps after a warm-up (0: the warm-up itself); a 2-process "
-             "step is the slower rank's", "ratio = 1-process time / this time"]
+    notes = [
+        "fresh processes per configuration, gloo, torch.set_num_threads(1) each; "
+        "`--repeats` timed steps after a warm-up (0: the warm-up itself); a 2-process "
+        "step is the slower rank's",
+        "ratio = 1-process time / this time",
+    ]
     command = f"python experiments/benchmark_time_sharding.py {' '.join(sys.argv[1:])}".strip()
-    write_section(rows, notes, command, args.out, SECTION,
-                  ("case", "measurement", "value", "ratio", "notes"), name="time_sharding")
+    write_section(
+        rows,
+        notes,
+        command,
+        args.out,
+        SECTION,
+        ("case", "measurement", "value", "ratio", "notes"),
+        name="time_sharding",
+    )
     print(json.dumps(rows))
 
 

@@ -38,8 +38,14 @@ from enumdist.data import (
 )
 from enumdist.pipeline.guides import auto
 
-HMMS = [models.HMM, models.AutoregressiveHMM, models.FactorialHMM, models.PartiallyFactorialHMM,
-        models.NeuralEmissionHMM, models.SecondOrderHMM]
+HMMS = [
+    models.HMM,
+    models.AutoregressiveHMM,
+    models.FactorialHMM,
+    models.PartiallyFactorialHMM,
+    models.NeuralEmissionHMM,
+    models.SecondOrderHMM,
+]
 
 
 def as_batch(fields: dict) -> dict:
@@ -74,13 +80,15 @@ def fit(model, guide, batch, elbo, steps: int, lr: float = 0.05) -> float:
 
 
 def engines(max_plate_nesting):
-    return {"enumdist": enumdist.EnumELBO(max_plate_nesting=max_plate_nesting),
-            "pyro": TraceEnum_ELBO(max_plate_nesting=max_plate_nesting)}
+    return {
+        "enumdist": enumdist.EnumELBO(max_plate_nesting=max_plate_nesting),
+        "pyro": TraceEnum_ELBO(max_plate_nesting=max_plate_nesting),
+    }
 
 
 def bernoulli_baseline(train: dict, test: dict) -> float:
     """Independent Bernoulli per key, add-one smoothed, fit on train; nats per test time step."""
-    mask = lambda b: (torch.arange(b["sequences"].shape[1]) < b["lengths"][:, None])  # noqa: E731
+    mask = lambda b: torch.arange(b["sequences"].shape[1]) < b["lengths"][:, None]  # noqa: E731
     on = (train["sequences"] * mask(train)[..., None]).sum((0, 1))
     probs = (on + 1) / (train["lengths"].sum() + 2)
     log_p = dist.Bernoulli(probs).log_prob(test["sequences"]).sum(-1)
@@ -90,8 +98,16 @@ def bernoulli_baseline(train: dict, test: dict) -> float:
 def hmm_rows(steps: int, max_sequences: int) -> list[tuple]:
     train, test = chorale_batches(max_sequences)
     num_keys = train["sequences"].shape[-1]
-    rows = [("Bernoulli per key", "chorales", "nats / time step", bernoulli_baseline(train, test),
-             None, 0.0)]
+    rows = [
+        (
+            "Bernoulli per key",
+            "chorales",
+            "nats / time step",
+            bernoulli_baseline(train, test),
+            None,
+            0.0,
+        )
+    ]
     for cls in HMMS:
         results = {}
         start = time.perf_counter()
@@ -102,8 +118,16 @@ def hmm_rows(steps: int, max_sequences: int) -> list[tuple]:
             fit(model, guide, train, elbo, steps)
             with torch.no_grad():
                 results[name] = elbo.loss(model.model, guide, test) / float(test["lengths"].sum())
-        rows.append((cls.__name__, "chorales", "nats / time step", results["enumdist"],
-                     results["pyro"], time.perf_counter() - start))
+        rows.append(
+            (
+                cls.__name__,
+                "chorales",
+                "nats / time step",
+                results["enumdist"],
+                results["pyro"],
+                time.perf_counter() - start,
+            )
+        )
     return rows
 
 
@@ -115,8 +139,12 @@ def gaussian_nll(features, weights, locs, scales) -> float:
 def tabular_rows(steps: int) -> list[tuple]:
     rows = []
     train, test = load_tabular("iris", "train"), load_tabular("iris", "test")
-    single = gaussian_nll(test.features, torch.ones(1), train.features.mean(0, keepdim=True),
-                          train.features.std(0, keepdim=True))
+    single = gaussian_nll(
+        test.features,
+        torch.ones(1),
+        train.features.mean(0, keepdim=True),
+        train.features.std(0, keepdim=True),
+    )
     rows.append(("one Gaussian", "iris", "nats / point", single, None, 0.0))
     results, start = {}, time.perf_counter()
     for name, elbo in engines(1).items():
@@ -127,10 +155,19 @@ def tabular_rows(steps: int) -> list[tuple]:
         guide(batch)
         fit(model, guide, batch, elbo, steps)
         point = {k: v.detach() for k, v in guide.median(batch).items()}
-        results[name] = gaussian_nll(test.features, point["weights"], point["locs"],
-                                     point["scales"])
-    rows.append(("GaussianMixture (MAP)", "iris", "nats / point", results["enumdist"],
-                 results["pyro"], time.perf_counter() - start))
+        results[name] = gaussian_nll(
+            test.features, point["weights"], point["locs"], point["scales"]
+        )
+    rows.append(
+        (
+            "GaussianMixture (MAP)",
+            "iris",
+            "nats / point",
+            results["enumdist"],
+            results["pyro"],
+            time.perf_counter() - start,
+        )
+    )
 
     splits = load_semisupervised("digits", labeled_fraction=0.1)
     features = torch.cat([splits.labeled.features, splits.unlabeled.features])
@@ -142,15 +179,30 @@ def tabular_rows(steps: int) -> list[tuple]:
         model = models.SemiSupervisedClassifier(features.shape[1], splits.test.num_classes)
         fit(model, auto(model), batch, elbo, steps)
         with torch.no_grad():
-            test_batch = as_batch({"features": splits.test.features,
-                                   "labels": torch.full_like(splits.test.labels, -1)})
-            results[name] = elbo.loss(model.model, auto(model), test_batch) / len(test_batch["index"])
+            test_batch = as_batch(
+                {
+                    "features": splits.test.features,
+                    "labels": torch.full_like(splits.test.labels, -1),
+                }
+            )
+            results[name] = elbo.loss(model.model, auto(model), test_batch) / len(
+                test_batch["index"]
+            )
             predicted = model.predict_probs(splits.test.features).argmax(-1)
             accuracy[name] = float((predicted == splits.test.labels).float().mean())
-    rows.append(("SemiSupervisedClassifier", "digits (10% labeled)", "nats / point",
-                 results["enumdist"], results["pyro"], time.perf_counter() - start))
-    rows.append(("  test accuracy", "digits", "fraction", accuracy["enumdist"], accuracy["pyro"],
-                 0.0))
+    rows.append(
+        (
+            "SemiSupervisedClassifier",
+            "digits (10% labeled)",
+            "nats / point",
+            results["enumdist"],
+            results["pyro"],
+            time.perf_counter() - start,
+        )
+    )
+    rows.append(
+        ("  test accuracy", "digits", "fraction", accuracy["enumdist"], accuracy["pyro"], 0.0)
+    )
     return rows
 
 
@@ -164,8 +216,10 @@ def split_documents(corpus) -> tuple[dict, dict]:
     source = (positions + observed[:, None]).clamp(max=corpus.documents.shape[1] - 1)
     second = corpus.documents.gather(1, source) * (positions < held_out[:, None])
     first = corpus.documents * (positions < observed[:, None])
-    return (as_batch({"documents": first, "lengths": observed}),
-            as_batch({"documents": second, "lengths": held_out}))
+    return (
+        as_batch({"documents": first, "lengths": observed}),
+        as_batch({"documents": second, "lengths": held_out}),
+    )
 
 
 def unigram_baseline(train, held_out: dict) -> float:
@@ -182,7 +236,9 @@ def completion_nll(model, elbo, held_out: dict, document_topics: torch.Tensor) -
     added back; checked against the closed form ``sum_w log sum_k theta_dk phi_kw``."""
     conditioned = poutine.condition(model.model, data={"document_topics": document_topics})
     loss = elbo.loss(conditioned, lambda batch: None, held_out)
-    prior = dist.Dirichlet(torch.full((model.num_topics,), model.alpha)).log_prob(document_topics).sum()
+    prior = (
+        dist.Dirichlet(torch.full((model.num_topics,), model.alpha)).log_prob(document_topics).sum()
+    )
     nll = float(loss + prior)
     mask = torch.arange(held_out["documents"].shape[1]) < held_out["lengths"][:, None]
     theta = document_topics.reshape(-1, model.num_topics)  # the guide's [D, 1, K] -> [D, K]
@@ -192,16 +248,19 @@ def completion_nll(model, elbo, held_out: dict, document_topics: torch.Tensor) -
     return nll / float(held_out["lengths"].sum())
 
 
-def topic_rows(steps: int, fold_in_steps: int = 50, num_topics: int = 10,
-               train_words: int = 100) -> list[tuple]:
+def topic_rows(
+    steps: int, fold_in_steps: int = 50, num_topics: int = 10, train_words: int = 100
+) -> list[tuple]:
     """TopicModel on the pydoc help texts: train on the training documents (their first
     ``train_words`` words: Pyro's engine takes seconds per full-length step on CPU), then document
     completion on the full test documents (see the module docstring), for both engines."""
     train, test = load_python_docs("train", max_words=train_words), load_python_docs("test")
     train_batch = as_batch({"documents": train.documents, "lengths": train.lengths})
     first, second = split_documents(test)
-    what = (f"pydoc topics ({steps} steps; {len(test)} test docs, {fold_in_steps} fold-in steps, "
-            f"{int(second['lengths'].sum())} held-out tokens)")
+    what = (
+        f"pydoc topics ({steps} steps; {len(test)} test docs, {fold_in_steps} fold-in steps, "
+        f"{int(second['lengths'].sum())} held-out tokens)"
+    )
     metric = "nats / held-out token"
     rows = [("unigram (add-one)", what, metric, unigram_baseline(train, second), None, 0.0)]
     results, start = {}, time.perf_counter()
@@ -210,15 +269,32 @@ def topic_rows(steps: int, fold_in_steps: int = 50, num_topics: int = 10,
         # parameters on the modules, not in the global store: the fold-in guide would otherwise
         # find the training guide's per-document weights (56 documents) under the same name
         with pyro.settings.context(module_local_params=True):
-            results[name] = fit_and_complete(train_batch, first, second, len(train.vocab), num_topics,
-                                             elbo, steps, fold_in_steps)
-    rows.append((f"TopicModel ({num_topics} topics, MAP weights)", what, metric,
-                 results["enumdist"], results["pyro"], time.perf_counter() - start))
+            results[name] = fit_and_complete(
+                train_batch, first, second, len(train.vocab), num_topics, elbo, steps, fold_in_steps
+            )
+    rows.append(
+        (
+            f"TopicModel ({num_topics} topics, MAP weights)",
+            what,
+            metric,
+            results["enumdist"],
+            results["pyro"],
+            time.perf_counter() - start,
+        )
+    )
     return rows
 
 
-def fit_and_complete(train_batch: dict, first: dict, second: dict, vocab_size: int, num_topics: int,
-                     elbo, steps: int, fold_in_steps: int) -> float:
+def fit_and_complete(
+    train_batch: dict,
+    first: dict,
+    second: dict,
+    vocab_size: int,
+    num_topics: int,
+    elbo,
+    steps: int,
+    fold_in_steps: int,
+) -> float:
     """Train a TopicModel with ``elbo``; fit the test documents' topic weights (MAP) on their
     first halves with the topic-word distributions frozen; nats per token of the second halves."""
     model = models.TopicModel(vocab_size=vocab_size, num_topics=num_topics, seed=0)
@@ -238,14 +314,18 @@ def fit_and_complete(train_batch: dict, first: dict, second: dict, vocab_size: i
 
 
 def markdown(rows, steps: int) -> str:
-    lines = [f"# Model zoo: held-out metrics ({steps} Adam steps, lr 0.05, seed 0)", "",
-             "| model | data | metric (test) | enumdist | Pyro TraceEnum_ELBO | abs diff | seconds |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Model zoo: held-out metrics ({steps} Adam steps, lr 0.05, seed 0)",
+        "",
+        "| model | data | metric (test) | enumdist | Pyro TraceEnum_ELBO | abs diff | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for model, data, metric, ours, theirs, seconds in rows:
         diff = "" if theirs is None else f"{abs(ours - theirs):.2e}"
         theirs = "" if theirs is None else f"{theirs:.4f}"
-        lines.append(f"| {model} | {data} | {metric} | {ours:.4f} | {theirs} | {diff} | "
-                     f"{seconds:.1f} |")
+        lines.append(
+            f"| {model} | {data} | {metric} | {ours:.4f} | {theirs} | {diff} | {seconds:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -255,24 +335,38 @@ def main(argv=None) -> str:
     parser.add_argument("--max-sequences", type=int, default=32)
     parser.add_argument("--out", default="experiments/zoo_report.md")
     parser.add_argument("--skip-chorales", action="store_true")
-    parser.add_argument("--only", choices=["chorales", "tabular", "topic"],
-                        help="compute one group of rows (the table then holds only those)")
+    parser.add_argument(
+        "--only",
+        choices=["chorales", "tabular", "topic"],
+        help="compute one group of rows (the table then holds only those)",
+    )
     parser.add_argument("--topic-steps", type=int, default=100, help="topic model: training steps")
-    parser.add_argument("--fold-in-steps", type=int, default=50,
-                        help="topic model: Adam steps fitting the test documents' topic weights")
+    parser.add_argument(
+        "--fold-in-steps",
+        type=int,
+        default=50,
+        help="topic model: Adam steps fitting the test documents' topic weights",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    groups = {"chorales": lambda: hmm_rows(args.steps, args.max_sequences),
-              "tabular": lambda: tabular_rows(args.steps * 10),
-              "topic": lambda: topic_rows(args.topic_steps, args.fold_in_steps)}
-    chosen = [args.only] if args.only else [g for g in groups if not (g == "chorales" and args.skip_chorales)]
+    groups = {
+        "chorales": lambda: hmm_rows(args.steps, args.max_sequences),
+        "tabular": lambda: tabular_rows(args.steps * 10),
+        "topic": lambda: topic_rows(args.topic_steps, args.fold_in_steps),
+    }
+    chosen = (
+        [args.only]
+        if args.only
+        else [g for g in groups if not (g == "chorales" and args.skip_chorales)]
+    )
     rows = [row for group in chosen for row in groups[group]()]
     text = markdown(rows, args.steps)
     with open(args.out, "w") as file:
         file.write(text)
     print(text)
-    assert all(t is None or math.isclose(o, t, rel_tol=1e-3, abs_tol=1e-3)
-               for _, _, _, o, t, _ in rows), "enumdist and Pyro disagree"
+    assert all(
+        t is None or math.isclose(o, t, rel_tol=1e-3, abs_tol=1e-3) for _, _, _, o, t, _ in rows
+    ), "enumdist and Pyro disagree"
     return text
 
 

@@ -65,7 +65,9 @@ def _rank(rank: int, world: int, port: int, fix: bool) -> None:
     if rank == 1:
         bad[0] = float("nan")
     try:
-        enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["data"]).loss(zoo.gaussian_mixture, zoo.empty_guide, bad)
+        enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["data"]).loss(
+            zoo.gaussian_mixture, zoo.empty_guide, bad
+        )
     except ShardError:
         pass
     else:
@@ -90,10 +92,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--load", type=int, default=2, help="busy-loop processes running meanwhile")
-    parser.add_argument("--no-fix", action="store_true", help="plain torch.distributed.init_process_group")
+    parser.add_argument(
+        "--no-fix", action="store_true", help="plain torch.distributed.init_process_group"
+    )
     args = parser.parse_args()
     stop = multiprocessing.Event()
-    burners = [multiprocessing.Process(target=_burn, args=(stop,), daemon=True) for _ in range(args.load)]
+    burners = [
+        multiprocessing.Process(target=_burn, args=(stop,), daemon=True) for _ in range(args.load)
+    ]
     for b in burners:
         b.start()
     aborts, failures, start = 0, 0, time.monotonic()
@@ -106,8 +112,10 @@ def main() -> None:
             print(f"run {run:3d}: exit codes {codes}{'  ABORT' if aborted else ''}", flush=True)
     finally:
         stop.set()
-    print(f"{'without' if args.no_fix else 'with'} the fix, {args.load} busy processes: {aborts} aborts and "
-          f"{failures} other failures in {args.runs} runs ({time.monotonic() - start:.0f} s)")
+    print(
+        f"{'without' if args.no_fix else 'with'} the fix, {args.load} busy processes: {aborts} aborts and "
+        f"{failures} other failures in {args.runs} runs ({time.monotonic() - start:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

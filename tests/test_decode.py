@@ -13,14 +13,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "decoding"))
 
-import enumdist.models  # noqa: E402,F401  (make_run_dir looks models up on the package)
 from decoding_run_dirs import make_run_dir  # noqa: E402
+
+import enumdist.models  # noqa: E402,F401  (make_run_dir looks models up on the package)
 
 
 def decode_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "enumdist.decode", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "enumdist.decode", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_help_lists_every_option(tmp_path):
@@ -31,10 +38,13 @@ def test_help_lists_every_option(tmp_path):
     assert list(tmp_path.iterdir()) == []  # Hydra leaves no outputs/ folder behind
 
 
-@pytest.mark.parametrize("override, message", [
-    ("temperature=abc", "full_key: temperature"),
-    ("no_such_option=1", "Key 'no_such_option' not in 'DecodeConfig'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("temperature=abc", "full_key: temperature"),
+        ("no_such_option=1", "Key 'no_such_option' not in 'DecodeConfig'"),
+    ],
+)
 def test_a_bad_option_is_refused_by_name(tmp_path, override, message):
     result = decode_cli("run_dir=x", override, cwd=tmp_path)
     assert result.returncode == 1 and message in result.stderr
@@ -42,7 +52,9 @@ def test_a_bad_option_is_refused_by_name(tmp_path, override, message):
 
 def test_missing_run_dir_says_so(tmp_path):
     result = decode_cli(cwd=tmp_path)
-    assert result.returncode == 1 and "run_dir=<training run directory> is required" in result.stderr
+    assert (
+        result.returncode == 1 and "run_dir=<training run directory> is required" in result.stderr
+    )
 
 
 @pytest.mark.slow
@@ -55,8 +67,15 @@ def test_decoding_exits_zero_and_multirun_decodes_each_run(tmp_path):
     assert single.stderr.strip() == "" or "{" not in single.stderr  # no dict printed on exit
     assert f"decoded: {runs[0]}/decoded/test-temperature0/decoded.parquet" in single.stdout
     assert list(elsewhere.iterdir()) == []
-    swept = decode_cli("-m", f"run_dir={runs[0]},{runs[1]}", "split=valid", "marginals=true",
-                       "progress=false", "pictures=false", cwd=elsewhere)
+    swept = decode_cli(
+        "-m",
+        f"run_dir={runs[0]},{runs[1]}",
+        "split=valid",
+        "marginals=true",
+        "progress=false",
+        "pictures=false",
+        cwd=elsewhere,
+    )
     assert swept.returncode == 0, swept.stderr
     for run in runs:
         table = pq.read_table(run / "decoded" / "valid-temperature0" / "decoded.parquet")

@@ -15,10 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_importing_the_helper_imports_dynamo_first():
     """The gloo teardown race needs ``torch._dynamo`` imported before ``init_process_group``."""
-    code = ("import sys; import enumdist.process_group; import enumdist.pipeline.module; "
-            "print('torch._dynamo' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        "import sys; import enumdist.process_group; import enumdist.pipeline.module; "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.stdout.strip() == "True"
 
 

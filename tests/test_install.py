@@ -19,19 +19,34 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 # import name -> distribution that provides it (third-party imports of enumdist/ only)
-DISTRIBUTION = {"torch": "torch", "pyro": "pyro-ppl", "numpy": "numpy", "opt_einsum": "opt_einsum",
-                "pytorch_lightning": "pytorch-lightning", "lightning_fabric": "pytorch-lightning",
-                "hydra": "hydra-core", "omegaconf": "hydra-core", "tqdm": "tqdm",
-                "matplotlib": "matplotlib", "pyarrow": "pyarrow", "wandb": "wandb",
-                "submitit": "hydra-submitit-launcher", "hydra_plugins": "hydra-submitit-launcher",
-                "music21": "music21", "sklearn": "scikit-learn", "scipy": "scipy"}
+DISTRIBUTION = {
+    "torch": "torch",
+    "pyro": "pyro-ppl",
+    "numpy": "numpy",
+    "opt_einsum": "opt_einsum",
+    "pytorch_lightning": "pytorch-lightning",
+    "lightning_fabric": "pytorch-lightning",
+    "hydra": "hydra-core",
+    "omegaconf": "hydra-core",
+    "tqdm": "tqdm",
+    "matplotlib": "matplotlib",
+    "pyarrow": "pyarrow",
+    "wandb": "wandb",
+    "submitit": "hydra-submitit-launcher",
+    "hydra_plugins": "hydra-submitit-launcher",
+    "music21": "music21",
+    "sklearn": "scikit-learn",
+    "scipy": "scipy",
+}
 # tqdm comes with pyro-ppl itself; the pipeline declares it because the decoding stage imports it
 OPTIONAL = sorted(set(DISTRIBUTION) - {"torch", "pyro", "numpy", "opt_einsum", "tqdm"})
 
 
 def requirement_names(requirements: list[str]) -> set[str]:
-    return {r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
-            for r in requirements}
+    return {
+        r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
+        for r in requirements
+    }
 
 
 def third_party_imports() -> set[str]:
@@ -47,7 +62,12 @@ def third_party_imports() -> set[str]:
 
 
 def test_core_dependencies_are_torch_and_pyro_and_what_they_import():
-    assert requirement_names(PYPROJECT["dependencies"]) == {"torch", "pyro-ppl", "numpy", "opt_einsum"}
+    assert requirement_names(PYPROJECT["dependencies"]) == {
+        "torch",
+        "pyro-ppl",
+        "numpy",
+        "opt_einsum",
+    }
     torch_range = next(r for r in PYPROJECT["dependencies"] if r.startswith("torch"))
     assert "<3" in torch_range and "==" not in torch_range and "<=" not in torch_range
 
@@ -57,7 +77,9 @@ def test_every_import_of_the_package_is_declared_in_dependencies_or_extras():
     unknown = imports - set(DISTRIBUTION)
     assert not unknown, f"add {sorted(unknown)} to DISTRIBUTION and to pyproject.toml"
     extras = PYPROJECT["optional-dependencies"]
-    declared = requirement_names(PYPROJECT["dependencies"]).union(*map(requirement_names, extras.values()))
+    declared = requirement_names(PYPROJECT["dependencies"]).union(
+        *map(requirement_names, extras.values())
+    )
     assert {DISTRIBUTION[name] for name in imports} <= declared
     assert {"pipeline", "wandb", "slurm", "data", "dev", "test", "all"} <= set(extras)
     assert requirement_names(extras["pipeline"]) >= {"pytorch-lightning", "hydra-core", "pyarrow"}
@@ -89,8 +111,9 @@ def test_engine_and_models_need_only_torch_and_pyro():
         print("loss", loss, "loaded", loaded)
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loaded []" in result.stdout
 
@@ -104,8 +127,23 @@ def build_wheel(out: Path) -> Path:
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         (source / name).write_bytes((ROOT / name).read_bytes())
     subprocess.run(["cp", "-r", str(ROOT / "enumdist"), str(source / "enumdist")], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(out / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out / "dist"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return next((out / "dist").glob("enumdist-*.whl"))
 
 
@@ -113,12 +151,17 @@ def fresh_venv(where: Path) -> Path:
     """A new venv that sees this interpreter's packages (torch, pyro, ...: nothing downloaded)
     through a ``.pth`` file, but not enumdist itself, which the test installs from the wheel.
     Without its own pip/setuptools: the host's (newer) ones serve it, installing into it."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=120
+    )
     view = where / "host-packages"
     view.mkdir()
     host = Path(sysconfig.get_paths()["purelib"])
     for entry in host.iterdir():
-        if not entry.name.lower().startswith(("enumdist", "__editable__")) and entry.suffix != ".pth":
+        if (
+            not entry.name.lower().startswith(("enumdist", "__editable__"))
+            and entry.suffix != ".pth"
+        ):
             (view / entry.name).symlink_to(entry)
     purelib = next((where / "lib").glob("python*/site-packages"))
     (purelib / "host-packages.pth").write_text(f"{view}\n")
@@ -144,21 +187,32 @@ hydra:
 def test_wheel_installs_trains_and_decodes_outside_the_checkout(tmp_path):
     wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"enumdist/conf/train.yaml", "enumdist/conf/decode.yaml",
-            "enumdist/conf/experiment/chorale_hmm.yaml"} <= set(names)
+    assert {
+        "enumdist/conf/train.yaml",
+        "enumdist/conf/decode.yaml",
+        "enumdist/conf/experiment/chorale_hmm.yaml",
+    } <= set(names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
     python = fresh_venv(tmp_path / "venv")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env |= {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "MPLBACKEND": "Agg",
-            "PATH": f"{python.parent}:{env['PATH']}"}
+    env |= {
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+        "MPLBACKEND": "Agg",
+        "PATH": f"{python.parent}:{env['PATH']}",
+    }
     work = tmp_path / "elsewhere"
     (work / "my_conf" / "experiment").mkdir(parents=True)
     (work / "my_conf" / "experiment" / "my_mixture.yaml").write_text(USER_EXPERIMENT)
 
     def run(*command: str, timeout: float = 300) -> str:
-        result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
-        assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        result = subprocess.run(
+            command, cwd=work, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        assert result.returncode == 0, (
+            f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        )
         return result.stdout
 
     # pip resolves the extras against the packages it sees, offline: nothing is downloaded
@@ -166,12 +220,21 @@ def test_wheel_installs_trains_and_decodes_outside_the_checkout(tmp_path):
     where = run(str(python), "-c", "import enumdist; print(enumdist.__file__)")
     assert where.startswith(str(tmp_path / "venv")), where
 
-    composed = run(str(python), "-m", "enumdist.train", "--cfg", "job", "experiment=python_docs_topics")
+    composed = run(
+        str(python), "-m", "enumdist.train", "--cfg", "job", "experiment=python_docs_topics"
+    )
     assert "enumdist.models.TopicModel" in composed
     run_dir = work / "run"
-    trained = run("enumdist-train", "--config-dir", str(work / "my_conf"), "experiment=my_mixture",
-                  "logger=csv", "trainer.max_steps=5", "trainer.check_val_every_n_epoch=1",
-                  f"paths.run_dir={run_dir}")
+    trained = run(
+        "enumdist-train",
+        "--config-dir",
+        str(work / "my_conf"),
+        "experiment=my_mixture",
+        "logger=csv",
+        "trainer.max_steps=5",
+        "trainer.check_val_every_n_epoch=1",
+        f"paths.run_dir={run_dir}",
+    )
     assert "test loss per observation" in trained
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert "num_components: 2" in (run_dir / ".hydra" / "config.yaml").read_text()

@@ -131,7 +131,9 @@ def _cache_problem(arrays: dict[str, np.ndarray]) -> str | None:
     if str(arrays["music21_version"]) != music21.__version__:
         return f"built with music21 {arrays['music21_version']}, now {music21.__version__}"
     lengths = arrays["lengths"]
-    if arrays["rolls"].shape != (int(lengths.sum()), NUM_PIANO_KEYS) or len(arrays["names"]) != len(lengths):
+    if arrays["rolls"].shape != (int(lengths.sum()), NUM_PIANO_KEYS) or len(arrays["names"]) != len(
+        lengths
+    ):
         return "array shapes disagree with each other"
     return None
 

@@ -15,8 +15,10 @@ import torch
 def time_block(steps: int, rank: int, world_size: int) -> slice:
     """Steps ``start:stop`` of rank ``rank``; every rank gets at least one step."""
     if not 0 <= rank < world_size or steps < world_size:
-        raise ValueError(f"cannot split {steps} steps over {world_size} ranks for rank {rank}: "
-                         f"every rank needs at least one step")
+        raise ValueError(
+            f"cannot split {steps} steps over {world_size} ranks for rank {rank}: "
+            f"every rank needs at least one step"
+        )
     base, extra = divmod(steps, world_size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (rank < extra))
@@ -28,8 +30,9 @@ def split_by_time(tensor: torch.Tensor, rank: int, world_size: int, dim: int = 1
     return tensor.narrow(dim, block.start, block.stop - block.start)
 
 
-def synthetic_long_chain(steps: int, num_states: int, num_sequences: int = 1, seed: int = 0,
-                         dtype=torch.float64):
+def synthetic_long_chain(
+    steps: int, num_states: int, num_sequences: int = 1, seed: int = 0, dtype=torch.float64
+):
     """``(params, y)``: known ``init [S]``, ``trans [S, S]`` logits (sticky) and Normal emission
     means ``loc [S]`` (unit scale), and ``y [N, T]`` sampled from that HMM."""
     import numpy as np
@@ -37,8 +40,9 @@ def synthetic_long_chain(steps: int, num_states: int, num_sequences: int = 1, se
     g = torch.Generator().manual_seed(seed)
     init = torch.zeros(num_states, dtype=dtype)
     trans = torch.randn(num_states, num_states, generator=g, dtype=dtype) + 4 * torch.eye(
-        num_states, dtype=dtype)
-    loc = torch.linspace(-2 * num_states ** 0.5, 2 * num_states ** 0.5, num_states, dtype=dtype)
+        num_states, dtype=dtype
+    )
+    loc = torch.linspace(-2 * num_states**0.5, 2 * num_states**0.5, num_states, dtype=dtype)
     # x_{-1} ~ init, x_t ~ trans[x_{t-1}] by inverse-CDF draws; a python loop over numpy
     # scalars (a torch op per step would cost several times more at 10^6 steps)
     rng = np.random.default_rng(seed)

@@ -72,7 +72,7 @@ class PianoRolls:
     pitches: torch.Tensor
 
     def __post_init__(self):
-        n, t_max, k = self.sequences.shape
+        n, _t_max, k = self.sequences.shape
         if self.lengths.shape != (n,) or len(self.names) != n or self.pitches.shape != (k,):
             raise ValueError(
                 f"inconsistent PianoRolls: sequences {tuple(self.sequences.shape)}, lengths "

@@ -56,4 +56,8 @@ def select_split(
 ) -> list[int]:
     """Positions, in order, of the ``names`` that fall into ``split``."""
     check_split(split)
-    return [i for i, name in enumerate(names) if assign_split(name, salt=salt, fractions=fractions) == split]
+    return [
+        i
+        for i, name in enumerate(names)
+        if assign_split(name, salt=salt, fractions=fractions) == split
+    ]

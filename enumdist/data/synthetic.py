@@ -62,8 +62,10 @@ class SyntheticSpec:
         if self.model not in MODELS:
             raise ValueError(f"model={self.model!r}: expected one of {sorted(MODELS)}")
         if not 1 <= self.min_length <= self.max_length <= 32767:
-            raise ValueError(f"lengths: need 1 <= min_length <= max_length, got "
-                             f"[{self.min_length}, {self.max_length}]")
+            raise ValueError(
+                f"lengths: need 1 <= min_length <= max_length, got "
+                f"[{self.min_length}, {self.max_length}]"
+            )
         if self.hidden_dim > 255 or self.num_keys > 256:
             raise ValueError("hidden_dim <= 255 and num_keys <= 256 (stored as uint8)")
 
@@ -99,8 +101,13 @@ def true_parameters(spec: SyntheticSpec) -> dict[str, np.ndarray]:
         return {"initial": initial(), "transition": transition(), "emission": _on_grid(chords())}
     a, b = chords(), chords()
     emission = 1 - (1 - a[:, None, :]) * (1 - b[None, :, :])
-    return {"initial_w": initial(), "initial_x": initial(), "transition_w": transition(),
-            "transition_x": transition(), "emission": _on_grid(emission)}
+    return {
+        "initial_w": initial(),
+        "initial_x": initial(),
+        "transition_w": transition(),
+        "transition_x": transition(),
+        "emission": _on_grid(emission),
+    }
 
 
 def _on_grid(probs: np.ndarray) -> np.ndarray:
@@ -124,8 +131,14 @@ def _thresholds(probs: np.ndarray) -> np.ndarray:
     return np.round(probs * EMISSION_GRID).astype(np.uint16)  # exact: probs are on the grid
 
 
-def sample_shard(spec: SyntheticSpec, params: dict[str, np.ndarray], split: str,
-                 shard: int, start: int, num_items: int) -> pa.Table:
+def sample_shard(
+    spec: SyntheticSpec,
+    params: dict[str, np.ndarray],
+    split: str,
+    shard: int,
+    start: int,
+    num_items: int,
+) -> pa.Table:
     """Items ``start .. start + num_items`` of ``split``, drawn from their own seed."""
     rng = np.random.default_rng([spec.seed, SPLIT_CODES[split], shard])
     lengths = rng.integers(spec.min_length, spec.max_length + 1, size=num_items)
@@ -134,8 +147,10 @@ def sample_shard(spec: SyntheticSpec, params: dict[str, np.ndarray], split: str,
         states = {"x": _sample_chain(rng, params["initial"], params["transition"], num_items, T)}
         thresholds = _thresholds(params["emission"])[states["x"]]  # [n, T, K]
     else:
-        states = {c: _sample_chain(rng, params[f"initial_{c}"], params[f"transition_{c}"], num_items, T)
-                  for c in ("w", "x")}
+        states = {
+            c: _sample_chain(rng, params[f"initial_{c}"], params[f"transition_{c}"], num_items, T)
+            for c in ("w", "x")
+        }
         thresholds = _thresholds(params["emission"])[states["w"], states["x"]]
     sounding = rng.integers(0, EMISSION_GRID, size=thresholds.shape, dtype=np.uint16) < thresholds
     sounding &= (np.arange(T)[None, :] < lengths[:, None])[..., None]
@@ -146,15 +161,17 @@ def sample_shard(spec: SyntheticSpec, params: dict[str, np.ndarray], split: str,
     _, _, keys = np.nonzero(sounding)
     step_list = pa.ListArray.from_arrays(
         pa.array(np.concatenate([[0], np.cumsum(per_step)]).astype(np.int32)),
-        pa.array(keys.astype(np.uint8)))
+        pa.array(keys.astype(np.uint8)),
+    )
     columns = {
         "index": pa.array(np.arange(start, start + num_items, dtype=np.int64)),
         "length": pa.array(lengths.astype(np.int16)),
         "keys": pa.ListArray.from_arrays(pa.array(item_steps.astype(np.int32)), step_list),
     }
     for chain, values in states.items():
-        columns[chain] = pa.ListArray.from_arrays(pa.array(item_steps.astype(np.int32)),
-                                                  pa.array(values[valid_steps].astype(np.uint8)))
+        columns[chain] = pa.ListArray.from_arrays(
+            pa.array(item_steps.astype(np.int32)), pa.array(values[valid_steps].astype(np.uint8))
+        )
     return pa.table(columns)
 
 
@@ -164,11 +181,10 @@ def shard_path(root: str | os.PathLike, split: str, shard: int) -> Path:
 
 def write_parquet_durably(table: pa.Table, path: Path) -> None:
     """Temporary file next to ``path``, fsync, rename: ``path`` is absent or complete."""
-    with atomic_path(path) as temporary:
-        with open(temporary, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path) as temporary, open(temporary, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def generate(root: str | os.PathLike, spec: SyntheticSpec, progress: bool = True) -> Path:
@@ -185,8 +201,10 @@ def generate(root: str | os.PathLike, spec: SyntheticSpec, progress: bool = True
     if manifest.exists():
         found = json.loads(manifest.read_text())
         if found != wanted:
-            raise ValueError(f"{root} holds another synthetic data set ({found['spec']}); "
-                             f"choose another directory or delete it")
+            raise ValueError(
+                f"{root} holds another synthetic data set ({found['spec']}); "
+                f"choose another directory or delete it"
+            )
     params = true_parameters(spec)
     save_npz_atomic(root / "truth.npz", params)
     with atomic_path(manifest) as temporary:
@@ -198,7 +216,9 @@ def generate(root: str | os.PathLike, spec: SyntheticSpec, progress: bool = True
                 count = min(spec.shard_size, num_items - start)
                 path = shard_path(root, split, shard)
                 if not path.exists():
-                    write_parquet_durably(sample_shard(spec, params, split, shard, start, count), path)
+                    write_parquet_durably(
+                        sample_shard(spec, params, split, shard, start, count), path
+                    )
                 bar.update(count)
     return root
 
@@ -206,8 +226,10 @@ def generate(root: str | os.PathLike, spec: SyntheticSpec, progress: bool = True
 def read_manifest(root: str | os.PathLike) -> dict:
     path = Path(root) / "manifest.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: generate the data first "
-                                f"(python -m enumdist.data.synthetic --root {root})")
+        raise FileNotFoundError(
+            f"{path} does not exist: generate the data first "
+            f"(python -m enumdist.data.synthetic --root {root})"
+        )
     return json.loads(path.read_text())
 
 
@@ -245,11 +267,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard-size", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    spec = SyntheticSpec(model=args.model, num_keys=args.num_keys, hidden_dim=args.hidden_dim,
-                         num_items=(("train", args.num_train), ("valid", args.num_eval),
-                                    ("test", args.num_eval)),
-                         min_length=args.min_length, max_length=args.max_length,
-                         shard_size=args.shard_size, seed=args.seed)
+    spec = SyntheticSpec(
+        model=args.model,
+        num_keys=args.num_keys,
+        hidden_dim=args.hidden_dim,
+        num_items=(("train", args.num_train), ("valid", args.num_eval), ("test", args.num_eval)),
+        min_length=args.min_length,
+        max_length=args.max_length,
+        shard_size=args.shard_size,
+        seed=args.seed,
+    )
     print(generate(args.root, spec))
 
 

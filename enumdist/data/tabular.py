@@ -129,7 +129,9 @@ def load_partially_labeled(
     rows = _split_rows(name, len(labels))
     features = _standardize(features, rows["train"])
     if split == "train":
-        withheld = np.array([unit_hash(f"{name}/{i}", "labeled") >= labeled_fraction for i in range(len(labels))])
+        withheld = np.array(
+            [unit_hash(f"{name}/{i}", "labeled") >= labeled_fraction for i in range(len(labels))]
+        )
         labels = np.where(withheld, UNLABELED, labels)
         missing = sorted(set(range(len(class_names))) - set(labels[rows["train"]].tolist()))
         if missing:
@@ -150,7 +152,9 @@ def load_semisupervised(
     is_labeled = train.labels != UNLABELED
 
     def rows(mask):
-        return TabularData(train.features[mask], train.labels[mask], train.feature_names, train.class_names)
+        return TabularData(
+            train.features[mask], train.labels[mask], train.feature_names, train.class_names
+        )
 
     return SemiSupervisedSplits(
         labeled=rows(is_labeled),
@@ -179,5 +183,8 @@ def load_semisupervised_split(
     data = load_partially_labeled(name, split, labeled_fraction=labeled_fraction, dtype=dtype)
     if split == "train":
         return {"features": data.features, "labels": data.labels}
-    return {"features": data.features, "labels": torch.full_like(data.labels, UNLABELED),
-            "true_labels": data.labels}
+    return {
+        "features": data.features,
+        "labels": torch.full_like(data.labels, UNLABELED),
+        "true_labels": data.labels,
+    }

@@ -6,4 +6,4 @@ from enumdist.decoding.checkpoint import CheckpointMismatchError
 from enumdist.decoding.decoder import decode_batch
 from enumdist.decoding.stage import DecodeOptions, run_decoding
 
-__all__ = ["run_decoding", "DecodeOptions", "decode_batch", "CheckpointMismatchError"]
+__all__ = ["CheckpointMismatchError", "DecodeOptions", "decode_batch", "run_decoding"]

@@ -31,8 +31,10 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     or guide names a ``_target_`` outside :mod:`enumdist.pipeline.targets`' allowlist."""
     path = Path(run_dir) / ".hydra" / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run_dir={run_dir} is not a training run "
-                                "directory (expected the composed Hydra config there)")
+        raise FileNotFoundError(
+            f"{path} not found: run_dir={run_dir} is not a training run "
+            "directory (expected the composed Hydra config there)"
+        )
     cfg = OmegaConf.load(path)
     targets.check_config(cfg, source=str(path))
     return cfg
@@ -41,8 +43,9 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
 def find_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
     path = Path(checkpoint) if checkpoint else Path(run_dir) / "checkpoints" / "last.ckpt"
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: train the run first, or pass "
-                                "checkpoint=<path to a .ckpt>")
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: train the run first, or pass checkpoint=<path to a .ckpt>"
+        )
     return path
 
 
@@ -56,22 +59,27 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def select_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], *, what: str,
-                 source: Path) -> None:
+def load_weights(
+    module: torch.nn.Module, weights: dict[str, torch.Tensor], *, what: str, source: Path
+) -> None:
     """``module.load_state_dict(weights)`` with a message naming every key that does not fit."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
-    reshaped = sorted(f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
-                      for k, v in expected.items() if k in weights and weights[k].shape != v.shape)
+    reshaped = sorted(
+        f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
+    )
     if missing or unexpected or reshaped:
         raise CheckpointMismatchError(
             f"checkpoint {source} is not from this {what}: missing keys {missing}, unexpected "
             f"keys {unexpected}, shape mismatches {reshaped}. Decode with the run's own "
-            "checkpoint, or fix the model config to the one it was trained with.")
+            "checkpoint, or fix the model config to the one it was trained with."
+        )
     module.load_state_dict(weights)
 
 
@@ -79,14 +87,25 @@ def build_model(cfg: DictConfig, state_dict: dict[str, torch.Tensor], source: Pa
     model = instantiate(cfg.model)
     if not isinstance(model, EnumModel):
         raise TypeError(f"model._target_={cfg.model.get('_target_')} is not an EnumModel")
-    model.create_parameters(select_prefix(state_dict, "model."))  # made on the first call (FunctionModel)
-    load_weights(model, select_prefix(state_dict, "model."),
-                 what=f"model {cfg.model.get('_target_', type(model).__name__)}", source=source)
+    model.create_parameters(
+        select_prefix(state_dict, "model.")
+    )  # made on the first call (FunctionModel)
+    load_weights(
+        model,
+        select_prefix(state_dict, "model."),
+        what=f"model {cfg.model.get('_target_', type(model).__name__)}",
+        source=source,
+    )
     return model.eval()
 
 
-def build_guide(cfg: DictConfig, model: EnumModel, batch: dict,
-                state_dict: dict[str, torch.Tensor], source: Path):
+def build_guide(
+    cfg: DictConfig,
+    model: EnumModel,
+    batch: dict,
+    state_dict: dict[str, torch.Tensor],
+    source: Path,
+):
     """The run's guide with its trained weights, or ``None`` when it has no latents to cover.
 
     Autoguides create their parameters on their first call, so the guide runs once on ``batch``
@@ -95,7 +114,9 @@ def build_guide(cfg: DictConfig, model: EnumModel, batch: dict,
     weights = select_prefix(state_dict, "guide.")
     if "guide" not in cfg or cfg.guide is None:
         if weights:
-            raise CheckpointMismatchError(f"{source} holds guide weights but the config has no guide")
+            raise CheckpointMismatchError(
+                f"{source} holds guide weights but the config has no guide"
+            )
         return None
     guide = instantiate(cfg.guide)(model)
     with torch.no_grad():

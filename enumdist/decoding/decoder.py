@@ -16,23 +16,30 @@ from enumdist.decoding import scores
 from enumdist.models.base import EnumModel
 
 
-def gather_states(sites: dict[str, list[str]], values: dict[str, torch.Tensor], batch_size: int,
-                  event_size: int | None = None) -> dict[str, torch.Tensor]:
+def gather_states(
+    sites: dict[str, list[str]],
+    values: dict[str, torch.Tensor],
+    batch_size: int,
+    event_size: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Stack each state's sites (in order) into ``[B, positions]`` (values) or
     ``[B, positions, event_size]`` (marginal probabilities)."""
     gathered = {}
     for state, names in sites.items():
         missing = [n for n in names if n not in values]
         if missing:
-            raise KeyError(f"state {state!r}: sites {missing[:5]} were not decoded; does the "
-                           "model's state_sites(batch) match its sample site names?")
+            raise KeyError(
+                f"state {state!r}: sites {missing[:5]} were not decoded; does the "
+                "model's state_sites(batch) match its sample site names?"
+            )
         parts = []
         for name in names:
             value = values[name]
             shape = (batch_size, -1) if event_size is None else (batch_size, -1, event_size)
             if value.numel() % (batch_size * (event_size or 1)):
-                raise ValueError(f"site {name!r}: shape {tuple(value.shape)} does not hold "
-                                 f"{batch_size} items")
+                raise ValueError(
+                    f"site {name!r}: shape {tuple(value.shape)} does not hold {batch_size} items"
+                )
             parts.append(value.reshape(shape))
         gathered[state] = torch.cat(parts, dim=1)
     return gathered
@@ -47,10 +54,17 @@ def _probs(marginal) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_batch(model: EnumModel, guide, batch: dict, *, temperature: int = 0,
-                 marginals: bool = False, probabilities: bool = False,
-                 shard_plates: list[str] | None = None,
-                 items_in_step: int | None = None) -> dict[str, torch.Tensor]:
+def decode_batch(
+    model: EnumModel,
+    guide,
+    batch: dict,
+    *,
+    temperature: int = 0,
+    marginals: bool = False,
+    probabilities: bool = False,
+    shard_plates: list[str] | None = None,
+    items_in_step: int | None = None,
+) -> dict[str, torch.Tensor]:
     """-> ``{state: LongTensor[B, positions]}``; with ``probabilities`` also float64 ``[B]``
     ``log_joint`` (``log p(z, x)`` of the decoded path), ``log_evidence`` (``log p(x)``) and
     ``path_posterior`` (``p(z | x)``); with ``marginals`` also ``{f"{state}_marginals": [B,
@@ -67,38 +81,60 @@ def decode_batch(model: EnumModel, guide, batch: dict, *, temperature: int = 0,
     model_fn = model.model
     if guide is not None:
         model_fn = poutine.replay(model_fn, trace=poutine.trace(guide).get_trace(batch))
-    decoded = enumdist.infer_discrete(model_fn, first_available_dim=-1 - model.max_plate_nesting,
-                                      temperature=temperature, shard_plates=shard_plates)
+    decoded = enumdist.infer_discrete(
+        model_fn,
+        first_available_dim=-1 - model.max_plate_nesting,
+        temperature=temperature,
+        shard_plates=shard_plates,
+    )
     trace = poutine.trace(decoded).get_trace(batch)
-    values = {name: site["value"] for name, site in trace.nodes.items()
-              if site["type"] == "sample" and not site["is_observed"]}
+    values = {
+        name: site["value"]
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
     sites = model.state_sites(batch)
     out = {k: v.long() for k, v in gather_states(sites, values, batch_size).items()}
     if probabilities:
-        states = {name for name, site in trace.nodes.items() if site["type"] == "sample"
-                  and not site["is_observed"] and site["infer"].get("enumerate")}
-        out["log_joint"] = scores.log_joint(trace, states, model.shard_plate, batch_size,
-                                            model.max_plate_nesting)
-        out["log_evidence"] = scores.log_evidence(model_fn, batch, model.shard_plate,
-                                                  model.max_plate_nesting)
+        states = {
+            name
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample"
+            and not site["is_observed"]
+            and site["infer"].get("enumerate")
+        }
+        out["log_joint"] = scores.log_joint(
+            trace, states, model.shard_plate, batch_size, model.max_plate_nesting
+        )
+        out["log_evidence"] = scores.log_evidence(
+            model_fn, batch, model.shard_plate, model.max_plate_nesting
+        )
         out["path_posterior"] = (out["log_joint"] - out["log_evidence"]).exp()
     if marginals:
-        elbo = enumdist.EnumELBO(max_plate_nesting=model.max_plate_nesting,
-                                 **({"shard_plates": shard_plates} if shard_plates else {}))
+        elbo = enumdist.EnumELBO(
+            max_plate_nesting=model.max_plate_nesting,
+            **({"shard_plates": shard_plates} if shard_plates else {}),
+        )
         unscaled = dict(batch, num_total=items_in_step or batch_size)
-        probs = {k: _probs(v) for k, v in elbo.compute_marginals(
-            model.model, guide or (lambda batch: None), unscaled).items()}
+        probs = {
+            k: _probs(v)
+            for k, v in elbo.compute_marginals(
+                model.model, guide or (lambda batch: None), unscaled
+            ).items()
+        }
         for state, names in sites.items():
             event_size = probs[names[0]].shape[-1]
             state_marginals = gather_states({state: names}, probs, batch_size, event_size)[state]
             out[f"{state}_marginals"] = state_marginals.float()
-            out[f"{state}_confidence"] = state_marginals.gather(
-                -1, out[state].unsqueeze(-1)).squeeze(-1).float()
+            out[f"{state}_confidence"] = (
+                state_marginals.gather(-1, out[state].unsqueeze(-1)).squeeze(-1).float()
+            )
     return out
 
 
-def to_table(batch: dict, decoded: dict[str, torch.Tensor],
-             names: list[str | None] | None = None) -> pa.Table:
+def to_table(
+    batch: dict, decoded: dict[str, torch.Tensor], names: list[str | None] | None = None
+) -> pa.Table:
     """One row per item: ``index`` (its position in the split), ``name`` (its own identity, or
     null where the data names none), ``length``, one scalar column per ``[B]`` tensor and one
     list column per ``[B, positions, ...]`` tensor, cut to the item's ``lengths`` when the batch
@@ -106,9 +142,11 @@ def to_table(batch: dict, decoded: dict[str, torch.Tensor],
     index = batch["index"].tolist()
     positions = max((t.shape[1] for t in decoded.values() if t.dim() > 1), default=0)
     lengths = batch["lengths"].tolist() if "lengths" in batch else [positions] * len(index)
-    columns = {"index": pa.array(index, pa.int64()),
-               "name": pa.array(names if names is not None else [None] * len(index), pa.string()),
-               "length": pa.array(lengths, pa.int64())}
+    columns = {
+        "index": pa.array(index, pa.int64()),
+        "name": pa.array(names if names is not None else [None] * len(index), pa.string()),
+        "length": pa.array(lengths, pa.int64()),
+    }
     for name, tensor in decoded.items():
         if tensor.dim() == 1:
             columns[name] = pa.array(tensor.tolist(), pa.float64())

@@ -51,8 +51,11 @@ def key_labels(num_keys: int) -> list[str]:
 def state_colours(num_states: int) -> ListedColormap:
     """One colour per state number ``0 .. num_states - 1``."""
     base = plt.get_cmap("tab20" if num_states <= 20 else "viridis")
-    colours = [base(i) for i in range(num_states)] if num_states <= 20 else \
-        [base(i / max(num_states - 1, 1)) for i in range(num_states)]
+    colours = (
+        [base(i) for i in range(num_states)]
+        if num_states <= 20
+        else [base(i / max(num_states - 1, 1)) for i in range(num_states)]
+    )
     return ListedColormap(colours, name=f"states{num_states}")
 
 
@@ -66,8 +69,9 @@ def _integer_ticks(axis, which: str, count: int) -> None:
     (axis.set_xticks if which == "x" else axis.set_yticks)(ticks)
 
 
-def piano_roll_figure(roll: torch.Tensor, states: dict[str, torch.Tensor],
-                      num_states: dict[str, int], title: str = ""):
+def piano_roll_figure(
+    roll: torch.Tensor, states: dict[str, torch.Tensor], num_states: dict[str, int], title: str = ""
+):
     """``roll`` ``[T, K]`` (0/1) above one colour strip per hidden chain (``states[c]`` ``[T]``).
 
     The key axis is cut to the keys ever played (plus one on each side) and labelled with pitch
@@ -77,15 +81,30 @@ def piano_roll_figure(roll: torch.Tensor, states: dict[str, torch.Tensor],
     roll = roll.detach().cpu().float()
     labels = key_labels(roll.shape[1])
     played = roll.sum(0).nonzero().flatten()
-    low, high = (max(int(played.min()) - 1, 0), min(int(played.max()) + 1, roll.shape[1] - 1)) \
-        if len(played) else (0, roll.shape[1] - 1)
-    figure, axes = plt.subplots(1 + len(states), 1, sharex=True, squeeze=False,
-                                figsize=(11, 4.5 + 0.6 * len(states)),
-                                gridspec_kw={"height_ratios": [6] + [1] * len(states)})
+    low, high = (
+        (max(int(played.min()) - 1, 0), min(int(played.max()) + 1, roll.shape[1] - 1))
+        if len(played)
+        else (0, roll.shape[1] - 1)
+    )
+    figure, axes = plt.subplots(
+        1 + len(states),
+        1,
+        sharex=True,
+        squeeze=False,
+        figsize=(11, 4.5 + 0.6 * len(states)),
+        gridspec_kw={"height_ratios": [6] + [1] * len(states)},
+    )
     axes = axes[:, 0]
-    axes[0].imshow(roll[:, low : high + 1].T, aspect="auto", origin="lower", cmap="Greys",
-                   interpolation="none", vmin=0, vmax=1,
-                   extent=(-0.5, roll.shape[0] - 0.5, low - 0.5, high + 0.5))
+    axes[0].imshow(
+        roll[:, low : high + 1].T,
+        aspect="auto",
+        origin="lower",
+        cmap="Greys",
+        interpolation="none",
+        vmin=0,
+        vmax=1,
+        extent=(-0.5, roll.shape[0] - 0.5, low - 0.5, high + 0.5),
+    )
     ticks = [k for k in range(low, high + 1) if "#" not in labels[k]]
     if len(ticks) > 30:  # many keys: octaves only
         ticks = [k for k in ticks if labels[k].startswith("C")] or ticks[:: len(ticks) // 10]
@@ -95,33 +114,65 @@ def piano_roll_figure(roll: torch.Tensor, states: dict[str, torch.Tensor],
     for axis, (name, chain) in zip(axes[1:], states.items()):
         count = num_states[name]
         colours = state_colours(count)
-        image = axis.imshow(chain.reshape(1, -1).cpu(), aspect="auto", cmap=colours,
-                            norm=_state_norm(count), interpolation="none")
+        image = axis.imshow(
+            chain.reshape(1, -1).cpu(),
+            aspect="auto",
+            cmap=colours,
+            norm=_state_norm(count),
+            interpolation="none",
+        )
         axis.set_yticks([0], [name])
         if count <= MAX_LEGEND_STATES:
-            axis.legend(handles=[Patch(color=colours(s), label=f"{name}={s}") for s in range(count)],
-                        loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6,
-                        ncol=math.ceil(count / 8), title=f"state {name}", title_fontsize=7,
-                        borderaxespad=0)
+            axis.legend(
+                handles=[Patch(color=colours(s), label=f"{name}={s}") for s in range(count)],
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+                fontsize=6,
+                ncol=math.ceil(count / 8),
+                title=f"state {name}",
+                title_fontsize=7,
+                borderaxespad=0,
+            )
         else:
             figure.colorbar(image, ax=axis, label=f"state {name}", pad=0.01)
     axes[-1].set_xlabel("time step")
     return figure
 
 
-def marginals_figure(marginals: dict[str, torch.Tensor], states: dict[str, torch.Tensor],
-                     title: str = "", xlabel: str = "time step", joined: bool = True):
+def marginals_figure(
+    marginals: dict[str, torch.Tensor],
+    states: dict[str, torch.Tensor],
+    title: str = "",
+    xlabel: str = "time step",
+    joined: bool = True,
+):
     """Posterior marginals ``p(c_t = s | x)``, one panel per state ``c`` (``marginals[c]``
     ``[T, S]``: positions of one item, or items), with the decoded ``states[c]`` ``[T]`` on top
     (``joined``: as a path)."""
-    figure, axes = plt.subplots(len(marginals), 1, sharex=True, squeeze=False,
-                                figsize=(11, 1.0 + 2.2 * len(marginals)))
+    figure, axes = plt.subplots(
+        len(marginals), 1, sharex=True, squeeze=False, figsize=(11, 1.0 + 2.2 * len(marginals))
+    )
     for axis, (name, probs) in zip(axes[:, 0], marginals.items()):
         probs = probs.detach().cpu().float()
-        image = axis.imshow(probs.T, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=1,
-                            interpolation="none")
-        axis.plot(range(len(states[name])), states[name].cpu(), color="cyan", lw=0.8,
-                  ls="-" if joined else "none", marker=".", ms=3, label="decoded")
+        image = axis.imshow(
+            probs.T,
+            aspect="auto",
+            origin="lower",
+            cmap="magma",
+            vmin=0,
+            vmax=1,
+            interpolation="none",
+        )
+        axis.plot(
+            range(len(states[name])),
+            states[name].cpu(),
+            color="cyan",
+            lw=0.8,
+            ls="-" if joined else "none",
+            marker=".",
+            ms=3,
+            label="decoded",
+        )
         axis.set_ylabel(f"state {name}")
         _integer_ticks(axis, "y", probs.shape[1])
         axis.legend(loc="upper right", fontsize=7)
@@ -131,8 +182,9 @@ def marginals_figure(marginals: dict[str, torch.Tensor], states: dict[str, torch
     return figure
 
 
-def transition_figure(matrices: dict[str, torch.Tensor],
-                      conditions: dict[str, tuple[str, ...]] | None = None):
+def transition_figure(
+    matrices: dict[str, torch.Tensor], conditions: dict[str, tuple[str, ...]] | None = None
+):
     """One heat map of ``p(c_t | c_t-1)`` per chain ``c`` (``matrices[c]`` ``[..., D, D]``).
 
     Leading dims are the other variables the transition is conditioned on (``conditions[c]``
@@ -146,10 +198,17 @@ def transition_figure(matrices: dict[str, torch.Tensor],
         leading = tuple(matrix.shape[:-2])
         given = conditions.get(name) or tuple(f"dim{j}" for j in range(len(leading)))
         if len(given) != len(leading):
-            raise ValueError(f"transition of chain {name!r} has leading dims {leading} but "
-                             f"conditions name {given}")
-        for values in (torch.cartesian_prod(*[torch.arange(n) for n in leading]).reshape(
-                -1, len(leading)).tolist() if leading else [[]]):
+            raise ValueError(
+                f"transition of chain {name!r} has leading dims {leading} but "
+                f"conditions name {given}"
+            )
+        for values in (
+            torch.cartesian_prod(*[torch.arange(n) for n in leading])
+            .reshape(-1, len(leading))
+            .tolist()
+            if leading
+            else [[]]
+        ):
             condition = "".join(f", {g}={v}" for g, v in zip(given, values))
             panels.append((name, condition, matrix[tuple(values)]))
     columns = min(len(panels), 4)
@@ -163,7 +222,7 @@ def transition_figure(matrices: dict[str, torch.Tensor],
         _integer_ticks(axis, "x", matrix.shape[1])
         _integer_ticks(axis, "y", matrix.shape[0])
         figure.colorbar(image, ax=axis)
-    for axis in list(axes.flat)[len(panels):]:
+    for axis in list(axes.flat)[len(panels) :]:
         axis.set_visible(False)
     figure.tight_layout()
     return figure

@@ -30,8 +30,8 @@ import torch
 from pyro import poutine
 
 from enumdist.engine import trace as trace_stage
-from enumdist.engine.loss import contracted_terms, problem_sizes
 from enumdist.engine.handlers import AsParallel
+from enumdist.engine.loss import contracted_terms, problem_sizes
 
 
 def per_item(terms, plate: str, batch_size: int, sizes: dict[str, int]) -> torch.Tensor:
@@ -58,16 +58,21 @@ def _item_costs(problem, keep) -> list:
 
 
 def _observed(trace) -> set[str]:
-    return {name for name, site in trace.nodes.items()
-            if site["type"] == "sample" and site["is_observed"]}
+    return {
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"]
+    }
 
 
-def log_joint(decoded_trace, states: set[str], plate: str, batch_size: int,
-              max_plate_nesting: int) -> torch.Tensor:
+def log_joint(
+    decoded_trace, states: set[str], plate: str, batch_size: int, max_plate_nesting: int
+) -> torch.Tensor:
     """``log p(z, x)`` per item (float64 ``[B]``) of the trace of a decoded model, whose
     enumerated sites ``states`` hold the decoded values."""
-    problem = trace_stage.build_problem(decoded_trace, poutine.Trace(), max_plate_nesting,
-                                        validate=False)
+    problem = trace_stage.build_problem(
+        decoded_trace, poutine.Trace(), max_plate_nesting, validate=False
+    )
     keep = _observed(decoded_trace) | set(states)
     return per_item(_item_costs(problem, keep), plate, batch_size, problem_sizes(problem))
 
@@ -78,17 +83,21 @@ def log_evidence(model_fn, batch: dict, plate: str, max_plate_nesting: int) -> t
     ``model_fn`` is the model with the guide's latents already replayed (or the bare model).
     """
     model_trace, guide_trace = trace_stage.run_traces(
-        AsParallel()(model_fn), lambda *args, **kwargs: None, (batch,), {}, max_plate_nesting)
+        AsParallel()(model_fn), lambda *args, **kwargs: None, (batch,), {}, max_plate_nesting
+    )
     problem = trace_stage.build_problem(model_trace, guide_trace, max_plate_nesting)
     coupling = sorted(name for name, var in problem.vars.items() if plate not in var.ordinal)
     if coupling:
         raise ValueError(
             f"enumerated site(s) {coupling} lie outside the data plate {plate!r}: they couple "
             "the items, so no item has a probability of its own. Decode with "
-            "probabilities=false (states and marginals are still exact).")
+            "probabilities=false (states and marginals are still exact)."
+        )
     contracted = contracted_terms(problem)
     if any(plate not in ordinal for _, _, ordinal in contracted):  # pragma: no cover - a guard
-        raise RuntimeError(f"the elimination took the product over the data plate {plate!r}; "
-                           "per-item evidence would be lost. Please report this model.")
+        raise RuntimeError(
+            f"the elimination took the product over the data plate {plate!r}; "
+            "per-item evidence would be lost. Please report this model."
+        )
     terms = contracted + _item_costs(problem, _observed(model_trace))
     return per_item(terms, plate, len(batch["index"]), problem_sizes(problem))

@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 import pyro
 import torch
 import torch.distributed as dist
-from pyro import poutine
 from hydra.utils import instantiate
+from pyro import poutine
 from tqdm.auto import tqdm
 
 from enumdist.decoding import checkpoint as ckpt
@@ -53,18 +53,19 @@ class DecodeOptions:
     split: str = "test"
     temperature: int = 0
     marginals: bool = False
-    probabilities: bool = True     # per item: log p(z, x), log p(x), p(z | x)
+    probabilities: bool = True  # per item: log p(z, x), log p(x), p(z | x)
     decode_batch_size: int = 32
     checkpoint: str | None = None  # default <run_dir>/checkpoints/last.ckpt
-    seed: int = 0                  # temperature=1: step s samples under seed + s
+    seed: int = 0  # temperature=1: step s samples under seed + s
     pictures: bool = True
     progress: bool = True
-    distributed: bool = True       # False: decode alone even if torch.distributed is initialised
+    distributed: bool = True  # False: decode alone even if torch.distributed is initialised
 
     def __post_init__(self):
         if self.temperature not in (0, 1):
-            raise ValueError(f"temperature must be 0 (MAP) or 1 (posterior sample), "
-                             f"got {self.temperature}")
+            raise ValueError(
+                f"temperature must be 0 (MAP) or 1 (posterior sample), got {self.temperature}"
+            )
         if self.decode_batch_size < 1:
             raise ValueError(f"decode_batch_size must be >= 1, got {self.decode_batch_size}")
 
@@ -106,18 +107,19 @@ def plan_steps(num_items: int, decode_batch_size: int, world_size: int) -> list[
 
 
 def longest(table: dict[str, torch.Tensor], items: range) -> int | None:
-    return int(table["lengths"][items.start:items.stop].max()) if "lengths" in table else None
+    return int(table["lengths"][items.start : items.stop].max()) if "lengths" in table else None
 
 
 def batch_of(table: dict[str, torch.Tensor], items: range, num_steps: int | None = None) -> dict:
     """The batch of a contiguous item range, in the pipeline's layout (``index``, ``num_total``);
     sequence fields are cut to ``num_steps`` (default: the range's longest item)."""
     num_total = next(iter(table.values())).shape[0]
-    batch = {k: t[items.start:items.stop] for k, t in table.items()}
+    batch = {k: t[items.start : items.stop] for k, t in table.items()}
     if "lengths" in batch:
         num_steps = max(num_steps or int(batch["lengths"].max()), 1)
-        batch.update({k: v[:, :num_steps] for k, v in batch.items()
-                      if k != "lengths" and v.dim() >= 2})
+        batch.update(
+            {k: v[:, :num_steps] for k, v in batch.items() if k != "lengths" and v.dim() >= 2}
+        )
     return dict(batch, index=torch.arange(items.start, items.stop), num_total=num_total)
 
 
@@ -128,8 +130,16 @@ OUTPUT_FORMAT = 2
 def fingerprint(checkpoint: Path, options: DecodeOptions) -> str:
     """Chunks are reused only for the same checkpoint file and the same decoding choices."""
     stat = checkpoint.stat()
-    key = (OUTPUT_FORMAT, str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns,
-           options.temperature, options.marginals, options.probabilities, options.seed)
+    key = (
+        OUTPUT_FORMAT,
+        str(checkpoint.resolve()),
+        stat.st_size,
+        stat.st_mtime_ns,
+        options.temperature,
+        options.marginals,
+        options.probabilities,
+        options.seed,
+    )
     return hashlib.sha256(repr(key).encode()).hexdigest()[:12]
 
 
@@ -146,12 +156,17 @@ def check_no_local_guide_latents(model, guide, batch: dict, options: DecodeOptio
     """A guide's latents inside the data plate were fitted to the training items; replaying them
     on another split would pair items with the wrong latents."""
     trace = poutine.trace(guide).get_trace(batch)
-    local = [name for name, site in trace.nodes.items() if site["type"] == "sample" and any(
-        frame.name == model.shard_plate for frame in site["cond_indep_stack"])]
+    local = [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and any(frame.name == model.shard_plate for frame in site["cond_indep_stack"])
+    ]
     if local:
         raise ValueError(
             f"the guide's latents {local} are per item of plate {model.shard_plate!r}, fitted to "
-            f"the training split; decode split=train, not split={options.split!r}")
+            f"the training split; decode split=train, not split={options.split!r}"
+        )
 
 
 def _broadcast(obj, world_size: int):
@@ -162,8 +177,9 @@ def _broadcast(obj, world_size: int):
     return box[0]
 
 
-def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions | None = None
-                 ) -> dict[str, Path]:
+def run_decoding(
+    run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions | None = None
+) -> dict[str, Path]:
     """Decode ``options.split`` of the trained run in ``run_dir``; -> ``{output: path}``.
 
     ``options`` may be :class:`DecodeOptions`, a mapping of its fields, or the training config
@@ -190,21 +206,38 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
     out_dir = run_dir / "decoded" / f"{options.split}-temperature{options.temperature}"
     chunk_dir = out_dir / f"chunks-{fingerprint(checkpoint, options)}"
     steps = plan_steps(num_items, options.decode_batch_size, world_size)
-    pending = _broadcast([s for s, shards in enumerate(steps)
-                          if not all(chunk_path(chunk_dir, r).exists() for r in shards)]
-                         if rank == 0 else None, world_size)
+    pending = _broadcast(
+        [
+            s
+            for s, shards in enumerate(steps)
+            if not all(chunk_path(chunk_dir, r).exists() for r in shards)
+        ]
+        if rank == 0
+        else None,
+        world_size,
+    )
     shard_plates = [model.shard_plate] if world_size > 1 else None
-    for step in tqdm(pending, desc=f"decoding {options.split}", unit="chunk",
-                     disable=rank != 0 or not options.progress):
+    for step in tqdm(
+        pending,
+        desc=f"decoding {options.split}",
+        unit="chunk",
+        disable=rank != 0 or not options.progress,
+    ):
         items = steps[step][rank]
         # every rank cuts to the global step's longest item: the same sites on every rank
         batch = items_of(items, longest(table, range(steps[step][0].start, steps[step][-1].stop)))
         pyro.set_rng_seed(options.seed + step)
-        decoded = decode_batch(model, guide, batch, temperature=options.temperature,
-                               marginals=options.marginals,
-                               probabilities=options.probabilities, shard_plates=shard_plates,
-                               items_in_step=steps[step][-1].stop - steps[step][0].start)
-        item_names = names[items.start:items.stop] if names is not None else None
+        decoded = decode_batch(
+            model,
+            guide,
+            batch,
+            temperature=options.temperature,
+            marginals=options.marginals,
+            probabilities=options.probabilities,
+            shard_plates=shard_plates,
+            items_in_step=steps[step][-1].stop - steps[step][0].start,
+        )
+        item_names = names[items.start : items.stop] if names is not None else None
         write_chunk(chunk_path(chunk_dir, items), to_table(batch, decoded, item_names))
     if world_size > 1:
         dist.barrier()
@@ -212,8 +245,10 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
     outputs = {"decoded": out_dir / "decoded.parquet", "manifest": out_dir / "manifest.json"}
     if options.pictures:
         if model.transition_matrices():
-            outputs.update(transitions=run_dir / "transitions.png",
-                           piano_roll=run_dir / "piano_roll_states.png")
+            outputs.update(
+                transitions=run_dir / "transitions.png",
+                piano_roll=run_dir / "piano_roll_states.png",
+            )
         if options.marginals:
             outputs.update(marginals=run_dir / "marginals.png")
     if rank == 0:
@@ -222,11 +257,19 @@ def run_decoding(run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions
         write_parquet(merged, outputs["decoded"])
         if options.pictures:
             _draw(model, table, merged, outputs, options.split)
-        write_json({"options": dataclasses.asdict(options), "run_dir": str(run_dir),
-                    "checkpoint": str(checkpoint), "model": cfg.model.get("_target_"),
-                    "num_items": num_items, "world_size": world_size,
-                    "chunks": [str(p.relative_to(out_dir)) for p in chunks],
-                    "outputs": {k: str(v) for k, v in outputs.items()}}, outputs["manifest"])
+        write_json(
+            {
+                "options": dataclasses.asdict(options),
+                "run_dir": str(run_dir),
+                "checkpoint": str(checkpoint),
+                "model": cfg.model.get("_target_"),
+                "num_items": num_items,
+                "world_size": world_size,
+                "chunks": [str(p.relative_to(out_dir)) for p in chunks],
+                "outputs": {k: str(v) for k, v in outputs.items()},
+            },
+            outputs["manifest"],
+        )
     if world_size > 1:
         dist.barrier()
     return outputs
@@ -240,8 +283,11 @@ def _draw(model, table: dict, merged: pa.Table, outputs: dict, split: str) -> No
     """The pictures of ``outputs`` (rank 0): the split's first item, or, for states with one
     position per item (a mixture's assignment), the split's first items side by side."""
     first = merged.slice(0, 1).to_pylist()[0]
-    title = f"{first['name']} ({split} item {first['index']})" if first["name"] else \
-        f"{split} item {first['index']}"
+    title = (
+        f"{first['name']} ({split} item {first['index']})"
+        if first["name"]
+        else f"{split} item {first['index']}"
+    )
     if "transitions" in outputs:
         for name, figure in model.decoded_figures(table, first, title).items():
             pictures.save(figure, outputs[name])
@@ -249,12 +295,16 @@ def _draw(model, table: dict, merged: pa.Table, outputs: dict, split: str) -> No
         names = [c[: -len("_marginals")] for c in merged.column_names if c.endswith("_marginals")]
         per_item = all(len(first[c]) == 1 for c in names)
         rows = merged.slice(0, MAX_ITEMS_PICTURED).to_pylist() if per_item else [first]
-        marginals = {c: torch.tensor([p for r in rows for p in r[f"{c}_marginals"]])
-                     for c in names}
+        marginals = {c: torch.tensor([p for r in rows for p in r[f"{c}_marginals"]]) for c in names}
         states = {c: torch.tensor([v for r in rows for v in r[c]]) for c in names}
         title = f"the first {len(rows)} {split} items" if per_item else title
-        pictures.save(pictures.marginals_figure(marginals, states,
-                                                title=f"{title}: posterior marginals",
-                                                xlabel="item" if per_item else "time step",
-                                                joined=not per_item),
-                      outputs["marginals"])
+        pictures.save(
+            pictures.marginals_figure(
+                marginals,
+                states,
+                title=f"{title}: posterior marginals",
+                xlabel="item" if per_item else "time step",
+                joined=not per_item,
+            ),
+            outputs["marginals"],
+        )

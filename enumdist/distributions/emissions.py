@@ -17,10 +17,12 @@ _RULES: dict = {}
 
 def register(*types):
     """Register ``rule(dist, value) -> Tensor | None`` for distributions of exactly ``types``."""
+
     def decorate(rule):
         for t in types:
             _RULES[t] = rule
         return rule
+
     return decorate
 
 

@@ -66,10 +66,23 @@ class DiscreteHMM(dist.DiscreteHMM):
         or ``"auto"`` (:func:`enumdist.engine.chain.auto_method`).
     """
 
-    def __init__(self, initial_logits, transition_logits, observation_dist, validate_args=None,
-                 duration=None, lengths=None, method="auto"):
-        super().__init__(initial_logits, transition_logits, observation_dist,
-                         validate_args=validate_args, duration=duration)
+    def __init__(
+        self,
+        initial_logits,
+        transition_logits,
+        observation_dist,
+        validate_args=None,
+        duration=None,
+        lengths=None,
+        method="auto",
+    ):
+        super().__init__(
+            initial_logits,
+            transition_logits,
+            observation_dist,
+            validate_args=validate_args,
+            duration=duration,
+        )
         if method not in (*chain.METHODS, "auto"):
             raise ValueError(f"method must be 'auto' or one of {chain.METHODS}, got {method!r}")
         self.method = method
@@ -80,8 +93,9 @@ class DiscreteHMM(dist.DiscreteHMM):
                 raise ValueError(f"lengths must be non-negative integers, got {lengths}")
             self.lengths = lengths.long()
             batch_shape = torch.Size(broadcast_shape(self.batch_shape, lengths.shape))
-            HiddenMarkovModel.__init__(self, duration, batch_shape, self.event_shape,
-                                       validate_args=validate_args)
+            HiddenMarkovModel.__init__(
+                self, duration, batch_shape, self.event_shape, validate_args=validate_args
+            )
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(DiscreteHMM, _instance)
@@ -102,18 +116,30 @@ class DiscreteHMM(dist.DiscreteHMM):
         steps = broadcast_shape(emissions.shape[-2:-1], trans.shape[-3:-2])[0]
         emissions = emissions.expand((*emissions.shape[:-2], steps, s))  # one value, T steps
         if self.lengths is not None and bool((self.lengths > steps).any()):
-            raise ValueError(f"lengths must be at most the number of steps T={steps}, got "
-                             f"{self.lengths.max().item()}")
-        batch_shape = torch.Size(broadcast_shape(
-            self.initial_logits.shape[:-1], trans.shape[:-3], emissions.shape[:-2],
-            () if self.lengths is None else self.lengths.shape))
+            raise ValueError(
+                f"lengths must be at most the number of steps T={steps}, got "
+                f"{self.lengths.max().item()}"
+            )
+        batch_shape = torch.Size(
+            broadcast_shape(
+                self.initial_logits.shape[:-1],
+                trans.shape[:-3],
+                emissions.shape[:-2],
+                () if self.lengths is None else self.lengths.shape,
+            )
+        )
         n = batch_shape.numel()
         # p(x_0) = sum_i init[i] trans[0][i, x_0]: summing x_{-1} out once, every kernel below
         # sees a plain chain over x_0..x_{T-1} whose per-row prior sits in the first emission
         prior = torch.logsumexp(self.initial_logits.unsqueeze(-1) + trans[..., 0, :, :], -2)
         first = emissions[..., :1, :] + prior.unsqueeze(-2)
-        emissions = torch.cat([first.expand((*batch_shape, 1, s)),
-                               emissions[..., 1:, :].expand((*batch_shape, steps - 1, s))], -2)
+        emissions = torch.cat(
+            [
+                first.expand((*batch_shape, 1, s)),
+                emissions[..., 1:, :].expand((*batch_shape, steps - 1, s)),
+            ],
+            -2,
+        )
         emissions = emissions.reshape(n, steps, s)
         if self.lengths is None:
             lengths = torch.full((n,), steps, dtype=torch.long, device=emissions.device)
@@ -133,8 +159,13 @@ class DiscreteHMM(dist.DiscreteHMM):
         out = []
         for group in c.groups:
             emissions, lengths = _rows(c.emissions, group), _rows(c.lengths, group)
-            log_z = chain.chain_log_likelihood(zero, group.trans, emissions, lengths.clamp(min=1),
-                                               self._method(emissions.shape[0], steps, s))
+            log_z = chain.chain_log_likelihood(
+                zero,
+                group.trans,
+                emissions,
+                lengths.clamp(min=1),
+                self._method(emissions.shape[0], steps, s),
+            )
             out.append(torch.where(lengths > 0, log_z, 0.0))
         return _ungroup(out, c.groups, n).reshape(c.batch_shape)
 
@@ -145,8 +176,9 @@ class DiscreteHMM(dist.DiscreteHMM):
         c = self._chains(value)
         n, steps, s = c.emissions.shape
         if bool((c.lengths == 0).any()):
-            raise ValueError("DiscreteHMM.filter needs lengths >= 1: a sequence of length 0 "
-                             "has no last step")
+            raise ValueError(
+                "DiscreteHMM.filter needs lengths >= 1: a sequence of length 0 has no last step"
+            )
         out = []
         for group in c.groups:
             emissions, lengths = _rows(c.emissions, group), _rows(c.lengths, group)
@@ -161,17 +193,23 @@ class DiscreteHMM(dist.DiscreteHMM):
         transitions (``[S, S]`` or ``[T_r, S, S]``, no batch dims) and observations. Same on
         every rank; gradients as :class:`enumdist.engine.time_sharding.TimeShardedChain`'s."""
         if self.lengths is not None:
-            raise ValueError("time_sharded_log_prob does not take lengths: every rank holds a "
-                             "block of whole (equally long) sequences")
+            raise ValueError(
+                "time_sharded_log_prob does not take lengths: every rank holds a "
+                "block of whole (equally long) sequences"
+            )
         trans = self.transition_logits
         if trans.dim() > 3:
-            raise ValueError(f"time_sharded_log_prob needs transition_logits [S, S] or "
-                             f"[T_r, S, S] shared by the batch, got {tuple(trans.shape)}")
+            raise ValueError(
+                f"time_sharded_log_prob needs transition_logits [S, S] or "
+                f"[T_r, S, S] shared by the batch, got {tuple(trans.shape)}"
+            )
         if self._validate_args:
             self._validate_sample(value)
         emissions = observation_log_probs(self.observation_dist, value)
-        s, steps = emissions.shape[-1], broadcast_shape(emissions.shape[-2:-1],
-                                                        trans.shape[-3:-2])[0]
+        s, steps = (
+            emissions.shape[-1],
+            broadcast_shape(emissions.shape[-2:-1], trans.shape[-3:-2])[0],
+        )
         batch = torch.Size(broadcast_shape(emissions.shape[:-2], self.initial_logits.shape[:-1]))
         emissions = emissions.expand((*batch, steps, s)).reshape(-1, steps, s)
         init = self.initial_logits.expand((*batch, s)).reshape(-1, s)
@@ -183,6 +221,7 @@ class DiscreteHMM(dist.DiscreteHMM):
     @torch.no_grad()
     def viterbi(self, value) -> HMMPath:
         """The most probable state path given ``value`` (first maximum on exact ties)."""
+
         def decode(e, a, lengths):
             zero = e.new_zeros(e.shape[-1])
             if self._method(*e.shape) == "scan":  # long chains: O(sqrt T) python steps
@@ -201,15 +240,18 @@ class DiscreteHMM(dist.DiscreteHMM):
         def draw(e, a, lengths):
             m, steps, s = e.shape
             tiled = e.expand(copies, m, steps, s).reshape(copies * m, steps, s)
-            states = chain.chain_sample(e.new_zeros(s), a, tiled, lengths.repeat(copies),
-                                        generator=generator)
+            states = chain.chain_sample(
+                e.new_zeros(s), a, tiled, lengths.repeat(copies), generator=generator
+            )
             return states.reshape(copies, m, steps).transpose(0, 1)  # [m, copies, T]
 
         path = self._decode(value, draw)
+
         def move(x):  # [*batch, copies, ...] -> [*sample_shape, *batch, ...]
             b = len(path.log_joint.shape) - 1
             x = x.movedim(b, 0)
             return x.reshape(sample_shape + x.shape[1:])
+
         return HMMPath(*(move(x) for x in path))
 
     def _decode(self, value, decode) -> HMMPath:
@@ -220,7 +262,8 @@ class DiscreteHMM(dist.DiscreteHMM):
             emissions, lengths = _rows(c.emissions, group), _rows(c.lengths, group)
             x = decode(emissions, group.trans, lengths.clamp(min=1))  # [m, (copies,) T]
             valid = torch.arange(steps, device=x.device) < lengths.reshape(
-                (-1,) + (1,) * (x.dim() - 1))
+                (-1,) + (1,) * (x.dim() - 1)
+            )
             x = x * valid
             states.append(x)
             scores.append(_path_score(emissions, group.trans, x, valid))
@@ -228,9 +271,11 @@ class DiscreteHMM(dist.DiscreteHMM):
         states = _ungroup(states, c.groups, n)
         log_z = self.log_prob(value).reshape((n,) + (1,) * (log_joint.dim() - 1))
         extra = log_joint.shape[1:]
-        return HMMPath(states.reshape(c.batch_shape + extra + (steps,)),
-                       log_joint.reshape(c.batch_shape + extra),
-                       (log_joint - log_z).reshape(c.batch_shape + extra))
+        return HMMPath(
+            states.reshape(c.batch_shape + extra + (steps,)),
+            log_joint.reshape(c.batch_shape + extra),
+            (log_joint - log_z).reshape(c.batch_shape + extra),
+        )
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -248,8 +293,10 @@ def _groups(trans, batch_shape) -> list:
     index = torch.arange(t_batch.numel(), device=trans.device).reshape(t_batch)
     index = index.expand(batch_shape).reshape(-1)
     flat = trans.reshape((-1, *trans.shape[-3:]))
-    return [_Group((index == g).nonzero().squeeze(-1), as_kernel(flat[g]))
-            for g in index.unique().tolist()]
+    return [
+        _Group((index == g).nonzero().squeeze(-1), as_kernel(flat[g]))
+        for g in index.unique().tolist()
+    ]
 
 
 def _rows(x, group):
@@ -276,8 +323,9 @@ def _last_forward_message(emissions, trans, lengths, method):
         alpha = emissions[:, 0]
         out = alpha
         for t in range(1, steps):
-            alpha = torch.logsumexp(alpha.unsqueeze(-1) + _transition(trans, t), -2) \
-                + emissions[:, t]
+            alpha = (
+                torch.logsumexp(alpha.unsqueeze(-1) + _transition(trans, t), -2) + emissions[:, t]
+            )
             out = torch.where((lengths > t).unsqueeze(-1), alpha, out)
         return out
     with torch.no_grad():
@@ -286,8 +334,9 @@ def _last_forward_message(emissions, trans, lengths, method):
         probs, shift = chain._transition_probs(kernel_trans)
         valid = torch.arange(steps, device=lengths.device) < lengths[order][:, None]
         forward = chain._scan_forward if method == "scan" else chain._sequential_forward
-        h, c = forward(emissions.new_zeros(s), probs, shift, *chain._scaled(emissions[order]),
-                       valid)[:2]
+        h, c = forward(
+            emissions.new_zeros(s), probs, shift, *chain._scaled(emissions[order]), valid
+        )[:2]
         # a finished sequence keeps its last message: step T-1 holds step length-1's
         return (torch.log(h[:, -1]) + c[:, -1, None])[torch.argsort(order)]
 

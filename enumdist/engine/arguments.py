@@ -43,10 +43,16 @@ def _argument_specs(fn) -> list:
         arg_constraints = getattr(fn, "arg_constraints", {})  # none on plates' _Subsample
     except NotImplementedError:
         arg_constraints = {}
-    specs = [(name, constraint, constraint_key(constraint),
-              isinstance(getattr(cls, name, None), lazy_property))
-             for name, constraint in arg_constraints.items()
-             if not constraints.is_dependent(constraint)]
+    specs = [
+        (
+            name,
+            constraint,
+            constraint_key(constraint),
+            isinstance(getattr(cls, name, None), lazy_property),
+        )
+        for name, constraint in arg_constraints.items()
+        if not constraints.is_dependent(constraint)
+    ]
     if isinstance(inspect.getattr_static(cls, "arg_constraints", None), dict):
         _CLASS_ARGUMENTS[cls] = specs
     return specs
@@ -92,10 +98,13 @@ def check_distribution_arguments(traces) -> None:
                     stride = value.stride()
                     if 0 in stride:  # a plate's expand adds nothing to check: one slice
                         value = value.as_strided(
-                            [1 if st == 0 else n for n, st in zip(value.shape, stride)], stride,
-                            value.storage_offset())
-                    groups.setdefault((type(fn), name, key, value.dtype, value.shape),
-                                      []).append((site, fn, name, constraint, value))
+                            [1 if st == 0 else n for n, st in zip(value.shape, stride)],
+                            stride,
+                            value.storage_offset(),
+                        )
+                    groups.setdefault((type(fn), name, key, value.dtype, value.shape), []).append(
+                        (site, fn, name, constraint, value)
+                    )
     with torch.no_grad():
         _check_groups(groups)
 

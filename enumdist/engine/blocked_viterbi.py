@@ -47,8 +47,11 @@ def _layout(trans, emissions, valid, block):
         return x.reshape(b, k, *x.shape[1:]).transpose(0, 1).contiguous()
 
     step_trans = trans[None, None] if trans.dim() == 2 else by_block(trans[1:], 0.0)
-    return by_block(emissions[:, 1:].transpose(0, 1), 0.0), by_block(valid[:, 1:].T, False), \
-        step_trans
+    return (
+        by_block(emissions[:, 1:].transpose(0, 1), 0.0),
+        by_block(valid[:, 1:].T, False),
+        step_trans,
+    )
 
 
 def _step_trans(trans, j):

@@ -88,8 +88,12 @@ def _batch_lazy_plate_sums(steps, slots, plates):
     groups: dict = {}
     for step in steps:
         if isinstance(step, PlateStep) and isinstance(slots[step.input], LazyBernoulliLogProb):
-            key = (slots[step.input].signature(step.ordinal), step.plates, step.absent_count,
-                   step.ordinal - step.target)
+            key = (
+                slots[step.input].signature(step.ordinal),
+                step.plates,
+                step.absent_count,
+                step.ordinal - step.target,
+            )
             groups.setdefault(key, []).append(step)
     results = {}
     for (_, present, absent, reduced), group in groups.items():

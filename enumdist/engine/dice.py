@@ -78,8 +78,11 @@ class Marginals:
         """Sum out every variable of ``factors`` not in ``keep``; one ``(tensor, dims)``."""
         factors = list(factors)
         while True:
-            todo = [d for d in dict.fromkeys(d for _, dims in factors for d in dims)
-                    if d not in self.plates and d not in keep]
+            todo = [
+                d
+                for d in dict.fromkeys(d for _, dims in factors for d in dims)
+                if d not in self.plates and d not in keep
+            ]
             if not todo:
                 break
             unions = [_union(factors, v) for v in todo]
@@ -96,8 +99,13 @@ class Marginals:
 
     def _check(self, dims, factors):
         itemsize = factors[0][0].element_size() if factors else 8
-        check_budget(dims, self.sizes, itemsize, self.memory_budget,
-                     "the DiCE expectation over guide-enumerated variables")
+        check_budget(
+            dims,
+            self.sizes,
+            itemsize,
+            self.memory_budget,
+            "the DiCE expectation over guide-enumerated variables",
+        )
 
     def _total(self, index):
         if index not in self._totals:
@@ -127,8 +135,7 @@ class Marginals:
             parts.append(everything)
             parts.extend((-self._total(i)[0], self._total(i)[1]) for i in touched)
         else:
-            parts.extend(self._total(i) for i in range(len(self.components))
-                         if i not in touched)
+            parts.extend(self._total(i) for i in range(len(self.components)) if i not in touched)
         return _add(parts, self._check)
 
 
@@ -149,8 +156,7 @@ def _add(parts, check):
     return sum(align(t, d, target) for t, d in parts), target
 
 
-def expected_costs(terms, dice_factors, log_denominators, sizes, plate_names,
-                   memory_budget=None):
+def expected_costs(terms, dice_factors, log_denominators, sizes, plate_names, memory_budget=None):
     """``[(E[cost], ordinal)]``: each group of costs weighted by its guide marginal.
 
     ``terms``: ``(tensor, dims, ordinal)``, already scaled and signed. ``dice_factors``: terms
@@ -165,8 +171,7 @@ def expected_costs(terms, dice_factors, log_denominators, sizes, plate_names,
         by_ordinal.setdefault(term[2], []).append(term)
     results = []
     for ordinal, group in by_ordinal.items():
-        upstream = [(w.factor.tensor, w.factor.dims) for w in dice_factors
-                    if w.ordinal <= ordinal]
+        upstream = [(w.factor.tensor, w.factor.dims) for w in dice_factors if w.ordinal <= ordinal]
         log_scale = -sum(v for o, v in log_denominators.items() if not o <= ordinal)
         marginals = Marginals(upstream, plate_names, sizes, memory_budget) if upstream else None
         cache = {}
@@ -191,14 +196,19 @@ def _weighted_sum(tensor, dims, weight, ordinal, sizes, memory_budget):
     else:
         log_w, w_dims = weight
         target = tuple(dict.fromkeys(tuple(dims) + tuple(w_dims)))
-        check_budget(target, sizes, tensor.element_size(), memory_budget,
-                     "weighting a cost by its guide marginal")
+        check_budget(
+            target,
+            sizes,
+            tensor.element_size(),
+            memory_budget,
+            "weighting a cost by its guide marginal",
+        )
         cost = align(tensor, dims, target)
         prob = align(log_w, w_dims, target).exp()
         positive = prob > 0
         if not bool(positive.all()):
             cost = torch.where(positive, cost, cost.new_zeros(()))
-        tensor = (cost * prob)
+        tensor = cost * prob
     missing = math.prod(sizes[p] for p in ordinal if p not in target)
     value = tensor.sum()
     return value * missing if missing != 1 else value

@@ -31,8 +31,13 @@ def guess_first_available_dim(model, args, kwargs) -> int:
     """One dim left of the deepest plate the model uses (as Pyro's guess does)."""
     with poutine.block():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
-    dims = [f.dim for s in trace.nodes.values() if s["type"] == "sample"
-            for f in s["cond_indep_stack"] if f.vectorized]
+    dims = [
+        f.dim
+        for s in trace.nodes.values()
+        if s["type"] == "sample"
+        for f in s["cond_indep_stack"]
+        if f.vectorized
+    ]
     return min(dims, default=0) - 1
 
 
@@ -45,7 +50,7 @@ def value_of(var, index, dims, plates):
             f"site '{var.name}' enumerates a support that varies across its batch "
             "(infer={'expand': True}); infer_discrete needs expand=False there."
         )
-    table = support.reshape((var.size,) + event_shape)
+    table = support.reshape((var.size, *event_shape))
     return to_pyro_layout(table[index], dims, plates, trailing=len(event_shape))
 
 
@@ -65,8 +70,16 @@ def decode_problem(problem, semiring, plates=LOCAL, memory_budget=None) -> dict:
         }
 
 
-def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL,
-           memory_budget=None, strict_enumeration_warning=True):
+def decode(
+    model,
+    args,
+    kwargs,
+    first_available_dim,
+    temperature,
+    plates=LOCAL,
+    memory_budget=None,
+    strict_enumeration_warning=True,
+):
     """``{site: value}`` for every enumerated model site (MAP or one posterior sample).
 
     Under ``torch.jit.trace`` the engine's shape bookkeeping (sizes read as Python ints, as in
@@ -83,8 +96,12 @@ def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL,
         model_trace = poutine.trace(enum(AsParallel()(requests(model)))).get_trace(*args, **kwargs)
         with ignore_jit_warnings():
             return trace_stage.build_problem(
-                model_trace, poutine.Trace(), max_plate_nesting, validate=True,
-                mask_enumerated=True, memory_budget=memory_budget,
+                model_trace,
+                poutine.Trace(),
+                max_plate_nesting,
+                validate=True,
+                mask_enumerated=True,
+                memory_budget=memory_budget,
             )
 
     problem = plates.guarded(trace)
@@ -93,7 +110,8 @@ def decode(model, args, kwargs, first_available_dim, temperature, plates=LOCAL,
         warnings.warn(
             "infer_discrete found no sample sites configured for enumeration. Mark discrete "
             "sites infer={'enumerate': 'parallel'} (or @config_enumerate); the model then runs "
-            "unchanged."
+            "unchanged.",
+            stacklevel=2,
         )
     with ignore_jit_warnings():
         return decode_problem(problem, semiring, plates, memory_budget)
@@ -116,9 +134,16 @@ def sample_posterior(trace_problem, model, args, kwargs, plates=LOCAL, memory_bu
     return program(*args, **kwargs)
 
 
-def infer_discrete(fn=None, first_available_dim=None, temperature=1, *,
-                   shard_plates=(), process_group=None, strict_enumeration_warning=True,
-                   memory_budget=None):
+def infer_discrete(
+    fn=None,
+    first_available_dim=None,
+    temperature=1,
+    *,
+    shard_plates=(),
+    process_group=None,
+    strict_enumeration_warning=True,
+    memory_budget=None,
+):
     """Pyro's ``infer_discrete`` contract: a function that runs ``fn`` with its enumerated sites
     set to their MAP values (``temperature=0``) or to a joint posterior sample (``1``).
 
@@ -129,9 +154,13 @@ def infer_discrete(fn=None, first_available_dim=None, temperature=1, *,
     """
     if fn is None:
         return functools.partial(
-            infer_discrete, first_available_dim=first_available_dim, temperature=temperature,
-            shard_plates=shard_plates, process_group=process_group,
-            strict_enumeration_warning=strict_enumeration_warning, memory_budget=memory_budget,
+            infer_discrete,
+            first_available_dim=first_available_dim,
+            temperature=temperature,
+            shard_plates=shard_plates,
+            process_group=process_group,
+            strict_enumeration_warning=strict_enumeration_warning,
+            memory_budget=memory_budget,
         )
     for_temperature(temperature)  # fail early on a bad temperature
     budget = default_memory_budget() if memory_budget is None else memory_budget
@@ -140,8 +169,16 @@ def infer_discrete(fn=None, first_available_dim=None, temperature=1, *,
     def decoded(*args, **kwargs):
         plates = plates_for(shard_plates, process_group)
         with poutine.block():  # the decoding runs are not part of the caller's trace
-            values = decode(fn, args, kwargs, first_available_dim, temperature, plates, budget,
-                            strict_enumeration_warning)
+            values = decode(
+                fn,
+                args,
+                kwargs,
+                first_available_dim,
+                temperature,
+                plates,
+                budget,
+                strict_enumeration_warning,
+            )
         return FixValues(values)(fn)(*args, **kwargs)
 
     return decoded

@@ -14,18 +14,18 @@ import warnings
 
 import pyro.poutine as poutine
 import torch
-from pyro.infer.elbo import ELBO
 from pyro.distributions.util import is_validation_enabled, validation_enabled
+from pyro.infer.elbo import ELBO
 
 from enumdist.engine import guide_enum
 from enumdist.engine import loss as loss_stage
 from enumdist.engine import trace as trace_stage
 from enumdist.engine.arguments import check_distribution_arguments
 from enumdist.engine.errors import UnsupportedEnumerationError
+from enumdist.engine.handlers import AsParallel
 from enumdist.engine.observations import forget_checked_observations
 from enumdist.engine.plan import default_memory_budget
 from enumdist.engine.plates import plates_for
-from enumdist.engine.handlers import AsParallel
 from enumdist.engine.sequential import sequential_elbo
 from enumdist.engine.site_checks import check_model_guide_match
 
@@ -124,8 +124,11 @@ class EnumELBO(ELBO):
         if self.validate:
             if is_validation_enabled():  # Pyro's model/guide rules hold under its validation
                 check_model_guide_match(
-                    model_trace, guide_trace, self.max_plate_nesting,
-                    trace_stage.model_sequential_sites(model_trace, guide_trace))
+                    model_trace,
+                    guide_trace,
+                    self.max_plate_nesting,
+                    trace_stage.model_sequential_sites(model_trace, guide_trace),
+                )
             if self._check_arguments_now():
                 check_distribution_arguments((guide_trace, model_trace))
         self._warn_if_nothing_enumerated(model_trace, guide_trace)
@@ -150,7 +153,8 @@ class EnumELBO(ELBO):
                     return
         warnings.warn(
             "EnumELBO found no sample sites configured for enumeration. Mark discrete sites "
-            "with infer={'enumerate': 'parallel'} (or @config_enumerate), or use Trace_ELBO."
+            "with infer={'enumerate': 'parallel'} (or @config_enumerate), or use Trace_ELBO.",
+            stacklevel=2,
         )
 
     def _particle_elbo(self, model, guide, args, kwargs):
@@ -159,8 +163,7 @@ class EnumELBO(ELBO):
         def trace():
             rng_state = torch.random.get_rng_state()
             with validation_enabled(False):  # distributions' checks: stacked, in trace_problem
-                traces = trace_stage.run_traces(model, guide, args, kwargs,
-                                                self.max_plate_nesting)
+                traces = trace_stage.run_traces(model, guide, args, kwargs, self.max_plate_nesting)
             sequential = trace_stage.model_sequential_sites(*traces)
             if guide_enum.has_sequential_sites(traces[1]):
                 if sequential:
@@ -172,8 +175,8 @@ class EnumELBO(ELBO):
                 torch.random.set_rng_state(rng_state)  # re-run as Pyro does, same draws
                 with validation_enabled(False):
                     runs = guide_enum.sequential_guide_traces(
-                        trace_stage.run_traces, model, guide, args, kwargs,
-                        self.max_plate_nesting)
+                        trace_stage.run_traces, model, guide, args, kwargs, self.max_plate_nesting
+                    )
                 return [self.trace_problem(model, guide, args, kwargs, run) for run in runs]
             if sequential:
                 return sequential, traces
@@ -182,8 +185,17 @@ class EnumELBO(ELBO):
         traced = plates.guarded(trace)
         if isinstance(traced, tuple):
             sequential, traces = traced
-            value = sequential_elbo(self.trace_problem, model, guide, args, kwargs, sequential,
-                                    traces, plates, self.memory_budget)
+            value = sequential_elbo(
+                self.trace_problem,
+                model,
+                guide,
+                args,
+                kwargs,
+                sequential,
+                traces,
+                plates,
+                self.memory_budget,
+            )
             self.last_comm_bytes = plates.bytes_reduced
             self._last_call = (plates, traces)
             return value
@@ -212,8 +224,12 @@ class EnumELBO(ELBO):
         for _ in range(1 if self.vectorize_particles else self.num_particles):
             total = total + self._particle_elbo(model, guide, args, kwargs)
         total = total / self.num_particles if self.num_particles != 1 else total
-        if (self.validate == "first" and checked and torch.is_tensor(total)
-                and not bool(torch.isfinite(total))):
+        if (
+            self.validate == "first"
+            and checked
+            and torch.is_tensor(total)
+            and not bool(torch.isfinite(total))
+        ):
             self._arguments_checked = False  # run again with all checks: they name the culprit
             forget_checked_observations()
             return self._elbo(model, guide, args, kwargs)
@@ -257,8 +273,9 @@ class EnumELBO(ELBO):
 
         def trace():
             with poutine.block():
-                traces = trace_stage.run_traces(AsParallel()(model), guide, args, kwargs,
-                                                self.max_plate_nesting)
+                traces = trace_stage.run_traces(
+                    AsParallel()(model), guide, args, kwargs, self.max_plate_nesting
+                )
                 refuse_guide_enumeration(traces[1], method)
                 return self.trace_problem(model, guide, args, kwargs, traces)
 
@@ -295,8 +312,9 @@ class EnumELBO(ELBO):
         trace = self._trace_all_parallel("sample_posterior", model, guide, args, kwargs)
         with warnings.catch_warnings():  # as Pyro's sample_posterior: the guide may omit them
             warnings.filterwarnings("ignore", "Found vars in model but not guide")
-            return sample_posterior(trace, model, args, kwargs, self._plates_backend(),
-                                    self.memory_budget)
+            return sample_posterior(
+                trace, model, args, kwargs, self._plates_backend(), self.memory_budget
+            )
 
 
 class JitEnumELBO(EnumELBO):

@@ -8,10 +8,9 @@ singleton dimensions. Everything downstream of the trace stage speaks only in fa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
-
-import math
 
 import torch
 
@@ -161,8 +160,9 @@ def name_dims(
 ) -> Factor:
     """Turn a Pyro-layout tensor (numbered negative dims) into a :class:`Factor` (see
     :func:`named_shape` for which dims it keeps)."""
-    names, sizes = named_shape(tensor.shape, dim_names, describe=describe,
-                               singleton_names=singleton_names)
+    names, sizes = named_shape(
+        tensor.shape, dim_names, describe=describe, singleton_names=singleton_names
+    )
     return Factor(tensor if tensor.shape == tuple(sizes) else tensor.reshape(sizes), tuple(names))
 
 
@@ -176,5 +176,5 @@ def expand_plates(factor, plate_sizes: dict[str, int]) -> Factor:
         return factor
     tensor = factor.tensor
     for name in missing:
-        tensor = tensor.unsqueeze(-1).expand(tensor.shape + (plate_sizes[name],))
+        tensor = tensor.unsqueeze(-1).expand((*tensor.shape, plate_sizes[name]))
     return Factor(tensor, tuple(factor.dims) + tuple(missing))

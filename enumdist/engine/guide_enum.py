@@ -26,8 +26,8 @@ from __future__ import annotations
 import math
 from queue import LifoQueue
 
-import torch
 import pyro.poutine as poutine
+import torch
 from pyro.infer.enum import iter_discrete_escape, iter_discrete_extend
 from pyro.poutine import Trace
 
@@ -40,8 +40,9 @@ def is_sequential(site) -> bool:
 
 
 def has_sequential_sites(guide_trace) -> bool:
-    return any(site["type"] == "sample" and is_sequential(site)
-               for site in guide_trace.nodes.values())
+    return any(
+        site["type"] == "sample" and is_sequential(site) for site in guide_trace.nodes.values()
+    )
 
 
 def num_samples(site):
@@ -88,8 +89,9 @@ def check_model_enumeration_not_more_global(variables) -> None:
     for name, var in variables.items():
         outside = sorted(var.ordinal - common) if var.in_guide else []
         if outside:
-            model_sites = sorted(n for n, v in variables.items()
-                                 if not v.in_guide and outside[0] not in v.ordinal)
+            model_sites = sorted(
+                n for n, v in variables.items() if not v.in_guide and outside[0] not in v.ordinal
+            )
             raise EnumerationError(
                 "Expected model enumeration to be no more global than guide enumeration, but "
                 f"found model enumeration sites {model_sites} upstream of guide site '{name}' in "
@@ -110,11 +112,11 @@ def sequential_guide_traces(run_traces, model, guide, args, kwargs, max_plate_ne
     queue.put(Trace())
 
     def wrap(program):
-        return poutine.queue(program, queue, escape_fn=iter_discrete_escape,
-                             extend_fn=iter_discrete_extend)
+        return poutine.queue(
+            program, queue, escape_fn=iter_discrete_escape, extend_fn=iter_discrete_extend
+        )
 
     pairs = []
     while not queue.empty():
-        pairs.append(run_traces(model, guide, args, kwargs, max_plate_nesting,
-                                guide_wrapper=wrap))
+        pairs.append(run_traces(model, guide, args, kwargs, max_plate_nesting, guide_wrapper=wrap))
     return pairs

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import math
 
+import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-import pyro.distributions as dist
-
 from torch.distributions.utils import probs_to_logits
 
 from enumdist.engine.factors import Factor, align, compact, compact_shape, name_dims, named_shape
@@ -51,8 +50,9 @@ class LazyBernoulliLogProb:
     @property
     def logits(self) -> Factor:
         if self._logits is None:
-            self._logits = Factor(probs_to_logits(self.param.tensor, is_binary=True),
-                                  self.param.dims)
+            self._logits = Factor(
+                probs_to_logits(self.param.tensor, is_binary=True), self.param.dims
+            )
         return self._logits
 
     @property
@@ -65,8 +65,9 @@ class LazyBernoulliLogProb:
         value = align(self.value.tensor, self.value.dims, self.dims)
         log_p = value * logits - F.softplus(logits)
         if self.mask is not None:
-            log_p = torch.where(align(self.mask.tensor, self.mask.dims, self.dims), log_p,
-                                log_p.new_zeros(()))
+            log_p = torch.where(
+                align(self.mask.tensor, self.mask.dims, self.dims), log_p, log_p.new_zeros(())
+            )
         return log_p.expand(tuple(self.sizes[d] for d in self.dims))
 
     def sum(self, dim) -> torch.Tensor:
@@ -79,8 +80,9 @@ class LazyBernoulliLogProb:
             present = {d for p in parts for d in p[1]}
             spec = ",".join("".join(letters[d] for d in dims) for _, dims in parts)
             kept = tuple(d for d in out_dims if d in present)
-            out = torch.einsum(f"{spec}->{''.join(letters[d] for d in kept)}",
-                               *[t for t, _ in parts])
+            out = torch.einsum(
+                f"{spec}->{''.join(letters[d] for d in kept)}", *[t for t, _ in parts]
+            )
             missing = math.prod(self.sizes[d] for d in reduced if d not in present)
             out = out * missing if missing != 1 else out
             return align(out, kept, out_dims)
@@ -98,8 +100,9 @@ class LazyBernoulliLogProb:
         weighted, weighted_dims = self.value.tensor, self.value.dims
         if self.mask is not None:
             weighted_dims = tuple(dict.fromkeys(self.value.dims + self.mask.dims))
-            weighted = (align(weighted, self.value.dims, weighted_dims)
-                        * align(self.mask.tensor, self.mask.dims, weighted_dims))
+            weighted = align(weighted, self.value.dims, weighted_dims) * align(
+                self.mask.tensor, self.mask.dims, weighted_dims
+            )
         linear = einsum([(weighted, weighted_dims), (self.logits.tensor, self.logits.dims)])
         normaliser = [(F.softplus(self.logits.tensor), self.logits.dims)]
         if self.mask is not None:
@@ -107,17 +110,21 @@ class LazyBernoulliLogProb:
         normaliser = einsum(normaliser)
         return (linear - normaliser).expand(tuple(self.sizes[d] for d in out_dims))
 
-
     def signature(self, plates):
         """Lazy factors with equal signatures can be stacked and reduced in one einsum.
 
         Variables are anonymous here (``x_3`` and ``x_4`` play the same part in two steps of a
         chain); plates, shapes and the layout of the parts must agree.
         """
-        return (self.is_logits,) + tuple(
-            None if p is None else
-            (tuple(d if d in plates else "*" for d in p.dims), tuple(p.tensor.shape))
-            for p in (self.param, self.value, self.mask))
+        return (
+            self.is_logits,
+            *tuple(
+                None
+                if p is None
+                else (tuple(d if d in plates else "*" for d in p.dims), tuple(p.tensor.shape))
+                for p in (self.param, self.value, self.mask)
+            ),
+        )
 
 
 class CategoricalTable:
@@ -130,8 +137,13 @@ class CategoricalTable:
     ``clamp``, ``log`` and ``gather`` per time step, each with its own backward node.
     """
 
-    def __init__(self, param: torch.Tensor, dims: tuple[str, ...], is_logits: bool,
-                 mask: Factor | None = None):
+    def __init__(
+        self,
+        param: torch.Tensor,
+        dims: tuple[str, ...],
+        is_logits: bool,
+        mask: Factor | None = None,
+    ):
         self.param, self.param_dims, self.is_logits, self.mask = param, dims, is_logits, mask
         self.sizes = dict(zip(dims, param.shape))
         if mask is not None:  # infer_discrete masks enumerated sites: zero where masked out
@@ -157,7 +169,8 @@ class CategoricalTable:
         table = align(self.log_table, self.param_dims, self.dims)
         mask = align(self.mask.tensor, self.mask.dims, self.dims)
         return torch.where(mask, table, table.new_zeros(())).expand(
-            tuple(self.sizes[d] for d in self.dims))
+            tuple(self.sizes[d] for d in self.dims)
+        )
 
 
 def log_tables(tables, dims) -> torch.Tensor:
@@ -177,12 +190,14 @@ def enumerated_table(site, var_name, dim_names, describe, singleton_names, mask=
         return None
     is_logits = fn.__dict__.get("logits") is fn._param
     param = fn.logits if is_logits else fn.probs
-    names, sizes = named_shape(compact_shape(param)[:-1], dim_names, describe=describe,
-                               singleton_names=singleton_names)
+    names, sizes = named_shape(
+        compact_shape(param)[:-1], dim_names, describe=describe, singleton_names=singleton_names
+    )
     if mask is not None:
         mask = name_dims(mask, dim_names, describe=describe, singleton_names=singleton_names)
-    return CategoricalTable(compact(param, sizes + [num_values]), tuple(names) + (var_name,),
-                            is_logits, mask)
+    return CategoricalTable(
+        compact(param, [*sizes, num_values]), (*tuple(names), var_name), is_logits, mask
+    )
 
 
 STACK = "__stack__"
@@ -195,7 +210,7 @@ def stack(factors):
     def stacked(part):
         if getattr(first, part) is None:
             return None
-        dims = (STACK,) + getattr(first, part).dims
+        dims = (STACK, *getattr(first, part).dims)
         return Factor(torch.stack([getattr(f, part).tensor for f in factors]), dims)
 
     return type(first)(stacked("param"), stacked("value"), stacked("mask"), first.is_logits)
@@ -206,16 +221,16 @@ def _bernoulli(fn, value, mask, dim_names, describe, singleton_names):
         return None
     is_logits = fn.__dict__.get("logits") is fn._param
     param = fn.logits if is_logits else fn.probs
-    names, sizes = named_shape(compact_shape(param), dim_names, describe=describe,
-                               singleton_names=singleton_names)
+    names, sizes = named_shape(
+        compact_shape(param), dim_names, describe=describe, singleton_names=singleton_names
+    )
     param = Factor(compact(param, sizes), tuple(names))
 
     def named(tensor):
         return name_dims(tensor, dim_names, describe=describe, singleton_names=singleton_names)
 
     mask_factor = None if mask is None or mask is True else named(mask)
-    return LazyBernoulliLogProb(param, named(value.to(param.tensor.dtype)), mask_factor,
-                                is_logits)
+    return LazyBernoulliLogProb(param, named(value.to(param.tensor.dtype)), mask_factor, is_logits)
 
 
 #: distribution type -> rule(fn, value, mask, dim_names, describe, singleton_names) -> lazy|None

@@ -12,7 +12,7 @@ import torch
 
 from enumdist.engine.contract import contract, full_sum
 from enumdist.engine.dice import expected_costs
-from enumdist.engine.plan import plan_for, problem_sizes  # noqa: F401 - re-exported
+from enumdist.engine.plan import plan_for, problem_sizes
 from enumdist.engine.plates import LOCAL
 from enumdist.engine.semiring import LOG_SUM
 
@@ -48,8 +48,14 @@ def elbo(problem, plates=LOCAL, memory_budget=None) -> torch.Tensor:
     terms = elbo_terms(problem, plates, memory_budget)
     sizes = problem_sizes(problem)
     if problem.dice_factors or problem.dice_denominators:
-        summed = expected_costs(terms, problem.dice_factors, problem.dice_denominators, sizes,
-                                problem.plates.keys(), memory_budget)
+        summed = expected_costs(
+            terms,
+            problem.dice_factors,
+            problem.dice_denominators,
+            sizes,
+            problem.plates.keys(),
+            memory_budget,
+        )
     else:
         summed = [(full_sum(t, d, o, sizes), o) for t, d, o in terms]
     zero = _zero(problem)

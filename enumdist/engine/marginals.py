@@ -29,7 +29,8 @@ def refuse_guide_enumeration(guide_trace, method: str) -> None:
     """Pyro's posterior queries condition on one guide draw: a guide that enumerates (in
     parallel or one value at a time) has none, so they refuse it, as ``TraceEnum_ELBO`` does."""
     enumerated = sorted(
-        name for name, site in guide_trace.nodes.items()
+        name
+        for name, site in guide_trace.nodes.items()
         if site["type"] == "sample" and not site["is_observed"] and site["infer"].get("enumerate")
     )
     if enumerated:
@@ -73,10 +74,12 @@ def compute_marginals(trace_problem, plates, memory_budget=None):
     with torch.enable_grad():
         outputs = contract(plan, leaves, LOG_SUM, plates)
         zero = leaves[0].new_zeros(())
-        inside = sum((full_sum(t, d, o, sizes) for t, d, o in outputs if plates.touches_shard(o)),
-                     zero)
-        outside = sum((full_sum(t, d, o, sizes) for t, d, o in outputs
-                       if not plates.touches_shard(o)), zero)
+        inside = sum(
+            (full_sum(t, d, o, sizes) for t, d, o in outputs if plates.touches_shard(o)), zero
+        )
+        outside = sum(
+            (full_sum(t, d, o, sizes) for t, d, o in outputs if not plates.touches_shard(o)), zero
+        )
         log_z = plates.sum_terms(outside, inside)
         grads = torch.autograd.grad(log_z, leaves, allow_unused=True)
     own = {t.name: (g, t.factor.dims) for t, g in zip(problem.log_factors, grads)}

@@ -71,13 +71,16 @@ def _left_pad(x: torch.Tensor, ndim: int) -> torch.Tensor:
 def all_in_support(support, values: torch.Tensor) -> bool:
     """``bool(support.check(values).all())``, in fewer passes over large data for the common
     supports (NaN lies outside every support, as in torch's checks)."""
-    if values.is_floating_point() and values.numel() and support in (constraints.boolean,
-                                                                     constraints.real):
+    if (
+        values.is_floating_point()
+        and values.numel()
+        and support in (constraints.boolean, constraints.real)
+    ):
         low, high = (float(v) for v in torch.aminmax(values))  # NaN propagates: one fast pass
         if support is constraints.real:
             return not (math.isnan(low) or math.isnan(high))
         # in [0, 1], x * x == x holds for 0 and 1 only
-        return 0 <= low and high <= 1 and torch.equal(values * values, values)
+        return low >= 0 and high <= 1 and torch.equal(values * values, values)
     return bool(torch.all(support.check(values)))
 
 
@@ -124,13 +127,15 @@ def _shared_base_ok(group, remember: bool) -> bool:
         return True
     try:  # NaN lies outside every support: one check finds both
         valid = all_in_support(support, base)
-    except Exception:  # noqa: BLE001 - a support whose check does not apply to the base
+    except Exception:
         return False
     if valid and remember:
         if known is None or known[0]() is not base:
             key = id(base)
-            known = _VALID_DATA[key] = (weakref.ref(base, lambda _: _VALID_DATA.pop(key, None)),
-                                        set())
+            known = _VALID_DATA[key] = (
+                weakref.ref(base, lambda _: _VALID_DATA.pop(key, None)),
+                set(),
+            )
         known[1].add(state)
     return valid
 
@@ -147,8 +152,12 @@ def check_observations(sites, remember_valid_data: bool = False) -> None:
         value, mask = site["value"], site_mask(site)
         if not torch.is_tensor(value):
             continue
-        key = (constraint_key(site["fn"].support), value.dtype, tuple(value.shape),
-               None if mask is None else tuple(mask.shape))
+        key = (
+            constraint_key(site["fn"].support),
+            value.dtype,
+            tuple(value.shape),
+            None if mask is None else tuple(mask.shape),
+        )
         groups.setdefault(key, []).append(site)
     for group in groups.values():
         if len(group) == 1:
@@ -161,7 +170,7 @@ def check_observations(sites, remember_valid_data: bool = False) -> None:
         try:
             ok = not (values.is_floating_point() and bool(torch.isnan(values).any()))
             ok = ok and _stacked_ok(values, group[0]["fn"].support, masks)
-        except Exception:  # noqa: BLE001 - a support whose check does not batch
+        except Exception:
             ok = False
         if not ok:
             for site in group:
@@ -181,7 +190,7 @@ def _check_observation(site):
             raise _observation_error(site, "masked nan" if masked else "nan")
     try:
         ok = site["fn"].support.check(value)
-    except Exception:  # noqa: BLE001 - exotic supports without a vectorised check
+    except Exception:
         return
     if not bool(torch.all(ok if mask is None else ok | ~mask)):
         raise _observation_error(site, "support")

@@ -126,8 +126,15 @@ def _chain_run(steps, start, sizes, plate_names):
         if pair is None:  # the chain's end: the output carries plates only
             if len(vars_) < MIN_CHAIN or any(d not in plate_names for d in step.out_dims):
                 return None
-            chain = ChainStep(tuple(vars_), tuple(unary), tuple(pairwise), step.out_dims,
-                              step.out, step.ordinal, step.out_dims)
+            chain = ChainStep(
+                tuple(vars_),
+                tuple(unary),
+                tuple(pairwise),
+                step.out_dims,
+                step.out,
+                step.ordinal,
+                step.out_dims,
+            )
             return chain, i + 1
         nxt = steps[i + 1] if i + 1 < len(steps) else None
         if not isinstance(nxt, SumStep) or nxt.var != pair[2] or step.out not in nxt.inputs:
@@ -213,7 +220,9 @@ def make_plan(structure, sizes, sum_vars, plate_names) -> Plan:
             out = new_slot(out_dims)
             inputs = tuple(sorted(group))
             steps.append(
-                SumStep(inputs, tuple(dims_of[s] for s in inputs), all_dims, var, out_dims, out, leaf)
+                SumStep(
+                    inputs, tuple(dims_of[s] for s in inputs), all_dims, var, out_dims, out, leaf
+                )
             )
             pool -= group
             pool.add(out)
@@ -247,8 +256,9 @@ def make_plan(structure, sizes, sum_vars, plate_names) -> Plan:
             buckets.setdefault(target, []).append(out)
 
     steps = fuse_chains(steps, sizes, plate_names)
-    return Plan(tuple(steps), tuple(outputs), len(dims_of), var_ordinal, largest,
-                _memory_of(steps, sizes))
+    return Plan(
+        tuple(steps), tuple(outputs), len(dims_of), var_ordinal, largest, _memory_of(steps, sizes)
+    )
 
 
 @lru_cache(maxsize=256)
@@ -324,8 +334,11 @@ def _memory_of(steps, sizes) -> tuple[int, int, int]:
     """:attr:`Plan.memory`, computed once per plan (plans are cached by structure and sizes)."""
     forward = [_step_cost(step, sizes, False) for step in steps]
     backward = [_step_cost(step, sizes, True) for step in steps]
-    return (sum(k for k, _ in forward), max((t for _, t in forward), default=0),
-            max((t for _, t in backward), default=0))
+    return (
+        sum(k for k, _ in forward),
+        max((t for _, t in forward), default=0),
+        max((t for _, t in backward), default=0),
+    )
 
 
 def peak_bytes(plan: Plan, itemsize: int, input_elements: int, execution: str) -> int:

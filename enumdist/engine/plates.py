@@ -49,8 +49,9 @@ class LocalPlates:
         """Run the tracing function ``fn`` (the sharded back end syncs failures across ranks)."""
         return fn()
 
-    def plate_sum(self, x: torch.Tensor, positions, absent_count: int, plates,
-                  out_dims=None) -> torch.Tensor:
+    def plate_sum(
+        self, x: torch.Tensor, positions, absent_count: int, plates, out_dims=None
+    ) -> torch.Tensor:
         """Sum over the plate dims at ``positions`` (a product in log space); ``out_dims`` name
         the result's dims (the sharded back end needs them to line ranks up)."""
         out = x.sum(dim=positions) if positions else x
@@ -117,6 +118,6 @@ def plates_for(shard_plates=(), process_group=None, *, adjoint: str = "sum") -> 
         return LOCAL
     if single_process(process_group):
         return LocalShardCheck(shard_plates)
-    from enumdist.engine.sharding import ShardedPlates  # noqa: PLC0415 - only when sharded
+    from enumdist.engine.sharding import ShardedPlates
 
     return ShardedPlates(shard_plates, process_group, adjoint=adjoint)

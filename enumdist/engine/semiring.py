@@ -72,8 +72,9 @@ class LogSum(Semiring):
         if transitions.dim() == 4:
             out = batched_chain_log_likelihood(emissions, transitions)
         else:
-            out = chain_log_likelihood(emissions.new_zeros(emissions.shape[-1]), transitions,
-                                       emissions)
+            out = chain_log_likelihood(
+                emissions.new_zeros(emissions.shape[-1]), transitions, emissions
+            )
         return out, (emissions.detach(), transitions.detach())
 
     def chain_states(self, memo, generator=None):
@@ -97,8 +98,9 @@ class MaxSum(Semiring):
 
     def chain(self, inputs):
         """Viterbi once; the memo is its final scores and back-pointers."""
-        delta, pointers = viterbi(inputs.emissions.detach(), inputs.transitions.detach(),
-                                  inputs.mask)
+        delta, pointers = viterbi(
+            inputs.emissions.detach(), inputs.transitions.detach(), inputs.mask
+        )
         return delta.amax(-1), (delta, pointers)
 
     def chain_states(self, memo, generator=None):

@@ -92,8 +92,9 @@ class _LogSumExpOverRuns(torch.autograd.Function):
         return (None, None, *totals)
 
 
-def sequential_elbo(trace_problem, model, guide, args, kwargs, names, traces, plates=LOCAL,
-                    memory_budget=None):
+def sequential_elbo(
+    trace_problem, model, guide, args, kwargs, names, traces, plates=LOCAL, memory_budget=None
+):
     """The ELBO with the global sites ``names`` enumerated one value (combination) at a time.
 
     Peak memory is that of one run: the forward pass keeps only each run's scalar, and the
@@ -133,9 +134,11 @@ def sequential_elbo(trace_problem, model, guide, args, kwargs, names, traces, pl
     for t in first.guide_costs:
         inside = plates.touches_shard(t.ordinal)
         guide_terms[inside] = guide_terms[inside] - full_sum(
-            t.factor.tensor * t.scale, t.factor.dims, t.ordinal, sizes)
+            t.factor.tensor * t.scale, t.factor.dims, t.ordinal, sizes
+        )
     guide_part = plates.sum_terms(guide_terms[False], guide_terms[True])
-    params = [p for p in trace_stage.trace_params(first.model_trace, first.guide_trace)
-              if p.requires_grad]
+    params = [
+        p for p in trace_stage.trace_params(first.model_trace, first.guide_trace) if p.requires_grad
+    ]
     del first
     return _LogSumExpOverRuns.apply(run, combinations, *params) + guide_part

@@ -37,9 +37,9 @@ import torch
 import torch.distributed as tdist
 from pyro.poutine.indep_messenger import IndepMessenger
 
-from enumdist.engine.plates import LocalPlates, check_shard_plates
 from enumdist.engine.errors import ModelStructureError, ShardError
 from enumdist.engine.factors import expand_plates
+from enumdist.engine.plates import LocalPlates, check_shard_plates
 from enumdist.engine.problem import EnumProblem
 
 
@@ -108,6 +108,7 @@ class ShardedPlates(LocalPlates):
     def broadcast_decision(self, value, dims):
         if self.touches_shard(dims):
             return value  # a local variable: each rank decides its own elements
+
         def broadcast(canonical):
             canonical = canonical.contiguous()
             self.bytes_reduced += canonical.numel() * canonical.element_size()
@@ -134,17 +135,19 @@ class ShardedPlates(LocalPlates):
             problems = _problems_in(result)
             if problems:
                 signature = "\n--\n".join(structure_signature(p, self.shard) for p in problems)
-                local_sizes = [problems[0].plates[p].size if p in problems[0].plates else -1
-                               for p in shard]
+                local_sizes = [
+                    problems[0].plates[p].size if p in problems[0].plates else -1 for p in shard
+                ]
             else:  # not traced into a problem yet (sequential enumeration traces per value)
                 signature = repr(type(result))
-        except Exception as exc:  # noqa: BLE001 - reported to all ranks below
+        except Exception as exc:
             error = exc
             empty = _empty_plate(exc)
             if empty in shard:
                 local_sizes[shard.index(empty)] = 0
-        status = torch.tensor([error is not None, zlib.crc32(signature.encode()), *local_sizes],
-                              dtype=torch.int64)
+        status = torch.tensor(
+            [error is not None, zlib.crc32(signature.encode()), *local_sizes], dtype=torch.int64
+        )
         statuses = [torch.zeros_like(status) for _ in range(self.world_size)]
         tdist.all_gather(statuses, status, group=self.group)
         self.bytes_reduced += status.numel() * status.element_size() * self.world_size
@@ -160,8 +163,9 @@ class ShardedPlates(LocalPlates):
         failed = [r for r, s in enumerate(statuses) if s[0]]
         if failed:
             messages = [None] * self.world_size
-            tdist.all_gather_object(messages, None if error is None else repr(error),
-                                    group=self.group)
+            tdist.all_gather_object(
+                messages, None if error is None else repr(error), group=self.group
+            )
             if len(failed) == self.world_size and len(set(messages)) == 1:
                 raise error  # the same error on every rank (a refusal): keep its own type
             if error is not None and len(failed) == 1:
@@ -220,8 +224,9 @@ def _empty_plate(exc) -> str | None:
     tb = exc.__traceback__
     while tb is not None:
         frame = tb.tb_frame
-        if frame.f_code.co_name == "__init__" and isinstance(frame.f_locals.get("self"),
-                                                             IndepMessenger):
+        if frame.f_code.co_name == "__init__" and isinstance(
+            frame.f_locals.get("self"), IndepMessenger
+        ):
             return frame.f_locals.get("name")
         tb = tb.tb_next
     return None
@@ -243,8 +248,11 @@ def _in_canonical_order(tensor, dims, collective):
 def structure_signature(problem, shard) -> str:
     """What must agree across ranks: sites, their dims and plates (not the shard dims)."""
     lines = []
-    for kind, terms in (("model", problem.log_factors), ("cost", problem.costs),
-                        ("guide", problem.guide_costs)):
+    for kind, terms in (
+        ("model", problem.log_factors),
+        ("cost", problem.costs),
+        ("guide", problem.guide_costs),
+    ):
         for t in terms:
             sizes = sorted((d, s) for d, s in t.factor.sizes.items() if d not in shard)
             lines.append(f"{kind} {t.name} {sorted(t.ordinal)} {sizes}")
@@ -278,9 +286,9 @@ def average_gradients(params, group=None) -> int:
     params = [p for p in params if p.requires_grad]
     if not params:
         return 0
-    flat = torch.cat([
-        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params
-    ])
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+    )
     tdist.all_reduce(flat, group=group)
     flat /= tdist.get_world_size(group)
     offset = 0

@@ -37,16 +37,24 @@ def _advice(pos: int, plates, max_plate_nesting: int, data_size: int) -> str:
     for plate in plates.values():
         if plate.dim == pos:
             if plate.full_size != plate.size:
-                return (f"index the data with the plate's subsample indices (`with "
-                        f"pyro.plate('{plate.name}', {plate.full_size}, subsample_size="
-                        f"{plate.size}) as idx: ... obs=data[idx]`)")
-            return (f"give the plate the data's size (pyro.plate('{plate.name}', {data_size})), "
-                    "or permute the data so that this dim holds the plate's items")
+                return (
+                    f"index the data with the plate's subsample indices (`with "
+                    f"pyro.plate('{plate.name}', {plate.full_size}, subsample_size="
+                    f"{plate.size}) as idx: ... obs=data[idx]`)"
+                )
+            return (
+                f"give the plate the data's size (pyro.plate('{plate.name}', {data_size})), "
+                "or permute the data so that this dim holds the plate's items"
+            )
     if pos < -max_plate_nesting:
-        return ("declare every data dim with pyro.plate(..., dim=) (raising max_plate_nesting), "
-                "or move it into the event with .to_event()")
-    return (f"enclose the site in a pyro.plate(..., dim={pos}), .to_event() the distribution, or "
-            ".permute() the data dims")
+        return (
+            "declare every data dim with pyro.plate(..., dim=) (raising max_plate_nesting), "
+            "or move it into the event with .to_event()"
+        )
+    return (
+        f"enclose the site in a pyro.plate(..., dim={pos}), .to_event() the distribution, or "
+        ".permute() the data dims"
+    )
 
 
 def check_site_shape(site, plates: dict, max_plate_nesting: int, who: str) -> None:
@@ -72,8 +80,11 @@ def check_site_shape(site, plates: dict, max_plate_nesting: int, who: str) -> No
                 f"distribution has size {want} ({_describe_dim(pos, plates, max_plate_nesting)}): "
                 f"{_advice(pos, plates, max_plate_nesting, got)}."
             )
-    if (not site["is_observed"] or type(fn).__name__ == "Unit"  # pyro.factor: no data
-            or max_plate_nesting == float("inf")):
+    if (
+        not site["is_observed"]
+        or type(fn).__name__ == "Unit"  # pyro.factor: no data
+        or max_plate_nesting == float("inf")
+    ):
         return
     for pos in range(-len(batch), -int(max_plate_nesting)):
         if batch[pos] != 1:
@@ -124,36 +135,59 @@ def check_model_guide_match(model_trace, guide_trace, max_plate_nesting, sequent
     ``sequential`` names model sites under sequential enumeration (which Pyro refuses and
     enumdist computes): they count as enumerated.
     """
-    guide_sites = {n: s for n, s in guide_trace.nodes.items()
-                   if s["type"] == "sample" and not _is_subsample(s)}
+    guide_sites = {
+        n: s for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not _is_subsample(s)
+    }
     aux = {n for n, s in guide_sites.items() if s["infer"].get("is_auxiliary")}
-    model_sites = {n: s for n, s in model_trace.nodes.items()
-                   if s["type"] == "sample" and not s["is_observed"] and not _is_subsample(s)}
-    enumerated = {n for n, s in model_sites.items() if n not in guide_sites
-                  and (s["infer"].get("_enumerate_dim") is not None or n in sequential)}
+    model_sites = {
+        n: s
+        for n, s in model_trace.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"] and not _is_subsample(s)
+    }
+    enumerated = {
+        n
+        for n, s in model_sites.items()
+        if n not in guide_sites
+        and (s["infer"].get("_enumerate_dim") is not None or n in sequential)
+    }
     if aux & model_sites.keys():
-        warnings.warn(f"Found auxiliary vars in the model: {aux & model_sites.keys()}")
+        warnings.warn(
+            f"Found auxiliary vars in the model: {aux & model_sites.keys()}", stacklevel=2
+        )
     if not guide_sites.keys() <= model_sites.keys() | aux:
-        warnings.warn("Found non-auxiliary vars in guide but not model, consider marking these "
-                      "infer={'is_auxiliary': True}:\n"
-                      f"{guide_sites.keys() - aux - model_sites.keys()}")
+        warnings.warn(
+            "Found non-auxiliary vars in guide but not model, consider marking these "
+            "infer={'is_auxiliary': True}:\n"
+            f"{guide_sites.keys() - aux - model_sites.keys()}",
+            stacklevel=2,
+        )
     uncovered = model_sites.keys() - guide_sites.keys() - enumerated
     if uncovered:
-        warnings.warn(f"Found vars in model but not guide: {uncovered}. They are sampled from "
-                      "the model's prior; sample them in the guide, or mark discrete ones "
-                      "infer={'enumerate': 'parallel'}.")
+        warnings.warn(
+            f"Found vars in model but not guide: {uncovered}. They are sampled from "
+            "the model's prior; sample them in the guide, or mark discrete ones "
+            "infer={'enumerate': 'parallel'}.",
+            stacklevel=2,
+        )
     for name in sorted(model_sites.keys() & guide_sites.keys()):
         _check_same_shape(name, model_sites[name], guide_sites[name], max_plate_nesting)
-    model_plates = {n for n, s in model_trace.nodes.items()
-                    if s["type"] == "sample" and _is_subsample(s)}
-    guide_plates = {n for n, s in guide_trace.nodes.items()
-                    if s["type"] == "sample" and _is_subsample(s)}
+    model_plates = {
+        n for n, s in model_trace.nodes.items() if s["type"] == "sample" and _is_subsample(s)
+    }
+    guide_plates = {
+        n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and _is_subsample(s)
+    }
     if not guide_plates <= model_plates:
-        warnings.warn(f"Found plate statements in guide but not model: "
-                      f"{guide_plates - model_plates}")
+        warnings.warn(
+            f"Found plate statements in guide but not model: {guide_plates - model_plates}",
+            stacklevel=2,
+        )
     for name, site in guide_sites.items():
-        if (site["infer"].get("is_auxiliary") and type(site["fn"]).__name__ == "Unit"
-                and "has_rsample" not in site["fn"].__dict__):
+        if (
+            site["infer"].get("is_auxiliary")
+            and type(site["fn"]).__name__ == "Unit"
+            and "has_rsample" not in site["fn"].__dict__
+        ):
             raise ModelGuideMismatchError(
                 f'At guide site pyro.factor("{name}",...), missing specification of '
                 "has_rsample: pass has_rsample=True if the factor comes from reparameterised "
@@ -176,8 +210,8 @@ def _check_same_shape(name, model_site, guide_site, max_plate_nesting) -> None:
     if max_plate_nesting != float("inf"):  # enumeration dims (left of the plates) broadcast
         model_keep = int(max_plate_nesting) + model_fn.event_dim
         guide_keep = int(max_plate_nesting) + guide_fn.event_dim
-        model_shape = model_shape[max(0, len(model_shape) - model_keep):]
-        guide_shape = guide_shape[max(0, len(guide_shape) - guide_keep):]
+        model_shape = model_shape[max(0, len(model_shape) - model_keep) :]
+        guide_shape = guide_shape[max(0, len(guide_shape) - guide_keep) :]
     longest = max(len(model_shape), len(guide_shape))
     padded_model = (1,) * (longest - len(model_shape)) + tuple(model_shape)
     padded_guide = (1,) * (longest - len(guide_shape)) + tuple(guide_shape)

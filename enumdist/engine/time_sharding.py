@@ -58,15 +58,20 @@ class _Block(NamedTuple):
 
 def _check_block(init, trans, emissions) -> _Block:
     if emissions.dim() != 3 or emissions.shape[1] < 1:
-        raise ValueError(f"emission_log_probs must be [N, T_r >= 1, S], got {tuple(emissions.shape)}")
+        raise ValueError(
+            f"emission_log_probs must be [N, T_r >= 1, S], got {tuple(emissions.shape)}"
+        )
     n, t, s = emissions.shape
     if trans.shape not in ((s, s), (t, s, s)):
-        raise ValueError(f"transition_logits must be [S, S] or [T_r, S, S] with S={s}, "
-                         f"T_r={t} (this rank's steps), got {tuple(trans.shape)}")
+        raise ValueError(
+            f"transition_logits must be [S, S] or [T_r, S, S] with S={s}, "
+            f"T_r={t} (this rank's steps), got {tuple(trans.shape)}"
+        )
     init = init.reshape(-1, s) if init.dim() == 1 else init
     if init.shape not in ((1, s), (n, s)):
-        raise ValueError(f"initial_logits must be [S] or [N, S] with N={n}, S={s}, got "
-                         f"{tuple(init.shape)}")
+        raise ValueError(
+            f"initial_logits must be [S] or [N, S] with N={n}, S={s}, got {tuple(init.shape)}"
+        )
     return _Block(init, trans, emissions)
 
 
@@ -82,8 +87,7 @@ def _steps_after_first(block):
     trans = block.trans if block.trans.dim() == 3 else block.trans.unsqueeze(0)
     probs, shift = chain._transition_probs(trans)
     scaled, emission_max = chain._scaled(block.emissions)
-    valid = torch.ones(block.emissions.shape[:2], dtype=torch.bool,
-                       device=block.emissions.device)
+    valid = torch.ones(block.emissions.shape[:2], dtype=torch.bool, device=block.emissions.device)
     return chain._blocked_steps(probs, shift, scaled, emission_max, valid)
 
 
@@ -99,8 +103,9 @@ def _sum_transfer(block, first):
     product, scale = x[0], row_scale[0]  # log P = log product + scale[..., None]
     for b in range(1, x.shape[0]):
         top = chain._finite_max(row_scale[b], -1)
-        product, z = chain._normalised((product * torch.exp(row_scale[b] - top).unsqueeze(-2))
-                                       @ x[b])
+        product, z = chain._normalised(
+            (product * torch.exp(row_scale[b] - top).unsqueeze(-2)) @ x[b]
+        )
         scale = scale + torch.log(z) + top
     return _log_matmul(head, torch.log(product) + scale.unsqueeze(-1))
 
@@ -123,8 +128,9 @@ def _fold(block, entering, leaving):
     e = block.emissions
     if e.shape[1] == 1:
         return e + (entering + leaving).unsqueeze(1)
-    return torch.cat([(e[:, :1] + entering.unsqueeze(1)), e[:, 1:-1],
-                      (e[:, -1:] + leaving.unsqueeze(1))], 1)
+    return torch.cat(
+        [(e[:, :1] + entering.unsqueeze(1)), e[:, 1:-1], (e[:, -1:] + leaving.unsqueeze(1))], 1
+    )
 
 
 class TimeShardedChain:
@@ -141,8 +147,10 @@ class TimeShardedChain:
 
     def __init__(self, group=None, method="auto"):
         if not (tdist.is_available() and tdist.is_initialized()):
-            raise RuntimeError("TimeShardedChain needs torch.distributed to be initialised "
-                               "(init_process_group); on one process use enumdist.DiscreteHMM")
+            raise RuntimeError(
+                "TimeShardedChain needs torch.distributed to be initialised "
+                "(init_process_group); on one process use enumdist.DiscreteHMM"
+            )
         self.group = group
         self.rank = tdist.get_rank(group)
         self.world_size = tdist.get_world_size(group)
@@ -172,9 +180,13 @@ class TimeShardedChain:
         failed = [r for r, h in enumerate(headers) if h[0]]
         if failed:
             if error is not None:
-                raise ShardError(f"time-sharded {kind}: rank {self.rank} failed: {error}") from error
-            raise ShardError(f"time-sharded {kind} stopped on every rank: rank(s) {failed} "
-                             f"failed to prepare their block (see their error)")
+                raise ShardError(
+                    f"time-sharded {kind}: rank {self.rank} failed: {error}"
+                ) from error
+            raise ShardError(
+                f"time-sharded {kind} stopped on every rank: rank(s) {failed} "
+                f"failed to prepare their block (see their error)"
+            )
         names = ("call", "N", "S", "transition dims", "dtype")
         for i, name in enumerate(names, start=1):
             values = [h[i] for h in headers]
@@ -183,7 +195,8 @@ class TimeShardedChain:
                     f"time-sharded chain: ranks disagree on {name} ({values} on ranks "
                     f"0..{self.world_size - 1}); every rank must hold the same sequences and "
                     f"states, in the same dtype, with transitions of the same form, and make the "
-                    f"same call")
+                    f"same call"
+                )
         assert block is not None  # no rank failed, this one included
         return block
 
@@ -205,8 +218,7 @@ class TimeShardedChain:
     def log_likelihood(self, initial_logits, transition_logits, emission_log_probs):
         """``log p(y)`` of every whole sequence ``[N]`` (the same on every rank); its backward
         pass gives ``W`` x this block's share of the gradient (average over ranks)."""
-        block = self._agree("log_likelihood", initial_logits, transition_logits,
-                            emission_log_probs)
+        block = self._agree("log_likelihood", initial_logits, transition_logits, emission_log_probs)
         m = self._boundaries(block, _sum_transfer)
         forward = m[0, :, 0]  # [N, S] over rank 0's last state
         for q in range(1, self.rank):
@@ -223,8 +235,9 @@ class TimeShardedChain:
         method = self.method
         if method == "auto":
             method = chain.auto_method(*emissions.shape)
-        log_z = chain.chain_log_likelihood(emissions.new_zeros(s), block.trans, emissions,
-                                           method=method)
+        log_z = chain.chain_log_likelihood(
+            emissions.new_zeros(s), block.trans, emissions, method=method
+        )
         w = self.world_size
         return log_z + (w - 1) * (log_z - log_z.detach())  # value log Z, gradient W x share
 
@@ -244,9 +257,11 @@ class TimeShardedChain:
         for arg in reversed(pointers):
             ends.append(arg.gather(-1, ends[-1].unsqueeze(-1)).squeeze(-1))
         ends = ends[::-1]  # ends[q]: [N], the path's state at block q's last step
+
         def decode(e, a):
-            viterbi = blocked_chain_map if chain.auto_method(*e.shape) == "scan" else \
-                chain.chain_map
+            viterbi = (
+                blocked_chain_map if chain.auto_method(*e.shape) == "scan" else chain.chain_map
+            )
             return viterbi(e.new_zeros(e.shape[-1]), a, e)
 
         states = self._decode_between(block, ends, decode)
@@ -271,8 +286,11 @@ class TimeShardedChain:
                 ends[q - 1] = _draw(forwards[q - 1] + column.squeeze(-1), generator)
         tdist.broadcast(ends, src=self._global_rank(0), group=self.group)
         self.bytes_communicated += ends.numel() * ends.element_size()
-        states = self._decode_between(block, list(ends), lambda e, a: chain.chain_sample(
-            e.new_zeros(e.shape[-1]), a, e, generator=generator))
+        states = self._decode_between(
+            block,
+            list(ends),
+            lambda e, a: chain.chain_sample(e.new_zeros(e.shape[-1]), a, e, generator=generator),
+        )
         return states, self._path_log_joint(block, ends, states)
 
     def _global_rank(self, rank):
@@ -298,8 +316,11 @@ class TimeShardedChain:
         score = score + block.emissions.gather(-1, states.unsqueeze(-1)).squeeze(-1).sum(-1)
         if t > 1:
             a = block.trans
-            steps = a[states[:, :-1], states[:, 1:]] if a.dim() == 2 else \
-                a[torch.arange(1, t), states[:, :-1], states[:, 1:]]
+            steps = (
+                a[states[:, :-1], states[:, 1:]]
+                if a.dim() == 2
+                else a[torch.arange(1, t), states[:, :-1], states[:, 1:]]
+            )
             score = score + steps.sum(-1)
         score = score.contiguous()
         tdist.all_reduce(score, group=self.group)

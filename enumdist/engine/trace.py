@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import torch
 import pyro.distributions as dist
 import pyro.poutine as poutine
+import torch
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.subsample_messenger import _Subsample
 
@@ -26,9 +26,9 @@ from enumdist.engine.errors import EnumerationError, MemoryBudgetError
 from enumdist.engine.factors import compact, name_dims
 from enumdist.engine.guide_enum import check_model_enumeration_not_more_global, dice_factor
 from enumdist.engine.handlers import EnumRequests
-from enumdist.engine.problem import EnumProblem, EnumVar, ModelTerm, Plate  # noqa: F401 - re-exported
 from enumdist.engine.lazy import enumerated_table, lazy_log_prob
 from enumdist.engine.observations import check_observations, site_mask
+from enumdist.engine.problem import EnumProblem, EnumVar, ModelTerm, Plate
 from enumdist.engine.site_checks import check_markov_history, check_site_shape
 
 
@@ -45,11 +45,18 @@ def _layout(site) -> SiteLayout:
     layout = site.get("_enumdist_layout")
     if layout is None:
         frames = [f for f in site["cond_indep_stack"] if f.vectorized]
-        plates = {f.name: Plate(f.name, f.dim, int(f.size),
-                                int(f.full_size if f.full_size is not None else f.size))
-                  for f in frames}
-        layout = SiteLayout(frozenset(plates), {f.dim: f.name for f in frames}, plates,
-                            frozenset(f.name for f in frames if f.size == 1))
+        plates = {
+            f.name: Plate(
+                f.name, f.dim, int(f.size), int(f.full_size if f.full_size is not None else f.size)
+            )
+            for f in frames
+        }
+        layout = SiteLayout(
+            frozenset(plates),
+            {f.dim: f.name for f in frames},
+            plates,
+            frozenset(f.name for f in frames if f.size == 1),
+        )
         site["_enumdist_layout"] = layout
     return layout
 
@@ -129,8 +136,11 @@ def _sample_sites(trace) -> list:
     """``[(name, site)]`` of the sample sites (not subsampling ones), listed once per trace."""
     cached = getattr(trace, "_enumdist_sample_sites", None)
     if cached is None or cached[0] != len(trace.nodes):
-        sites = [(name, site) for name, site in trace.nodes.items()
-                 if site["type"] == "sample" and type(site["fn"]) is not _Subsample]
+        sites = [
+            (name, site)
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample" and type(site["fn"]) is not _Subsample
+        ]
         cached = trace._enumdist_sample_sites = (len(trace.nodes), sites)
     return cached[1]
 
@@ -249,16 +259,26 @@ def build_problem(
         dim_names = _dim_names(site, id_to_var, max_plate_nesting)
         if name in variables and not variables[name].in_guide:
             # enumerated in the model: plain log-prob, no mask, no scale
-            table = None if mask_enumerated and site["mask"] is False else enumerated_table(
-                site, name, dim_names, describe, layout.singletons,
-                site_mask(site) if mask_enumerated else None)
+            table = (
+                None
+                if mask_enumerated and site["mask"] is False
+                else enumerated_table(
+                    site,
+                    name,
+                    dim_names,
+                    describe,
+                    layout.singletons,
+                    site_mask(site) if mask_enumerated else None,
+                )
+            )
             if table is not None:
                 problem.log_factors.append(ModelTerm(name, table, ordinal, scale))
                 continue
             log_p = _log_prob(site)
             log_p = _mask(log_p, site["mask"]) if mask_enumerated else log_p
-            factor = name_dims(log_p, dim_names, describe=describe,
-                               singleton_names=layout.singletons)
+            factor = name_dims(
+                log_p, dim_names, describe=describe, singleton_names=layout.singletons
+            )
             problem.log_factors.append(ModelTerm(name, factor, ordinal, scale))
             continue
         lazy = lazy_log_prob(site, dim_names, describe, layout.singletons)
@@ -266,8 +286,7 @@ def build_problem(
             problem.log_factors.append(ModelTerm(name, lazy, ordinal, scale))
             continue
         masked = _mask(_log_prob(site), site["mask"])
-        factor = name_dims(masked, dim_names, describe=describe,
-                           singleton_names=layout.singletons)
+        factor = name_dims(masked, dim_names, describe=describe, singleton_names=layout.singletons)
         if sum_vars.intersection(factor.dims):
             problem.log_factors.append(ModelTerm(name, factor, ordinal, scale))
         else:
@@ -279,8 +298,12 @@ def build_problem(
         dim_names = _dim_names(site, id_to_var, max_plate_nesting)
 
         def named(tensor, name=name, dim_names=dim_names, layout=layout):
-            return name_dims(tensor, dim_names, describe=f"guide site '{name}'",
-                             singleton_names=layout.singletons)
+            return name_dims(
+                tensor,
+                dim_names,
+                describe=f"guide site '{name}'",
+                singleton_names=layout.singletons,
+            )
 
         _preflight(site, memory_budget, "guide")
         log_q = _log_prob(site)
@@ -291,7 +314,8 @@ def build_problem(
             problem.dice_factors.append(ModelTerm(name, named(weight), ordinal))
         if log_denominator:
             problem.dice_denominators[ordinal] = (
-                problem.dice_denominators.get(ordinal, 0.0) + log_denominator)
+                problem.dice_denominators.get(ordinal, 0.0) + log_denominator
+            )
     return problem
 
 
@@ -303,8 +327,10 @@ def check_sites(model_trace, guide_trace, max_plate_nesting: int, remember_valid
         for _, site in _sample_sites(trace):
             check_site_shape(site, _layout(site).plates, max_plate_nesting, who)
             check_markov_history(site, who, last_site_at_dim)
-    check_observations((site for _, site in _sample_sites(model_trace) if site["is_observed"]),
-                       remember_valid_data=remember_valid_data)
+    check_observations(
+        (site for _, site in _sample_sites(model_trace) if site["is_observed"]),
+        remember_valid_data=remember_valid_data,
+    )
 
 
 def trace_params(*traces) -> list:
@@ -314,6 +340,7 @@ def trace_params(*traces) -> list:
         for name, site in trace.nodes.items():
             if site["type"] == "param":
                 value = site["value"]
-                params.setdefault(name, value.unconstrained() if hasattr(value, "unconstrained")
-                                  else value)
+                params.setdefault(
+                    name, value.unconstrained() if hasattr(value, "unconstrained") else value
+                )
     return [params[k] for k in sorted(params)]

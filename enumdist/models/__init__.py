@@ -14,14 +14,28 @@ enumerated sites hidden).
 
 from enumdist.models.base import EnumModel
 from enumdist.models.function import FunctionModel
-from enumdist.models.hmm import (HMM, AutoregressiveHMM, FactorialHMM, NeuralEmissionHMM,
-                                 PartiallyFactorialHMM, SecondOrderHMM)
+from enumdist.models.hmm import (
+    HMM,
+    AutoregressiveHMM,
+    FactorialHMM,
+    NeuralEmissionHMM,
+    PartiallyFactorialHMM,
+    SecondOrderHMM,
+)
 from enumdist.models.mixture import GaussianMixture
 from enumdist.models.semisupervised import SemiSupervisedClassifier
 from enumdist.models.topic import TopicModel
 
 __all__ = [
-    "EnumModel", "FunctionModel", "HMM", "AutoregressiveHMM", "FactorialHMM", "PartiallyFactorialHMM",
-    "NeuralEmissionHMM", "SecondOrderHMM", "GaussianMixture", "TopicModel",
+    "HMM",
+    "AutoregressiveHMM",
+    "EnumModel",
+    "FactorialHMM",
+    "FunctionModel",
+    "GaussianMixture",
+    "NeuralEmissionHMM",
+    "PartiallyFactorialHMM",
+    "SecondOrderHMM",
     "SemiSupervisedClassifier",
+    "TopicModel",
 ]

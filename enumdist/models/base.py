@@ -42,7 +42,9 @@ from pyro.nn import PyroModule
 
 def is_enumerated_or_observed(msg: dict) -> bool:
     """A sample site an autoguide must not cover: observed, or marked for enumeration."""
-    return msg["type"] == "sample" and (msg["is_observed"] or msg["infer"].get("enumerate") is not None)
+    return msg["type"] == "sample" and (
+        msg["is_observed"] or msg["infer"].get("enumerate") is not None
+    )
 
 
 class EnumModel(PyroModule):
@@ -83,9 +85,13 @@ class EnumModel(PyroModule):
         (found by tracing ``model(batch)`` once)."""
         with poutine.block(), torch.no_grad():
             trace = poutine.trace(self.model).get_trace(batch)
-        return {name: [name] for name, site in trace.nodes.items()
-                if site["type"] == "sample" and not site["is_observed"]
-                and site["infer"].get("enumerate") is not None}
+        return {
+            name: [name]
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample"
+            and not site["is_observed"]
+            and site["infer"].get("enumerate") is not None
+        }
 
     def validate_items(self, batch: dict[str, torch.Tensor], where: str) -> None:
         """Raise a clear error (naming ``where`` and the item) for malformed items before the

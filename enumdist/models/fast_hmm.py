@@ -11,7 +11,6 @@ checkpoint. Sharding works as for any factor in the ``sequences`` plate.
 from __future__ import annotations
 
 import pyro
-import torch
 
 from enumdist.engine.chain import bernoulli_emission_log_probs, chain_log_likelihood
 from enumdist.models.hmm import HMM
@@ -21,8 +20,10 @@ class VectorisedHMM(HMM):
     """``HMM`` whose marginal over the hidden chain is one fused kernel call per batch."""
 
     def state_sites(self, batch):
-        raise NotImplementedError("VectorisedHMM enumerates no sites; decode its checkpoint with "
-                                  "model._target_=enumdist.models.HMM (same parameters)")
+        raise NotImplementedError(
+            "VectorisedHMM enumerates no sites; decode its checkpoint with "
+            "model._target_=enumdist.models.HMM (same parameters)"
+        )
 
     def model(self, batch):
         initial, transition, emission = self.initial, self.transition, self.emission
@@ -30,7 +31,8 @@ class VectorisedHMM(HMM):
         self.check_batch(batch)
         sequences, lengths = batch["sequences"], batch["lengths"]
         emissions = bernoulli_emission_log_probs(sequences, emission)  # [B, T, D]
-        log_z = chain_log_likelihood(initial.log(), transition.log(), emissions,
-                                     lengths.clamp(min=1))
+        log_z = chain_log_likelihood(
+            initial.log(), transition.log(), emissions, lengths.clamp(min=1)
+        )
         with pyro.plate(self.shard_plate, batch["num_total"], subsample=batch["index"], dim=-2):
             pyro.factor("chain", log_z.unsqueeze(-1))

@@ -32,8 +32,10 @@ def resolve_function(function: Callable | str) -> Callable:
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"model.function={function!r}: cannot import {name!r} from {module!r} "
-                         f"({error}); is its package on PYTHONPATH?") from error
+        raise ValueError(
+            f"model.function={function!r}: cannot import {name!r} from {module!r} "
+            f"({error}); is its package on PYTHONPATH?"
+        ) from error
 
 
 class _ModuleParams(Messenger):
@@ -51,8 +53,10 @@ class _ModuleParams(Messenger):
         if key not in self.owner.params:
             init = msg["args"][1] if len(msg["args"]) > 1 else None
             if init is None:
-                raise ValueError(f"pyro.param({name!r}) in {self.owner.function_name} has no initial "
-                                 "value on its first call; give it one")
+                raise ValueError(
+                    f"pyro.param({name!r}) in {self.owner.function_name} has no initial "
+                    "value on its first call; give it one"
+                )
             init = init() if callable(init) else init
             unconstrained = transform_to(constraint).inv(torch.as_tensor(init).detach())
             self.owner.params[key] = torch.nn.Parameter(unconstrained.clone())
@@ -73,8 +77,14 @@ class FunctionModel(EnumModel):
             configured autoguide covers; a latent missing here is refused on the first call.
     """
 
-    def __init__(self, function: Callable | str, shard_plate: str = "data", max_plate_nesting: int = 1,
-                 num_observations: Callable | str | None = None, global_latents: list[str] | None = None):
+    def __init__(
+        self,
+        function: Callable | str,
+        shard_plate: str = "data",
+        max_plate_nesting: int = 1,
+        num_observations: Callable | str | None = None,
+        global_latents: list[str] | None = None,
+    ):
         super().__init__()
         self.function = resolve_function(function)
         self.function_name = getattr(self.function, "__qualname__", repr(self.function))
@@ -104,14 +114,21 @@ class FunctionModel(EnumModel):
         an exact one."""
         with poutine.block(), torch.no_grad():
             trace = poutine.trace(self.model).get_trace(batch)
-        uncovered = [name for name, site in trace.nodes.items()
-                     if site["type"] == "sample" and not site["is_observed"]
-                     and site["infer"].get("enumerate") is None and not site_is_subsample(site)
-                     and name not in self.global_latents]
+        uncovered = [
+            name
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample"
+            and not site["is_observed"]
+            and site["infer"].get("enumerate") is None
+            and not site_is_subsample(site)
+            and name not in self.global_latents
+        ]
         if uncovered:
-            raise ValueError(f"{self.function_name}: sites {uncovered} are neither enumerated nor "
-                             f"observed; list them in FunctionModel(global_latents=[...]) so that the "
-                             "autoguide (guide=auto_delta / auto_normal) covers them")
+            raise ValueError(
+                f"{self.function_name}: sites {uncovered} are neither enumerated nor "
+                f"observed; list them in FunctionModel(global_latents=[...]) so that the "
+                "autoguide (guide=auto_delta / auto_normal) covers them"
+            )
 
     def guide_model(self, batch: dict) -> None:
         return poutine.block(self.model, expose=list(self.global_latents))(batch)
@@ -125,5 +142,7 @@ class FunctionModel(EnumModel):
                 self.params[name] = torch.nn.Parameter(torch.empty_like(value))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        self.create_parameters({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+        self.create_parameters(
+            {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

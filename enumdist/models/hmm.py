@@ -14,8 +14,7 @@ from pyro.nn import PyroModule
 from pyro.ops.indexing import Vindex
 from torch import nn
 
-from enumdist.models.hmm_base import (ChainModel, random_key_probs, random_simplex,
-                                   random_transition)
+from enumdist.models.hmm_base import ChainModel, random_key_probs, random_simplex, random_transition
 
 ENUM = {"enumerate": "parallel"}
 
@@ -64,8 +63,9 @@ class AutoregressiveHMM(ChainModel):
             x = pyro.sample(f"x_{t}", dist.Categorical(probs), infer=ENUM)
             previous = torch.zeros_like(notes, dtype=torch.long) if previous is None else previous
             with keys as k:
-                pyro.sample(f"notes_{t}", dist.Bernoulli(Vindex(emission)[x, previous, k]),
-                            obs=notes)
+                pyro.sample(
+                    f"notes_{t}", dist.Bernoulli(Vindex(emission)[x, previous, k]), obs=notes
+                )
             previous = notes.long()
 
 
@@ -86,8 +86,9 @@ class FactorialHMM(ChainModel):
     def model(self, batch):
         initial_w, initial_x = self.initial_w, self.initial_x
         transition_w, transition_x, emission = self.transition_w, self.transition_x, self.emission
-        self.parameter_prior(initial_w, initial_x, transition_w, transition_x,
-                             key_probs=(emission,))
+        self.parameter_prior(
+            initial_w, initial_x, transition_w, transition_x, key_probs=(emission,)
+        )
         w = x = None
         for t, notes, keys in self.time_steps(batch):
             probs_w = initial_w if w is None else Vindex(transition_w)[w]
@@ -120,8 +121,9 @@ class PartiallyFactorialHMM(ChainModel):
     def model(self, batch):
         initial_w, initial_x = self.initial_w, self.initial_x
         transition_w, transition_x, emission = self.transition_w, self.transition_x, self.emission
-        self.parameter_prior(initial_w, initial_x, transition_w, transition_x,
-                             key_probs=(emission,))
+        self.parameter_prior(
+            initial_w, initial_x, transition_w, transition_x, key_probs=(emission,)
+        )
         w = x = None
         for t, notes, keys in self.time_steps(batch):
             probs_w = initial_w if w is None else Vindex(transition_w)[w]
@@ -135,8 +137,14 @@ class PartiallyFactorialHMM(ChainModel):
 class NeuralEmissionHMM(ChainModel):
     """HMM whose emission logits come from a small network of (x_t, notes_{t-1})."""
 
-    def __init__(self, num_keys: int = 88, hidden_dim: int = 16, seed: int = 0,
-                 prior_strength: float = 0.0, network_width: int = 32):
+    def __init__(
+        self,
+        num_keys: int = 88,
+        hidden_dim: int = 16,
+        seed: int = 0,
+        prior_strength: float = 0.0,
+        network_width: int = 32,
+    ):
         self.network_width = network_width
         super().__init__(num_keys, hidden_dim, seed, prior_strength)
 
@@ -165,8 +173,11 @@ class NeuralEmissionHMM(ChainModel):
             x = pyro.sample(f"x_{t}", dist.Categorical(probs), infer=ENUM)
             previous = torch.zeros_like(notes) if previous is None else previous
             with keys:
-                pyro.sample(f"notes_{t}", dist.Bernoulli(logits=self.emission_logits(x, previous)),
-                            obs=notes)
+                pyro.sample(
+                    f"notes_{t}",
+                    dist.Bernoulli(logits=self.emission_logits(x, previous)),
+                    obs=notes,
+                )
             previous = notes
 
 

@@ -65,8 +65,9 @@ class ChainModel(EnumModel):
     #: names of the hidden chains; site of chain ``c`` at step ``t`` is ``f"{c}_{t}"``
     chains: tuple[str, ...] = ("x",)
 
-    def __init__(self, num_keys: int = 88, hidden_dim: int = 16, seed: int = 0,
-                 prior_strength: float = 0.0):
+    def __init__(
+        self, num_keys: int = 88, hidden_dim: int = 16, seed: int = 0, prior_strength: float = 0.0
+    ):
         """``prior_strength`` > 0 adds a MAP prior on the parameters: ``Dirichlet(1 + s)`` on each
         probability vector and ``Beta(1 + s, 1 + s)`` on each key probability (0 = maximum
         likelihood)."""
@@ -95,8 +96,11 @@ class ChainModel(EnumModel):
     def validate_items(self, batch: dict[str, torch.Tensor], where: str) -> None:
         """Every item must be a valid piano roll of ``num_keys`` keys up to its length."""
         for row, (roll, length) in enumerate(zip(batch["sequences"], batch["lengths"])):
-            validate_piano_roll(roll[: int(length)], num_keys=self.num_keys,
-                                name=f"{where} item {int(batch['index'][row])}")
+            validate_piano_roll(
+                roll[: int(length)],
+                num_keys=self.num_keys,
+                name=f"{where} item {int(batch['index'][row])}",
+            )
 
     def decoded_figures(self, table: dict, first: dict, title: str) -> dict:
         """Transition matrices, and the first item's piano roll under its decoded states."""
@@ -104,11 +108,17 @@ class ChainModel(EnumModel):
 
         roll = table["sequences"][first["index"], : first["length"]]
         states = {c: torch.tensor(first[c]) for c in self.chains}
-        return {"transitions": pictures.transition_figure(self.transition_matrices(),
-                                                          self.transition_conditions()),
-                "piano_roll": pictures.piano_roll_figure(roll, states,
-                                                         {c: self.hidden_dim for c in self.chains},
-                                                         title=f"{title}: decoded hidden states")}
+        return {
+            "transitions": pictures.transition_figure(
+                self.transition_matrices(), self.transition_conditions()
+            ),
+            "piano_roll": pictures.piano_roll_figure(
+                roll,
+                states,
+                {c: self.hidden_dim for c in self.chains},
+                title=f"{title}: decoded hidden states",
+            ),
+        }
 
     # ---- helpers for subclasses -----------------------------------------------------------
     def check_batch(self, batch: dict[str, torch.Tensor]) -> None:
@@ -117,13 +127,16 @@ class ChainModel(EnumModel):
             raise ValueError(
                 f"{type(self).__name__}: batch['sequences'] must be [B, T, {self.num_keys}] "
                 f"(num_keys={self.num_keys}), got {tuple(sequences.shape)}; "
-                "set model.num_keys to the data's number of keys")
+                "set model.num_keys to the data's number of keys"
+            )
         if lengths.shape != sequences.shape[:1]:
-            raise ValueError(f"batch['lengths'] must be [{sequences.shape[0]}], "
-                             f"got {tuple(lengths.shape)}")
+            raise ValueError(
+                f"batch['lengths'] must be [{sequences.shape[0]}], got {tuple(lengths.shape)}"
+            )
 
-    def parameter_prior(self, *probability_vectors: torch.Tensor,
-                        key_probs: tuple[torch.Tensor, ...] = ()) -> None:
+    def parameter_prior(
+        self, *probability_vectors: torch.Tensor, key_probs: tuple[torch.Tensor, ...] = ()
+    ) -> None:
         """Add the MAP prior as a global factor (nothing when ``prior_strength == 0``)."""
         if self.prior_strength == 0:
             return
@@ -132,12 +145,12 @@ class ChainModel(EnumModel):
             dist.Dirichlet(torch.full_like(p, 1 + s)).log_prob(p).sum() for p in probability_vectors
         )
         for p in key_probs:
-            log_prior = log_prior + dist.Beta(1 + s, 1 + s).log_prob(
-                p.clamp(1e-6, 1 - 1e-6)).sum()
+            log_prior = log_prior + dist.Beta(1 + s, 1 + s).log_prob(p.clamp(1e-6, 1 - 1e-6)).sum()
         pyro.factor("parameter_prior", log_prior)
 
-    def time_steps(self, batch: dict[str, torch.Tensor],
-                   history: int = 1) -> Iterator[tuple[int, torch.Tensor, pyro.plate]]:
+    def time_steps(
+        self, batch: dict[str, torch.Tensor], history: int = 1
+    ) -> Iterator[tuple[int, torch.Tensor, pyro.plate]]:
         """Yield ``(t, notes_t [B, K], keys_plate)`` inside the sequences plate, under
         ``pyro.markov(history=history)`` and the length mask of step ``t``."""
         self.check_batch(batch)

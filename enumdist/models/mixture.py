@@ -22,9 +22,15 @@ class GaussianMixture(EnumModel):
     #: the latent sites a guide must cover; everything else is enumerated or observed
     global_latents = ("weights", "locs", "scales")
 
-    def __init__(self, num_features: int = 2, num_components: int = 3,
-                 concentration: float = 1.0, loc_scale: float = 5.0, log_scale_scale: float = 1.0,
-                 seed: int = 0):
+    def __init__(
+        self,
+        num_features: int = 2,
+        num_components: int = 3,
+        concentration: float = 1.0,
+        loc_scale: float = 5.0,
+        log_scale_scale: float = 1.0,
+        seed: int = 0,
+    ):
         super().__init__()
         self.num_features = num_features
         self.num_components = num_components
@@ -60,16 +66,22 @@ class GaussianMixture(EnumModel):
     def model(self, batch):
         features = batch["features"]
         if features.dim() != 2 or features.shape[-1] != self.num_features:
-            raise ValueError(f"GaussianMixture: batch['features'] must be "
-                             f"[B, {self.num_features}] (num_features), got {tuple(features.shape)}")
+            raise ValueError(
+                f"GaussianMixture: batch['features'] must be "
+                f"[B, {self.num_features}] (num_features), got {tuple(features.shape)}"
+            )
         C, D = self.num_components, self.num_features
         zeros = features.new_zeros(D)
-        weights = pyro.sample("weights", dist.Dirichlet(features.new_full((C,), self.concentration)))
+        weights = pyro.sample(
+            "weights", dist.Dirichlet(features.new_full((C,), self.concentration))
+        )
         with pyro.plate("components", C, dim=-1):
             locs = pyro.sample("locs", dist.Normal(zeros, self.loc_scale).to_event(1))
             scales = pyro.sample("scales", dist.LogNormal(zeros, self.log_scale_scale).to_event(1))
         with pyro.plate(self.shard_plate, batch["num_total"], subsample=batch["index"], dim=-1):
-            assignment = pyro.sample("assignment", dist.Categorical(weights),
-                                     infer={"enumerate": "parallel"})
-            pyro.sample("obs", dist.Normal(locs[assignment], scales[assignment]).to_event(1),
-                        obs=features)
+            assignment = pyro.sample(
+                "assignment", dist.Categorical(weights), infer={"enumerate": "parallel"}
+            )
+            pyro.sample(
+                "obs", dist.Normal(locs[assignment], scales[assignment]).to_event(1), obs=features
+            )

@@ -41,11 +41,13 @@ class SemiSupervisedClassifier(EnumModel):
         self.num_classes = num_classes
         with seeded(seed):
             locs = torch.randn(num_classes, num_features)
-        self.class_probs = PyroParam(torch.full((num_classes,), 1.0 / num_classes),
-                                     constraints.simplex)
+        self.class_probs = PyroParam(
+            torch.full((num_classes,), 1.0 / num_classes), constraints.simplex
+        )
         self.locs = PyroParam(locs)
-        self.scales = PyroParam(torch.ones(num_classes, num_features),
-                                constraints.greater_than(min_scale))
+        self.scales = PyroParam(
+            torch.ones(num_classes, num_features), constraints.greater_than(min_scale)
+        )
 
     def num_observations(self, batch):
         return int(batch["features"].shape[0])
@@ -60,15 +62,18 @@ class SemiSupervisedClassifier(EnumModel):
 
     def predict_probs(self, features: torch.Tensor) -> torch.Tensor:
         """Posterior class probabilities ``[B, C]`` of unlabeled points (for accuracy reports)."""
-        log_joint = self.class_probs.log() + dist.Normal(
-            self.locs, self.scales).log_prob(features.unsqueeze(-2)).sum(-1)
+        log_joint = self.class_probs.log() + dist.Normal(self.locs, self.scales).log_prob(
+            features.unsqueeze(-2)
+        ).sum(-1)
         return log_joint.softmax(-1)
 
     def model(self, batch):
         features, labels = batch["features"], batch["labels"]
         if features.dim() != 2 or features.shape[-1] != self.num_features:
-            raise ValueError(f"SemiSupervisedClassifier: batch['features'] must be "
-                             f"[B, {self.num_features}] (num_features), got {tuple(features.shape)}")
+            raise ValueError(
+                f"SemiSupervisedClassifier: batch['features'] must be "
+                f"[B, {self.num_features}] (num_features), got {tuple(features.shape)}"
+            )
         labeled = self.labeled_mask(batch)
         class_probs, locs, scales = self.class_probs, self.locs, self.scales
         prior = dist.Categorical(class_probs)
@@ -78,5 +83,6 @@ class SemiSupervisedClassifier(EnumModel):
             with poutine.mask(mask=~labeled):
                 latent = pyro.sample("class_latent", prior, infer={"enumerate": "parallel"})
             klass = torch.where(labeled, observed, latent)
-            pyro.sample("features", dist.Normal(locs[klass], scales[klass]).to_event(1),
-                        obs=features)
+            pyro.sample(
+                "features", dist.Normal(locs[klass], scales[klass]).to_event(1), obs=features
+            )

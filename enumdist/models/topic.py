@@ -55,17 +55,24 @@ class TopicModel(EnumModel):
     def model(self, batch):
         words, lengths = batch["documents"], batch["lengths"]
         if words.dim() != 2:
-            raise ValueError(f"TopicModel: batch['documents'] must be [B, L], got {tuple(words.shape)}")
+            raise ValueError(
+                f"TopicModel: batch['documents'] must be [B, L], got {tuple(words.shape)}"
+            )
         if words.numel() and int(words.max()) >= self.vocab_size:
-            raise ValueError(f"TopicModel: word id {int(words.max())} >= vocab_size="
-                             f"{self.vocab_size}; set model.vocab_size to the corpus' vocabulary")
+            raise ValueError(
+                f"TopicModel: word id {int(words.max())} >= vocab_size="
+                f"{self.vocab_size}; set model.vocab_size to the corpus' vocabulary"
+            )
         topic_words = self.topic_words
         alpha = topic_words.new_full((self.num_topics,), self.alpha)
         positions = torch.arange(words.shape[1], device=words.device)
         with pyro.plate(self.shard_plate, batch["num_total"], subsample=batch["index"], dim=-2):
             document_topics = pyro.sample("document_topics", dist.Dirichlet(alpha))
-            with pyro.plate("words", words.shape[1], dim=-1), \
-                    poutine.mask(mask=positions < lengths.unsqueeze(-1)):
-                topic = pyro.sample("topic", dist.Categorical(document_topics),
-                                    infer={"enumerate": "parallel"})
+            with (
+                pyro.plate("words", words.shape[1], dim=-1),
+                poutine.mask(mask=positions < lengths.unsqueeze(-1)),
+            ):
+                topic = pyro.sample(
+                    "topic", dist.Categorical(document_topics), infer={"enumerate": "parallel"}
+                )
                 pyro.sample("word", dist.Categorical(topic_words[topic]), obs=words)

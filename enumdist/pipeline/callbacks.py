@@ -32,9 +32,19 @@ class TrainHistory(pl.Callback):
 
     COLUMNS = ("step", "loss_per_obs", "valid_loss_per_obs")
 
-    def __init__(self, path: str, every_n_steps: int = 10, key: str = "train/loss_per_obs",
-                 valid_key: str = "valid/loss_per_obs"):
-        self.path, self.every_n_steps, self.key, self.valid_key = path, every_n_steps, key, valid_key
+    def __init__(
+        self,
+        path: str,
+        every_n_steps: int = 10,
+        key: str = "train/loss_per_obs",
+        valid_key: str = "valid/loss_per_obs",
+    ):
+        self.path, self.every_n_steps, self.key, self.valid_key = (
+            path,
+            every_n_steps,
+            key,
+            valid_key,
+        )
         self.rows: list[list[float | None]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -72,9 +82,13 @@ class TrainHistory(pl.Callback):
             return "" if value is None else repr(value)
 
         def write_csv(f):
-            text = ",".join(self.COLUMNS) + "\n" + "".join(
-                f"{int(s)},{cell(v)},{cell(w)}\n" for s, v, w in self.rows)
+            text = (
+                ",".join(self.COLUMNS)
+                + "\n"
+                + "".join(f"{int(s)},{cell(v)},{cell(w)}\n" for s, v, w in self.rows)
+            )
             f.write(text.encode())
+
         atomic_write(self.path, write_csv)
 
     def state_dict(self) -> dict[str, Any]:
@@ -82,7 +96,7 @@ class TrainHistory(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # rows of checkpoints written before the validation column have two entries
-        self.rows = [(list(r) + [None])[:3] for r in state_dict["rows"]]
+        self.rows = [([*list(r), None])[:3] for r in state_dict["rows"]]
 
 
 def loss_figure(rows):
@@ -116,7 +130,9 @@ class Throughput(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         elapsed = time.perf_counter() - self.start
         if elapsed > 0:
-            pl_module.log("train/obs_per_s", pl_module.last_observations / elapsed, rank_zero_only=True)
+            pl_module.log(
+                "train/obs_per_s", pl_module.last_observations / elapsed, rank_zero_only=True
+            )
 
 
 class ClassAccuracy(pl.Callback):
@@ -137,24 +153,37 @@ class ClassAccuracy(pl.Callback):
         from enumdist.decoding.decoder import decode_batch
 
         if self.labels_key not in batch:
-            raise KeyError(f"callbacks.class_accuracy: the {split} batch has no {self.labels_key!r} "
-                           f"field (it has {sorted(batch)}); set labels_key to the field of true labels")
+            raise KeyError(
+                f"callbacks.class_accuracy: the {split} batch has no {self.labels_key!r} "
+                f"field (it has {sorted(batch)}); set labels_key to the field of true labels"
+            )
         decoded = decode_batch(pl_module.model, pl_module.guide, batch, temperature=0)[self.state]
         if decoded.shape[1] != 1:
-            raise ValueError(f"callbacks.class_accuracy: state {self.state!r} holds "
-                             f"{decoded.shape[1]} values per item; expected one class per item")
+            raise ValueError(
+                f"callbacks.class_accuracy: state {self.state!r} holds "
+                f"{decoded.shape[1]} values per item; expected one class per item"
+            )
         labels = batch[self.labels_key]
-        counts = torch.tensor([float((decoded[:, 0] == labels).sum()), float(len(labels))],
-                              dtype=torch.float64, device=labels.device)
+        counts = torch.tensor(
+            [float((decoded[:, 0] == labels).sum()), float(len(labels))],
+            dtype=torch.float64,
+            device=labels.device,
+        )
         if trainer.world_size > 1:
             counts = trainer.strategy.reduce(counts, reduce_op="sum")
         correct, total = counts.tolist()
-        pl_module.log(f"{split}/accuracy", correct / total, rank_zero_only=True, batch_size=int(total))
+        pl_module.log(
+            f"{split}/accuracy", correct / total, rank_zero_only=True, batch_size=int(total)
+        )
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         self._log("valid", trainer, pl_module, batch)
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         self._log("test", trainer, pl_module, batch)
 
 
@@ -167,4 +196,6 @@ class SaveRankParameters(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         path = Path(self.dirpath) / f"rank{trainer.global_rank}.pt"
-        atomic_write(path, lambda f: torch.save({"step": trainer.global_step, "state_dict": state}, f))
+        atomic_write(
+            path, lambda f: torch.save({"step": trainer.global_step, "state_dict": state}, f)
+        )

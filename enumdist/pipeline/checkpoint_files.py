@@ -81,8 +81,12 @@ def file_sha256(path: str | os.PathLike) -> str:
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
     """``torch.save`` atomically, then the sidecar that records its checksum and step."""
     sha256 = atomic_write(path, lambda f: torch.save(checkpoint, f), checksum=True)
-    record = {"sha256": sha256, "bytes": os.path.getsize(path),
-              "global_step": int(checkpoint.get("global_step", -1)), "epoch": int(checkpoint.get("epoch", -1))}
+    record = {
+        "sha256": sha256,
+        "bytes": os.path.getsize(path),
+        "global_step": int(checkpoint.get("global_step", -1)),
+        "epoch": int(checkpoint.get("epoch", -1)),
+    }
     atomic_write(sidecar_of(path), lambda f: f.write(json.dumps(record).encode()))
 
 
@@ -110,25 +114,35 @@ def verify(path: str | os.PathLike) -> dict[str, Any] | None:
             f"checkpoint {path} is corrupt: its sha256 does not match {sidecar_of(path).name} "
             f"({size} bytes, {record.get('bytes')} recorded at step {record.get('global_step')}). "
             "Resume with ckpt_path=last (it falls back to the newest intact checkpoint) or pass "
-            "another checkpoint")
+            "another checkpoint"
+        )
     return record
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Verify ``path`` against its sidecar, then ``torch.load(weights_only=True)`` it."""
     if verify(path) is None:
-        warnings.warn(f"checkpoint {path} has no {SIDECAR_SUFFIX} sidecar: its bytes cannot be verified "
-                      "(loading it weights-only)", stacklevel=2)
+        warnings.warn(
+            f"checkpoint {path} has no {SIDECAR_SUFFIX} sidecar: its bytes cannot be verified "
+            "(loading it weights-only)",
+            stacklevel=2,
+        )
     if Path(path).stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): a write was cut short; "
-                              "resume with ckpt_path=last or pass another checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): a write was cut short; "
+            "resume with ckpt_path=last or pass another checkpoint"
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated zip, garbage, or a pickle asking for arbitrary objects
-        raise CheckpointError(f"checkpoint {path} is not a readable weights-only checkpoint "
-                              f"({type(error).__name__}: {str(error).splitlines()[0][:300]})") from error
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable weights-only checkpoint "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:300]})"
+        ) from error
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dict"
+        )
     return checkpoint
 
 
@@ -146,32 +160,50 @@ def recorded_checkpoints(*folders: str | os.PathLike) -> list[tuple[int, Path]]:
             record = read_record(path)
             if record is not None:
                 found.append((int(record.get("global_step", -1)), path.name == "last.ckpt", path))
-    return [(step, path) for step, _, path in sorted(found, key=lambda t: (t[0], t[1]), reverse=True)]
+    return [
+        (step, path) for step, _, path in sorted(found, key=lambda t: (t[0], t[1]), reverse=True)
+    ]
 
 
 def unrecorded_checkpoints(*folders: str | os.PathLike) -> list[Path]:
-    return [p for folder in folders for p in sorted(Path(folder).glob("*.ckpt")) if read_record(p) is None]
+    return [
+        p
+        for folder in folders
+        for p in sorted(Path(folder).glob("*.ckpt"))
+        if read_record(p) is None
+    ]
 
 
 def newest_intact(*folders: str | os.PathLike) -> Path | None:
     """The recorded checkpoint with the highest step whose bytes verify; warns about every
     corrupt one skipped and every ``*.ckpt`` no sidecar vouches for (ignored)."""
     for path in unrecorded_checkpoints(*folders):
-        warnings.warn(f"ckpt_path=last: ignoring {path}: it has no {SIDECAR_SUFFIX} sidecar, so this "
-                      "run did not write it (pass ckpt_path=<path> to use it anyway)", stacklevel=2)
+        warnings.warn(
+            f"ckpt_path=last: ignoring {path}: it has no {SIDECAR_SUFFIX} sidecar, so this "
+            "run did not write it (pass ckpt_path=<path> to use it anyway)",
+            stacklevel=2,
+        )
     for step, path in recorded_checkpoints(*folders):
         try:
             verify(path)
         except CheckpointError as error:
-            warnings.warn(f"ckpt_path=last: skipping {path} (step {step}), falling back to an older "
-                          f"checkpoint: {error}", stacklevel=2)
+            warnings.warn(
+                f"ckpt_path=last: skipping {path} (step {step}), falling back to an older "
+                f"checkpoint: {error}",
+                stacklevel=2,
+            )
             continue
         return path
     return None
 
 
-def tidy_checkpoints(folder: str | os.PathLike, save_top_k: int, *, keep: tuple[Path, ...] = (),
-                     extra_folders: tuple[str | os.PathLike, ...] = ()) -> list[Path]:
+def tidy_checkpoints(
+    folder: str | os.PathLike,
+    save_top_k: int,
+    *,
+    keep: tuple[Path, ...] = (),
+    extra_folders: tuple[str | os.PathLike, ...] = (),
+) -> list[Path]:
     """Remove what a killed run leaves behind; -> the removed paths.
 
     - ``atomic_write`` temporaries (``.<name>.*.tmp``) in ``folder`` and ``extra_folders``;
@@ -180,7 +212,9 @@ def tidy_checkpoints(folder: str | os.PathLike, save_top_k: int, *, keep: tuple[
       save of the new file and its removal of the old one leaves an orphan). ``save_top_k < 0``
       keeps all.
     """
-    removed = [p for f in (folder, *extra_folders) for p in Path(f).glob(TEMPORARY_GLOB) if p.is_file()]
+    removed = [
+        p for f in (folder, *extra_folders) for p in Path(f).glob(TEMPORARY_GLOB) if p.is_file()
+    ]
     if save_top_k >= 0:
         ranked = [p for _, p in recorded_checkpoints(folder) if p.name != "last.ckpt"]
         kept = {Path(p).resolve() for p in keep}
@@ -210,8 +244,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         remove_checkpoint(path)
 
 
-def tidy_run_dir(run_dir: str | os.PathLike, model_checkpoint: Any | None, resume_from: str | os.PathLike
-                 ) -> list[Path]:
+def tidy_run_dir(
+    run_dir: str | os.PathLike, model_checkpoint: Any | None, resume_from: str | os.PathLike
+) -> list[Path]:
     """:func:`tidy_checkpoints` for a run directory before a run resumes from ``resume_from``
     (which is kept whatever its rank); prints what it removed. ``model_checkpoint`` is the ``callbacks.model_checkpoint`` config (``None``: no such
     callback, only temporaries are removed; with a ``monitor`` the kept set is not by step, so
@@ -220,7 +255,11 @@ def tidy_run_dir(run_dir: str | os.PathLike, model_checkpoint: Any | None, resum
     top_k = -1
     if model_checkpoint is not None and model_checkpoint.get("monitor") is None:
         top_k = int(model_checkpoint.get("save_top_k", 1))
-    folder = Path(model_checkpoint.get("dirpath", run_dir / "checkpoints")) if model_checkpoint else run_dir / "checkpoints"
+    folder = (
+        Path(model_checkpoint.get("dirpath", run_dir / "checkpoints"))
+        if model_checkpoint
+        else run_dir / "checkpoints"
+    )
     removed = tidy_checkpoints(folder, top_k, keep=(Path(resume_from),), extra_folders=(run_dir,))
     for path in removed:
         print(f"resume: removed {path}, left behind by an interrupted run", flush=True)
@@ -246,6 +285,8 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | os.PathLike) -> str 
             print(f"ckpt_path=last: resuming from {found}", flush=True)
         return None if found is None else str(found)
     if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path!r} does not exist (use ckpt_path=last to resume a run directory)")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r} does not exist (use ckpt_path=last to resume a run directory)"
+        )
     verify(ckpt_path)
     return str(ckpt_path)

@@ -19,7 +19,13 @@ class Rule:
     ``optional`` (null allowed), ``valid(value)`` and the words for what is expected."""
 
     def __init__(self, key: str, kind: type, valid, expected: str, optional: bool = False):
-        self.key, self.kind, self.valid, self.expected, self.optional = key, kind, valid, expected, optional
+        self.key, self.kind, self.valid, self.expected, self.optional = (
+            key,
+            kind,
+            valid,
+            expected,
+            optional,
+        )
 
     def check(self, value: Any) -> str | None:
         """The problem with ``value`` in words, or ``None``."""
@@ -27,31 +33,82 @@ class Rule:
             return None if self.optional else f"{self.key}=null: expected {self.expected}"
         kinds = (int, float) if self.kind is float else (int,)
         if isinstance(value, bool) or not isinstance(value, kinds):
-            return (f"{self.key}={value!r} is a {type(value).__name__}, expected {self.kind.__name__}: "
-                    f"{self.expected}")
+            return (
+                f"{self.key}={value!r} is a {type(value).__name__}, expected {self.kind.__name__}: "
+                f"{self.expected}"
+            )
         return None if self.valid(value) else f"{self.key}={value!r}: expected {self.expected}"
 
 
 POSITIVE = lambda v: v > 0  # noqa: E731
 VALUE_RULES = (
-    Rule("trainer.max_steps", int, lambda v: v > 0 or v == -1,
-         "a positive number of optimiser steps (or -1: stop by trainer.max_epochs)"),
-    Rule("trainer.max_epochs", int, lambda v: v > 0 or v == -1, "a positive number of epochs (or -1)",
-         optional=True),
+    Rule(
+        "trainer.max_steps",
+        int,
+        lambda v: v > 0 or v == -1,
+        "a positive number of optimiser steps (or -1: stop by trainer.max_epochs)",
+    ),
+    Rule(
+        "trainer.max_epochs",
+        int,
+        lambda v: v > 0 or v == -1,
+        "a positive number of epochs (or -1)",
+        optional=True,
+    ),
     Rule("trainer.num_nodes", int, POSITIVE, "a positive number of nodes"),
-    Rule("trainer.check_val_every_n_epoch", int, POSITIVE, "a positive number of epochs", optional=True),
+    Rule(
+        "trainer.check_val_every_n_epoch",
+        int,
+        POSITIVE,
+        "a positive number of epochs",
+        optional=True,
+    ),
     Rule("trainer.log_every_n_steps", int, POSITIVE, "a positive number of steps", optional=True),
-    Rule("trainer.process_group_timeout_s", float, POSITIVE, "a positive number of seconds", optional=True),
+    Rule(
+        "trainer.process_group_timeout_s",
+        float,
+        POSITIVE,
+        "a positive number of seconds",
+        optional=True,
+    ),
     Rule("optim.optimizer.lr", float, POSITIVE, "a positive learning rate"),
-    Rule("optim.gradient_clip_val", float, POSITIVE, "a positive gradient norm (or null: no clipping)",
-         optional=True),
-    Rule("data.batch_size", int, POSITIVE, "a positive number of items per rank (or null: full batch)",
-         optional=True),
-    Rule("data.eval_batch_size", int, POSITIVE, "a positive number of items (or null: full split)", optional=True),
-    Rule("data.max_items", int, POSITIVE, "a positive number of items (or null: all)", optional=True),
-    Rule("callbacks.model_checkpoint.every_n_train_steps", int, POSITIVE, "a positive number of steps",
-         optional=True),
-    Rule("callbacks.model_checkpoint.save_top_k", int, lambda v: v >= -1, "-1 (all), 0 or a positive number"),
+    Rule(
+        "optim.gradient_clip_val",
+        float,
+        POSITIVE,
+        "a positive gradient norm (or null: no clipping)",
+        optional=True,
+    ),
+    Rule(
+        "data.batch_size",
+        int,
+        POSITIVE,
+        "a positive number of items per rank (or null: full batch)",
+        optional=True,
+    ),
+    Rule(
+        "data.eval_batch_size",
+        int,
+        POSITIVE,
+        "a positive number of items (or null: full split)",
+        optional=True,
+    ),
+    Rule(
+        "data.max_items", int, POSITIVE, "a positive number of items (or null: all)", optional=True
+    ),
+    Rule(
+        "callbacks.model_checkpoint.every_n_train_steps",
+        int,
+        POSITIVE,
+        "a positive number of steps",
+        optional=True,
+    ),
+    Rule(
+        "callbacks.model_checkpoint.save_top_k",
+        int,
+        lambda v: v >= -1,
+        "-1 (all), 0 or a positive number",
+    ),
     Rule("callbacks.train_history.every_n_steps", int, POSITIVE, "a positive number of steps"),
 )
 
@@ -61,7 +118,9 @@ def check_values(cfg: DictConfig, rules: tuple[Rule, ...] = VALUE_RULES) -> None
     its key): mandatory values left ``???`` and the typed ranges of :data:`VALUE_RULES` (a key the
     config does not have is not checked)."""
     missing = missing_keys(cfg)
-    problems = [f"{key} is missing (???): set {key}=<value>" + MISSING_HINTS.get(key, "") for key in missing]
+    problems = [
+        f"{key} is missing (???): set {key}=<value>" + MISSING_HINTS.get(key, "") for key in missing
+    ]
     for rule in rules:
         parent, _, leaf = rule.key.rpartition(".")
         node = OmegaConf.select(cfg, parent, default=None, throw_on_missing=False)
@@ -96,7 +155,7 @@ def missing_keys(node: Any, prefix: str = "") -> list[str]:
 
 MISSING_HINTS = {
     "data.load.path": " (data=saved reads <path>/train.pt, valid.pt and test.pt, each a torch.save'd "
-                      "dict of per-item tensors)",
+    "dict of per-item tensors)",
 }
 
 
@@ -108,7 +167,9 @@ def slurm_tasks_per_node(environ: dict[str, str] | None = None) -> int | None:
     per_node = environ.get("SLURM_NTASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE")
     if per_node:
         return int(per_node.split("(")[0].split(",")[0])  # "2(x3)" -> 2
-    return int(environ["SLURM_NTASKS"]) // int(environ.get("SLURM_NNODES", environ.get("SLURM_JOB_NUM_NODES", "1")))
+    return int(environ["SLURM_NTASKS"]) // int(
+        environ.get("SLURM_NNODES", environ.get("SLURM_JOB_NUM_NODES", "1"))
+    )
 
 
 def check_slurm_devices(cfg: DictConfig, environ: dict[str, str] | None = None) -> None:
@@ -138,8 +199,10 @@ def __getattr__(name: str) -> Any:
     :class:`ConfigError` from here)."""
     if name == "instantiate_group":
         from enumdist.pipeline.groups import instantiate_group
+
         return instantiate_group
     if name == "resolve_ckpt_path":
         from enumdist.pipeline.checkpoint_files import resolve_ckpt_path
+
         return resolve_ckpt_path
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -90,7 +90,11 @@ class StepProgressBar(TQDMProgressBar):
         if not self._by_steps(trainer):
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         bar, step = self.train_progress_bar, trainer.global_step
-        if bar is not None and not bar.disable and (step % self.refresh_rate == 0 or step >= bar.total):
+        if (
+            bar is not None
+            and not bar.disable
+            and (step % self.refresh_rate == 0 or step >= bar.total)
+        ):
             bar.n = step
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes
 

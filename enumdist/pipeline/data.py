@@ -45,13 +45,18 @@ def as_item_table(loaded: Any, where: str) -> dict[str, torch.Tensor]:
     elif isinstance(loaded, Mapping):
         items = dict(loaded)
     else:
-        raise ValueError(f"{where}: expected a dataclass or a dict of tensors, got {type(loaded).__name__}")
+        raise ValueError(
+            f"{where}: expected a dataclass or a dict of tensors, got {type(loaded).__name__}"
+        )
     tensors = {k: v for k, v in items.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
     if not tensors:
         raise ValueError(f"{where}: no tensor fields in {sorted(items)}")
     # the number of items: len() of a data set object, else the first tensor field's first dim
-    num_items = len(loaded) if hasattr(loaded, "__len__") and not isinstance(loaded, Mapping) \
+    num_items = (
+        len(loaded)
+        if hasattr(loaded, "__len__") and not isinstance(loaded, Mapping)
         else next(iter(tensors.values())).shape[0]
+    )
     if num_items == 0:
         raise ValueError(f"{where}: the split is empty")
     table = {k: t for k, t in tensors.items() if t.shape[0] == num_items}
@@ -94,12 +99,16 @@ class ItemTable(Dataset):
     def __len__(self) -> int:
         return self.num_items
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[int, dict[str, torch.Tensor], int | None]:
+    def __getitem__(
+        self, key: int | tuple[int, int]
+    ) -> tuple[int, dict[str, torch.Tensor], int | None]:
         i, steps = key if isinstance(key, tuple) else (key, None)
         return i, {k: t[i] for k, t in self.table.items()}, steps
 
 
-def collate_items(items: list[tuple[int, dict[str, torch.Tensor], int | None]], num_total: int) -> dict[str, Any]:
+def collate_items(
+    items: list[tuple[int, dict[str, torch.Tensor], int | None]], num_total: int
+) -> dict[str, Any]:
     """Stack items into a batch; if a ``lengths`` field exists, sequence fields (dim >= 2 per
     batch) are cut to ``steps`` (given by the sampler: the global batch's longest sequence) or,
     without it, to the longest sequence in ``items``."""
@@ -124,8 +133,16 @@ class ShardSampler(Sampler[list[int]]):
     global batch with fewer items than ranks is dropped so that no rank gets an empty shard.
     """
 
-    def __init__(self, num_items: int, rank: int, world_size: int, batch_size: int | None,
-                 shuffle: bool, seed: int, lengths: torch.Tensor | None = None):
+    def __init__(
+        self,
+        num_items: int,
+        rank: int,
+        world_size: int,
+        batch_size: int | None,
+        shuffle: bool,
+        seed: int,
+        lengths: torch.Tensor | None = None,
+    ):
         if num_items < world_size:
             raise ValueError(f"{num_items} items cannot be sharded over {world_size} ranks")
         self.num_items, self.rank, self.world_size = num_items, rank, world_size
@@ -182,9 +199,16 @@ class ShardedDataModule(pl.LightningDataModule):
         seed: base seed of the minibatch permutation (epoch ``e`` uses ``seed + e``).
     """
 
-    def __init__(self, load: Callable[[str], Any], batch_size: int | None = None,
-                 max_items: int | None = None, eval_batch_size: int | None = None,
-                 shuffle: bool = True, seed: int = 0, num_workers: int = 0):
+    def __init__(
+        self,
+        load: Callable[[str], Any],
+        batch_size: int | None = None,
+        max_items: int | None = None,
+        eval_batch_size: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
         super().__init__()
         self.load, self.batch_size, self.max_items = load, batch_size, max_items
         self.eval_batch_size, self.shuffle, self.seed = eval_batch_size, shuffle, seed
@@ -207,7 +231,9 @@ class ShardedDataModule(pl.LightningDataModule):
         try:
             loaded = self.load(split=split)
         except FileNotFoundError as error:
-            raise FileNotFoundError(f"{where}: data not found: {error}. Check the data config's paths.") from error
+            raise FileNotFoundError(
+                f"{where}: data not found: {error}. Check the data config's paths."
+            ) from error
         table = as_item_table(loaded, where)
         names = item_names(loaded, next(iter(table.values())).shape[0], where)
         if self.max_items is not None:
@@ -225,11 +251,24 @@ class ShardedDataModule(pl.LightningDataModule):
         dataset = self.splits[split]
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        sampler = ShardSampler(len(dataset), rank, world_size, batch_size, shuffle, self.seed,
-                               lengths=dataset.table.get("lengths"))
-        kwargs = {"batch_sampler": sampler, "num_workers": self.num_workers, "collate_fn": _Collate(len(dataset))}
+        sampler = ShardSampler(
+            len(dataset),
+            rank,
+            world_size,
+            batch_size,
+            shuffle,
+            self.seed,
+            lengths=dataset.table.get("lengths"),
+        )
+        kwargs = {
+            "batch_sampler": sampler,
+            "num_workers": self.num_workers,
+            "collate_fn": _Collate(len(dataset)),
+        }
         if split == "train":
-            return ResumableLoader(dataset, consumed=trainer_batches_done(trainer) if trainer else None, **kwargs)
+            return ResumableLoader(
+                dataset, consumed=trainer_batches_done(trainer) if trainer else None, **kwargs
+            )
         return DataLoader(dataset, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
@@ -258,7 +297,10 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         sampler: ShardSampler = self.batch_sampler
-        return {"epoch": int(sampler.epoch), "batches_done": int(self.consumed() if self.consumed else 0)}
+        return {
+            "epoch": int(sampler.epoch),
+            "batches_done": int(self.consumed() if self.consumed else 0),
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, int]) -> None:
         self.batch_sampler.resume_at = (int(state_dict["epoch"]), int(state_dict["batches_done"]))

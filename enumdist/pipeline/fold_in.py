@@ -45,12 +45,14 @@ def check_fold_in(model, guide, batch: dict) -> list[str]:
             f"guide: latents {local} are per item of plate {model.shard_plate!r} and {shared} are "
             "global; held-out evaluation refits per-item latents with a fresh guide, which would "
             "drop the trained globals. Make the globals model parameters (PyroParam) or give the "
-            "model its own guide.")
+            "model its own guide."
+        )
     return local
 
 
-def fold_in(model, guide_factory: Callable[[Any], Any], elbo, batch: dict, steps: int,
-            lr: float) -> Any:
+def fold_in(
+    model, guide_factory: Callable[[Any], Any], elbo, batch: dict, steps: int, lr: float
+) -> Any:
     """A fresh ``guide_factory(model)`` fitted to ``batch`` by ``steps`` Adam steps (learning
     rate ``lr``) on ``elbo``, the model's parameters left untouched (not even their ``.grad``).
 
@@ -58,7 +60,9 @@ def fold_in(model, guide_factory: Callable[[Any], Any], elbo, batch: dict, steps
     the fit and clones the batch's tensors out of inference mode.
     """
     if steps < 1:
-        raise ValueError(f"fold_in.steps must be >= 1 to fit held-out per-item latents, got {steps}")
+        raise ValueError(
+            f"fold_in.steps must be >= 1 to fit held-out per-item latents, got {steps}"
+        )
     with torch.inference_mode(False), torch.enable_grad():
         batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         guide = guide_factory(model)

@@ -16,8 +16,12 @@ def instantiate_group(cfg: DictConfig, key: str, **kwargs) -> Any:
     """``hydra.utils.instantiate(cfg[key])`` with an error that names ``key`` and its ``_target_``."""
     node = cfg.get(key)
     if node is None or "_target_" not in node:
-        raise ConfigError(f"{key}: no config with a _target_ (choose one of enumdist/conf/{key}/*.yaml)")
+        raise ConfigError(
+            f"{key}: no config with a _target_ (choose one of enumdist/conf/{key}/*.yaml)"
+        )
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:
-        raise ConfigError(f"{key}: cannot instantiate {key}._target_={node._target_!r}: {error}") from error
+        raise ConfigError(
+            f"{key}: cannot instantiate {key}._target_={node._target_!r}: {error}"
+        ) from error

@@ -78,7 +78,9 @@ class DataPlate:
         frame = self.guide._prototype_frames.get(self.name)
         if frame is None or not isinstance(batch, dict) or "index" not in batch:
             return []
-        return [pyro.plate(self.name, int(batch["num_total"]), subsample=batch["index"], dim=frame.dim)]
+        return [
+            pyro.plate(self.name, int(batch["num_total"]), subsample=batch["index"], dim=frame.dim)
+        ]
 
 
 class PicklableAutoGuide(PyroModule):

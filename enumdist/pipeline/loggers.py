@@ -38,14 +38,21 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from enumdist.pipeline.checks import ConfigError
 
 RUN_ID_FILE = "run-id"  # under <run_dir>/wandb/
-ONLINE_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
-                "disabled": "disabled"}
+ONLINE_MODES = {
+    "online": "online",
+    "run": "online",
+    "offline": "offline",
+    "dryrun": "offline",
+    "disabled": "disabled",
+}
 INSTALL_HINT = {"wandb": "wandb", "tensorboard": "tensorboardX", "mlflow": "mlflow"}
 
 
 def flat_config(cfg: DictConfig | Mapping, separator: str = ".") -> dict[str, Any]:
     """The resolved config without ``hydra``, as ``{"optim.optimizer.lr": 0.01, ...}``."""
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    container = (
+        OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    )
     container.pop("hydra", None)
     flat: dict[str, Any] = {}
 
@@ -55,6 +62,7 @@ def flat_config(cfg: DictConfig | Mapping, separator: str = ".") -> dict[str, An
                 walk(f"{prefix}{separator}{key}" if prefix else str(key), item)
         else:
             flat[prefix] = value
+
     walk("", container)
     return flat
 
@@ -83,9 +91,11 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any]:
     if node is None:
         return {"experiment": None, "multirun": False, "sweep_dir": None}
     choices = node.runtime.get("choices", {}) if node.get("runtime") else {}
-    return {"experiment": choices.get("experiment") or node.job.get("name"),
-            "multirun": str(node.get("mode")) in ("RunMode.MULTIRUN", "MULTIRUN"),
-            "sweep_dir": node.sweep.dir if node.get("sweep") else None}
+    return {
+        "experiment": choices.get("experiment") or node.job.get("name"),
+        "multirun": str(node.get("mode")) in ("RunMode.MULTIRUN", "MULTIRUN"),
+        "sweep_dir": node.sweep.dir if node.get("sweep") else None,
+    }
 
 
 def persistent_run_id(run_dir: str | os.PathLike, rank_zero: bool = True) -> str:
@@ -102,13 +112,20 @@ def persistent_run_id(run_dir: str | os.PathLike, rank_zero: bool = True) -> str
     return run_id
 
 
-def wandb_options(node: Mapping[str, Any], run_dir: str | os.PathLike, job: Mapping[str, Any],
-                  environ: Mapping[str, str] | None = None, rank_zero: bool = True) -> dict[str, Any]:
+def wandb_options(
+    node: Mapping[str, Any],
+    run_dir: str | os.PathLike,
+    job: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    rank_zero: bool = True,
+) -> dict[str, Any]:
     """The keyword arguments for :class:`WandbLogger` from the ``logger.wandb`` config."""
     options = dict(node)
     mode = wandb_mode(options.pop("offline", None), environ)
     options["mode"] = mode
-    options["offline"] = False  # the mode is passed explicitly; Lightning's flag would rewrite WANDB_MODE
+    options["offline"] = (
+        False  # the mode is passed explicitly; Lightning's flag would rewrite WANDB_MODE
+    )
     if not options.get("name"):
         options["name"] = job.get("experiment") or "train"
     if not options.get("group") and job.get("multirun") and job.get("sweep_dir"):
@@ -119,8 +136,10 @@ def wandb_options(node: Mapping[str, Any], run_dir: str | os.PathLike, job: Mapp
         options["id"] = persistent_run_id(run_dir, rank_zero)
     options["resume"] = "allow"
     if options.get("log_model") and mode != "online":
-        rank_zero_info(f"logger.wandb.log_model={options['log_model']} needs an online run (wandb is "
-                       f"{mode}); checkpoints stay in {run_dir}/checkpoints")
+        rank_zero_info(
+            f"logger.wandb.log_model={options['log_model']} needs an online run (wandb is "
+            f"{mode}); checkpoints stay in {run_dir}/checkpoints"
+        )
         options["log_model"] = False
     return options
 
@@ -130,7 +149,13 @@ class WandbLogger(LightningWandbLogger):
     decoded outputs, and an explicit end. It does not pass wandb's deprecated ``anonymous``
     setting (Lightning always passes it, and wandb then warns on every run)."""
 
-    def __init__(self, *args, best_metrics: Mapping[str, str] | None = None, log_decoded: bool = True, **kwargs):
+    def __init__(
+        self,
+        *args,
+        best_metrics: Mapping[str, str] | None = None,
+        log_decoded: bool = True,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
@@ -174,8 +199,11 @@ def _is_wandb(target: str) -> bool:
     return target.rsplit(".", 1)[-1] == "WandbLogger"
 
 
-def build_loggers(cfg: DictConfig, run_dir: str | os.PathLike | None = None,
-                  environ: Mapping[str, str] | None = None) -> list[Logger]:
+def build_loggers(
+    cfg: DictConfig,
+    run_dir: str | os.PathLike | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[Logger]:
     """Instantiate ``cfg.logger.*`` and give each the flattened config as hyper-parameters."""
     run_dir = Path(run_dir if run_dir is not None else cfg.paths.run_dir)
     rank_zero = getattr(rank_zero_only, "rank", 0) == 0  # from RANK / LOCAL_RANK / SLURM_PROCID
@@ -188,19 +216,32 @@ def build_loggers(cfg: DictConfig, run_dir: str | os.PathLike | None = None,
         node = OmegaConf.to_container(node, resolve=True)
         target = node.get("_target_", "")
         if _is_wandb(target):
-            node = {"_target_": f"{__name__}.WandbLogger",
-                    **wandb_options({k: v for k, v in node.items() if k != "_target_"}, run_dir, job,
-                                    environ, rank_zero)}
+            node = {
+                "_target_": f"{__name__}.WandbLogger",
+                **wandb_options(
+                    {k: v for k, v in node.items() if k != "_target_"},
+                    run_dir,
+                    job,
+                    environ,
+                    rank_zero,
+                ),
+            }
             if node["mode"] == "disabled":
                 continue
         try:
             logger = instantiate(node)
         except Exception as error:
-            missing = next((m for k, m in INSTALL_HINT.items() if k in key or k in target.lower()), None)
-            if isinstance(error.__cause__, ModuleNotFoundError) or "ModuleNotFoundError" in str(error):
-                raise ConfigError(f"logger.{key}: {target} needs a package that is not installed "
-                                  f"(pip install {missing or '<its package>'}, or enumdist[{key}]); "
-                                  "or choose another logger, e.g. logger=csv") from error
+            missing = next(
+                (m for k, m in INSTALL_HINT.items() if k in key or k in target.lower()), None
+            )
+            if isinstance(error.__cause__, ModuleNotFoundError) or "ModuleNotFoundError" in str(
+                error
+            ):
+                raise ConfigError(
+                    f"logger.{key}: {target} needs a package that is not installed "
+                    f"(pip install {missing or '<its package>'}, or enumdist[{key}]); "
+                    "or choose another logger, e.g. logger=csv"
+                ) from error
             raise ConfigError(f"logger.{key}: cannot instantiate {target}: {error}") from error
         logger.log_hyperparams(hyper_parameters)
         loggers.append(logger)

@@ -29,7 +29,6 @@ from enumdist.models.base import EnumModel
 from enumdist.pipeline.fold_in import check_fold_in, fold_in
 from enumdist.pipeline.guides import GuideFactory, empty
 
-
 # PyroModules read this when they are *constructed*, so it is set on import: before any zoo model
 # is built here, and in every process that unpickles this module (ddp_spawn, submitit).
 pyro.settings.set(module_local_params=True)
@@ -50,14 +49,20 @@ def build_elbo(elbo_factory: Callable[..., Any], model: EnumModel) -> Any:
     """
     target = getattr(elbo_factory, "func", elbo_factory)
     kwargs: dict[str, Any] = {"max_plate_nesting": model.max_plate_nesting}
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+    distributed = (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
         and torch.distributed.get_world_size() > 1
+    )
     if distributed and "shard_plates" in inspect.signature(target).parameters:
         kwargs["shard_plates"] = [model.shard_plate]
     elif distributed:
-        warnings.warn(f"elbo: {getattr(target, '__name__', target)} is not sharded: each rank optimises its "
-                      "own shard's estimate; exact only without enumerated variables outside the "
-                      "shard plate (use elbo=enum)", stacklevel=2)
+        warnings.warn(
+            f"elbo: {getattr(target, '__name__', target)} is not sharded: each rank optimises its "
+            "own shard's estimate; exact only without enumerated variables outside the "
+            "shard plate (use elbo=enum)",
+            stacklevel=2,
+        )
     return elbo_factory(**kwargs)
 
 
@@ -65,7 +70,9 @@ def plates_of(model: EnumModel, batch: dict) -> set[str]:
     """Names of all plates the model opens on ``batch``."""
     with poutine.block():
         trace = poutine.trace(model.model).get_trace(batch)
-    return {frame.name for site in trace.nodes.values() for frame in site.get("cond_indep_stack", ())}
+    return {
+        frame.name for site in trace.nodes.values() for frame in site.get("cond_indep_stack", ())
+    }
 
 
 def training_probe(datamodule: pl.LightningDataModule, model: EnumModel) -> tuple[dict, int]:
@@ -75,8 +82,10 @@ def training_probe(datamodule: pl.LightningDataModule, model: EnumModel) -> tupl
     chunked count (:class:`~enumdist.pipeline.streaming.StreamingDataModule`).
     """
     if hasattr(datamodule, "probe_batch"):
-        return (datamodule.probe_batch("train"),
-                datamodule.count_observations(model.num_observations, "train"))
+        return (
+            datamodule.probe_batch("train"),
+            datamodule.count_observations(model.num_observations, "train"),
+        )
     full = datamodule.full_batch("train")
     return full, int(model.num_observations(full))
 
@@ -97,13 +106,23 @@ class EnumModule(pl.LightningModule):
         hparams: plain-container config stored in checkpoints (must be weights-only loadable).
     """
 
-    def __init__(self, model: EnumModel, elbo: Callable[..., Any], optimizer: Callable[..., torch.optim.Optimizer],
-                 guide: GuideFactory = empty, scheduler: Callable[..., Any] | None = None,
-                 scheduler_interval: str = "step", validate: bool = True, hparams: dict | None = None,
-                 fold_in: dict | None = None):
+    def __init__(
+        self,
+        model: EnumModel,
+        elbo: Callable[..., Any],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        guide: GuideFactory = empty,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "step",
+        validate: bool = True,
+        hparams: dict | None = None,
+        fold_in: dict | None = None,
+    ):
         super().__init__()
         if not isinstance(model, EnumModel):
-            raise TypeError(f"model: expected an enumdist.models.base.EnumModel, got {type(model).__name__}")
+            raise TypeError(
+                f"model: expected an enumdist.models.base.EnumModel, got {type(model).__name__}"
+            )
         self.model = model
         self.guide = guide(model)
         self.guide_factory = guide
@@ -148,10 +167,19 @@ class EnumModule(pl.LightningModule):
         if torch.is_grad_enabled():
             loss = self.elbo.differentiable_loss(self.model.model, guide, batch)
         else:
-            loss = torch.as_tensor(self.elbo.loss(self.model.model, guide, batch), dtype=torch.float64)
-        counts = torch.tensor([float(self.model.num_observations(batch)), float(len(batch["index"]))],
-                              dtype=torch.float64, device=loss.device)
-        counts = self.trainer.strategy.reduce(counts, reduce_op="sum") if self.trainer.world_size > 1 else counts
+            loss = torch.as_tensor(
+                self.elbo.loss(self.model.model, guide, batch), dtype=torch.float64
+            )
+        counts = torch.tensor(
+            [float(self.model.num_observations(batch)), float(len(batch["index"]))],
+            dtype=torch.float64,
+            device=loss.device,
+        )
+        counts = (
+            self.trainer.strategy.reduce(counts, reduce_op="sum")
+            if self.trainer.world_size > 1
+            else counts
+        )
         observations, items = counts.tolist()
         self.last_observations = int(observations)
         # estimated observations in the whole split = observations per item * items in the split
@@ -160,8 +188,13 @@ class EnumModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, per_observation = self._loss(batch)
-        self.log("train/loss_per_obs", per_observation, prog_bar=True, rank_zero_only=True,
-                 batch_size=len(batch["index"]))
+        self.log(
+            "train/loss_per_obs",
+            per_observation,
+            prog_bar=True,
+            rank_zero_only=True,
+            batch_size=len(batch["index"]),
+        )
         return loss / self.train_observations
 
     def held_out_guide(self, batch: dict):
@@ -173,12 +206,22 @@ class EnumModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         _, per_observation = self._loss(batch, self.held_out_guide(batch))
-        self.log("valid/loss_per_obs", per_observation, prog_bar=True, rank_zero_only=True,
-                 batch_size=len(batch["index"]))
+        self.log(
+            "valid/loss_per_obs",
+            per_observation,
+            prog_bar=True,
+            rank_zero_only=True,
+            batch_size=len(batch["index"]),
+        )
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         _, per_observation = self._loss(batch, self.held_out_guide(batch))
-        self.log("test/loss_per_obs", per_observation, rank_zero_only=True, batch_size=len(batch["index"]))
+        self.log(
+            "test/loss_per_obs",
+            per_observation,
+            rank_zero_only=True,
+            batch_size=len(batch["index"]),
+        )
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
@@ -186,7 +229,10 @@ class EnumModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
 
     # -- checkpoints ------------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -194,8 +240,10 @@ class EnumModule(pl.LightningModule):
         saved_target = (checkpoint.get("hyper_parameters") or {}).get("model", {}).get("_target_")
         target = (self.hparams.get("model") or {}).get("_target_")
         if saved_target and target and saved_target != target:
-            raise ValueError(f"ckpt_path: the checkpoint holds model._target_={saved_target!r}, "
-                             f"but this run's model._target_ is {target!r}")
+            raise ValueError(
+                f"ckpt_path: the checkpoint holds model._target_={saved_target!r}, "
+                f"but this run's model._target_ is {target!r}"
+            )
         own = {k: tuple(v.shape) for k, v in self.state_dict().items()}
         saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
         if own != saved:

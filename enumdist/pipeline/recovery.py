@@ -31,10 +31,10 @@ FACTORIAL_PARAMETERS = {"w": ("initial_w", "transition_w"), "x": ("initial_x", "
 
 @dataclass(frozen=True)
 class RecoveryThresholds:
-    max_abs_error: float = 0.05      # transition and emission entries
-    max_row_tv: float = 0.05         # total variation of any transition row
-    loss_margin: float = 0.005       # nats per observation above the truth's held-out loss
-    agreement_margin: float = 0.01   # MAP agreement below the truth's
+    max_abs_error: float = 0.05  # transition and emission entries
+    max_row_tv: float = 0.05  # total variation of any transition row
+    loss_margin: float = 0.005  # nats per observation above the truth's held-out loss
+    agreement_margin: float = 0.01  # MAP agreement below the truth's
     #: the true parameters' own MAP agreement must reach this, else the labels do not belong to
     #: the data (misaligned, shuffled) or the data say too little about the states to judge
     min_truth_agreement: float = 0.8
@@ -75,8 +75,11 @@ def parameter_errors(truth, learned) -> dict:
         relabels[chain] = relabel
         if len(true_t) != len(learned_t) or (relabel < 0).any():
             report["same_state_count"] = False
-            report["chains"][chain] = {"relabel": relabel.tolist(), "max_abs_error_transition": 1.0,
-                                       "row_tv": [1.0] * len(true_t)}
+            report["chains"][chain] = {
+                "relabel": relabel.tolist(),
+                "max_abs_error_transition": 1.0,
+                "row_tv": [1.0] * len(true_t),
+            }
             continue
         order = np.argsort(relabel)  # learned state playing true state s is order[s]
         aligned = learned_t[np.ix_(order, order)]
@@ -133,8 +136,9 @@ def map_agreement(model, batches, true_states, relabels: dict[str, np.ndarray]) 
     return right / total
 
 
-def recovery_report(truth, learned, batches, true_states,
-                    thresholds: RecoveryThresholds = RecoveryThresholds()) -> dict:
+def recovery_report(
+    truth, learned, batches, true_states, thresholds: RecoveryThresholds = RecoveryThresholds()
+) -> dict:
     """All three checks on held-out ``batches`` (a list, used twice), with pass/fail per check."""
     params, relabels = parameter_errors(truth, learned)
     identity = {c: np.arange(truth.hidden_dim) for c in _chain_parameters(truth)}
@@ -148,8 +152,11 @@ def recovery_report(truth, learned, batches, true_states,
         "parameters": params,
         "max_abs_error": max(worst_transition, params["max_abs_error_emission"]),
         "max_row_tv": worst_tv,
-        "loss_per_observation": {"learned": learned_loss, "truth": true_loss,
-                                 "excess": learned_loss - true_loss},
+        "loss_per_observation": {
+            "learned": learned_loss,
+            "truth": true_loss,
+            "excess": learned_loss - true_loss,
+        },
         "map_agreement": {"learned": learned_agreement, "truth": true_agreement},
         "thresholds": asdict(thresholds),
     }

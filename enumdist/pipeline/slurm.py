@@ -37,7 +37,10 @@ METRICS_FILE = "metrics.json"  # <run_dir>/metrics.json, written by train.py on 
 def in_slurm_job(environ=None) -> bool:
     """A SLURM batch job's task (sbatch or submitit), not an interactive ``salloc`` shell."""
     environ = os.environ if environ is None else environ
-    return "SLURM_JOB_ID" in environ and environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+    return "SLURM_JOB_ID" in environ and environ.get("SLURM_JOB_NAME") not in (
+        "bash",
+        "interactive",
+    )
 
 
 def under_submitit(environ=None) -> bool:
@@ -60,7 +63,9 @@ class SlurmRequeue(pl.Callback):
     """
 
     def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGUSR1", "SIGUSR2")):
-        self.signals = [signal.Signals[s] if isinstance(s, str) else signal.Signals(s) for s in signals]
+        self.signals = [
+            signal.Signals[s] if isinstance(s, str) else signal.Signals(s) for s in signals
+        ]
         self.received: int | None = None
         self.requested = False
         self.checkpoint: str | None = None
@@ -92,9 +97,13 @@ class SlurmRequeue(pl.Callback):
         trainer.save_checkpoint(self.checkpoint)
         self.requested, trainer.should_stop = True, True
         if trainer.is_global_zero:
-            name = signal.Signals(self.received).name if self.received else "a signal on another rank"
-            print(f"SlurmRequeue: {name}: saved hpc_ckpt_{number}.ckpt at step {trainer.global_step}",
-                  flush=True)
+            name = (
+                signal.Signals(self.received).name if self.received else "a signal on another rank"
+            )
+            print(
+                f"SlurmRequeue: {name}: saved hpc_ckpt_{number}.ckpt at step {trainer.global_step}",
+                flush=True,
+            )
 
     def requeue(self, trainer) -> None:
         """Rank 0 requeues the job (after the loggers are closed); other ranks return."""
@@ -102,15 +111,23 @@ class SlurmRequeue(pl.Callback):
             return
         submitit_handler = self.previous.get(signal.SIGUSR2)
         if under_submitit() and callable(submitit_handler):
-            print("SlurmRequeue: handing over to submitit (resubmission, scontrol requeue, exit)", flush=True)
+            print(
+                "SlurmRequeue: handing over to submitit (resubmission, scontrol requeue, exit)",
+                flush=True,
+            )
             submitit_handler(signal.SIGUSR2, None)  # requeues, then raises SystemExit
             return
         job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
         job = f"{job}_{task}" if task else job
-        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
-        print(f"SlurmRequeue: scontrol requeue {job}: "
-              f"{'ok' if result.returncode == 0 else result.stderr.strip()}", flush=True)
+        result = subprocess.run(
+            ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
+        )
+        print(
+            f"SlurmRequeue: scontrol requeue {job}: "
+            f"{'ok' if result.returncode == 0 else result.stderr.strip()}",
+            flush=True,
+        )
 
 
 def trained_checkpoint(trainer: pl.Trainer, run_dir: str | os.PathLike) -> str:
@@ -121,8 +138,12 @@ def trained_checkpoint(trainer: pl.Trainer, run_dir: str | os.PathLike) -> str:
     """
     callback = trainer.checkpoint_callback
     last = getattr(callback, "last_model_path", "") if callback is not None else ""
-    if last and Path(last).is_file() and torch.load(last, map_location="cpu", weights_only=True,
-                                                     mmap=True)["global_step"] == trainer.global_step:
+    if (
+        last
+        and Path(last).is_file()
+        and torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        == trainer.global_step
+    ):
         return last
     path = str(Path(run_dir) / "checkpoints" / "trained.ckpt")
     trainer.save_checkpoint(path)
@@ -140,21 +161,39 @@ def write_metrics(metrics: dict[str, float], run_dir: str | os.PathLike) -> Path
 class PrintJobResults(HydraCallback):
     """After a sweep (run by any launcher, here the submitit one): each job's metrics and run directory."""
 
-    def __init__(self, keys: tuple[str, ...] | list[str] = ("test/loss_per_obs", "valid/loss_per_obs",
-                                                           "train/loss_per_obs")):
+    def __init__(
+        self,
+        keys: tuple[str, ...] | list[str] = (
+            "test/loss_per_obs",
+            "valid/loss_per_obs",
+            "train/loss_per_obs",
+        ),
+    ):
         self.keys = list(keys)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)) \
-            if sweep.is_dir() else []
+        jobs = (
+            sorted(
+                (p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()),
+                key=lambda p: int(p.name),
+            )
+            if sweep.is_dir()
+            else []
+        )
         print(f"sweep directory: {sweep.resolve()}  ({len(jobs)} job(s))", flush=True)
         for job in jobs:
             path = job / METRICS_FILE
             if not path.is_file():
-                print(f"  job {job.name}: no {METRICS_FILE} (requeued, failed or not finished); "
-                      f"run directory {job.resolve()}", flush=True)
+                print(
+                    f"  job {job.name}: no {METRICS_FILE} (requeued, failed or not finished); "
+                    f"run directory {job.resolve()}",
+                    flush=True,
+                )
                 continue
             metrics = json.loads(path.read_text())
             shown = ", ".join(f"{k} {metrics[k]:.5f}" for k in self.keys if k in metrics)
-            print(f"  job {job.name}: {shown or 'no metrics'}; run directory {job.resolve()}", flush=True)
+            print(
+                f"  job {job.name}: {shown or 'no metrics'}; run directory {job.resolve()}",
+                flush=True,
+            )

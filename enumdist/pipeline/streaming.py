@@ -53,17 +53,22 @@ class ShardedSplit:
         self.num_keys = int(self.spec["num_keys"])
         self.files = sorted((self.root / split).glob("shard-*.parquet"))
         if not self.files:
-            raise FileNotFoundError(f"{self.root / split}: no shards; generate the data first "
-                                    f"(python -m enumdist.data.synthetic --root {self.root})")
+            raise FileNotFoundError(
+                f"{self.root / split}: no shards; generate the data first "
+                f"(python -m enumdist.data.synthetic --root {self.root})"
+            )
         counts = [pq.ParquetFile(f).metadata.num_rows for f in self.files]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.num_items = int(self.offsets[-1])
         expected = dict(self.spec["num_items"]).get(split)
         if expected is not None and expected != self.num_items:
-            raise ValueError(f"{self.root / split}: {self.num_items} items in the shards, the manifest "
-                             f"says {expected}: generation was interrupted; rerun it to finish")
-        self.lengths = np.concatenate([pq.read_table(f, columns=["length"])["length"].to_numpy()
-                                       for f in self.files]).astype(np.int16)
+            raise ValueError(
+                f"{self.root / split}: {self.num_items} items in the shards, the manifest "
+                f"says {expected}: generation was interrupted; rerun it to finish"
+            )
+        self.lengths = np.concatenate(
+            [pq.read_table(f, columns=["length"])["length"].to_numpy() for f in self.files]
+        ).astype(np.int16)
         self.cache_shards = cache_shards
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self.shard_reads = 0  # how many times a shard file was read (for tests and benchmarks)
@@ -81,8 +86,11 @@ class ShardedSplit:
             return self._cache[shard]
         column = pq.read_table(self.files[shard], columns=["keys"])["keys"].combine_chunks()
         steps = column.values
-        decoded = (column.offsets.to_numpy(), steps.offsets.to_numpy(),
-                   steps.values.to_numpy().astype(np.int64))
+        decoded = (
+            column.offsets.to_numpy(),
+            steps.offsets.to_numpy(),
+            steps.values.to_numpy().astype(np.int64),
+        )
         self.shard_reads += 1
         self._cache[shard] = decoded
         if len(self._cache) > self.cache_shards:
@@ -99,8 +107,12 @@ class ShardedSplit:
             b, t, k = self._sounding(shard, items[where] - self.offsets[shard])
             inside = t < num_steps
             sequences[where[b[inside]], t[inside], k[inside]] = 1.0
-        return {"sequences": sequences, "lengths": torch.from_numpy(self.lengths[items].astype(np.int64)),
-                "index": torch.from_numpy(items), "num_total": self.num_items}
+        return {
+            "sequences": sequences,
+            "lengths": torch.from_numpy(self.lengths[items].astype(np.int64)),
+            "index": torch.from_numpy(items),
+            "num_total": self.num_items,
+        }
 
     def _sounding(self, shard: int, rows: np.ndarray):
         """``(row position, step, key)`` of every sounding key of ``rows`` of ``shard`` (vectorised)."""
@@ -111,8 +123,11 @@ class ShardedSplit:
         t = step_ids - np.repeat(item_steps[rows], steps_per_row)
         keys_per_step = step_keys[step_ids + 1] - step_keys[step_ids]
         keys = flat[_concatenated_ranges(step_keys[step_ids], keys_per_step)]
-        return (torch.from_numpy(np.repeat(row_of_step, keys_per_step)),
-                torch.from_numpy(np.repeat(t, keys_per_step)), torch.from_numpy(keys))
+        return (
+            torch.from_numpy(np.repeat(row_of_step, keys_per_step)),
+            torch.from_numpy(np.repeat(t, keys_per_step)),
+            torch.from_numpy(keys),
+        )
 
     def true_states(self, items: np.ndarray) -> dict[str, list[np.ndarray]]:
         """The true hidden states of ``items`` (chain -> one array per item), for recovery checks."""
@@ -136,11 +151,20 @@ class StreamSampler(Sampler[list[int]]):
     Yields lists of ``(item, steps)``: ``steps`` is the global batch's longest sequence.
     """
 
-    def __init__(self, split: ShardedSplit, rank: int, world_size: int, batch_size: int,
-                 seed: int = 0, shuffle_shards: int = 2):
+    def __init__(
+        self,
+        split: ShardedSplit,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        seed: int = 0,
+        shuffle_shards: int = 2,
+    ):
         if len(split.files) < world_size:
-            raise ValueError(f"{split.root / split.split}: {len(split.files)} shards cannot be shared "
-                             f"by {world_size} ranks; generate with a smaller shard_size")
+            raise ValueError(
+                f"{split.root / split.split}: {len(split.files)} shards cannot be shared "
+                f"by {world_size} ranks; generate with a smaller shard_size"
+            )
         self.split, self.rank, self.world_size = split, rank, world_size
         self.batch_size, self.seed, self.shuffle_shards = batch_size, seed, shuffle_shards
         self.epoch, self.step = 0, 0
@@ -167,12 +191,18 @@ class StreamSampler(Sampler[list[int]]):
         """Rank ``rank``'s items of this epoch, one shuffled group of shards at a time."""
         shards = self._own_shards(rank)
         for group, start in enumerate(range(0, len(shards), self.shuffle_shards)):
-            items = np.concatenate([self.split.shard_items(s) for s in shards[start: start + self.shuffle_shards]])
-            yield items[np.random.default_rng([self.seed, self.epoch, rank, group]).permutation(len(items))]
+            items = np.concatenate(
+                [self.split.shard_items(s) for s in shards[start : start + self.shuffle_shards]]
+            )
+            yield items[
+                np.random.default_rng([self.seed, self.epoch, rank, group]).permutation(len(items))
+            ]
 
     def _items_per_rank(self) -> int:
-        return min(sum(int(self.split.offsets[s + 1] - self.split.offsets[s]) for s in self._own_shards(r))
-                   for r in range(self.world_size))
+        return min(
+            sum(int(self.split.offsets[s + 1] - self.split.offsets[s]) for s in self._own_shards(r))
+            for r in range(self.world_size)
+        )
 
     def _step_size(self) -> int:
         """``batch_size``, or every rank's whole stream when that holds fewer items (tiny runs)."""
@@ -242,9 +272,17 @@ class StreamingDataModule(pl.LightningDataModule):
             from ``generate`` into ``<root>-max<max_items>`` (requires ``generate``).
     """
 
-    def __init__(self, root: str, batch_size: int = 32, eval_batch_size: int = 64, seed: int = 0,
-                 shuffle_shards: int = 2, max_eval_items: int | None = None,
-                 generate: dict | None = None, max_items: int | None = None):
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        seed: int = 0,
+        shuffle_shards: int = 2,
+        max_eval_items: int | None = None,
+        generate: dict | None = None,
+        max_items: int | None = None,
+    ):
         super().__init__()
         if max_items is not None and generate is None:
             raise ValueError("data.max_items needs data.generate (a smaller data set is generated)")
@@ -263,7 +301,11 @@ class StreamingDataModule(pl.LightningDataModule):
         fields = dict(self.generate)
         cap = self.max_items or float("inf")
         num_train, num_eval = fields.pop("num_train"), fields.pop("num_eval")
-        sizes = (("train", min(num_train, cap)), ("valid", min(num_eval, cap)), ("test", min(num_eval, cap)))
+        sizes = (
+            ("train", min(num_train, cap)),
+            ("valid", min(num_eval, cap)),
+            ("test", min(num_eval, cap)),
+        )
         return SyntheticSpec(num_items=tuple((k, int(v)) for k, v in sizes), **fields)
 
     def prepare_data(self) -> None:
@@ -277,7 +319,9 @@ class StreamingDataModule(pl.LightningDataModule):
             self.prepare_data()  # outside a Trainer (decoding, scripts): nobody called it
         for split in SPLITS:
             if split not in self.splits:
-                self.splits[split] = ShardedSplit(self.root, split, cache_shards=2 * self.shuffle_shards + 1)
+                self.splits[split] = ShardedSplit(
+                    self.root, split, cache_shards=2 * self.shuffle_shards + 1
+                )
 
     def load_split(self, split: str):
         """The first ``max_eval_items`` (or all) items of ``split`` in memory, as an
@@ -286,7 +330,9 @@ class StreamingDataModule(pl.LightningDataModule):
 
         self.setup()
         data = self.splits[split]
-        items = np.arange(len(data) if self.max_eval_items is None else min(self.max_eval_items, len(data)))
+        items = np.arange(
+            len(data) if self.max_eval_items is None else min(self.max_eval_items, len(data))
+        )
         batch = data.dense_batch(items, int(data.lengths[items].max()))
         return ItemTable({"sequences": batch["sequences"], "lengths": batch["lengths"]})
 
@@ -323,7 +369,9 @@ class StreamingDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world_size = self._rank()
         data = self.splits["train"]
-        sampler = StreamSampler(data, rank, world_size, self.batch_size, self.seed, self.shuffle_shards)
+        sampler = StreamSampler(
+            data, rank, world_size, self.batch_size, self.seed, self.shuffle_shards
+        )
         if self._restored is not None:  # a resumed run continues where the checkpoint was taken
             sampler.load_state_dict(self._restored)
             self._restored = None
@@ -333,9 +381,18 @@ class StreamingDataModule(pl.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         rank, world_size = self._rank()
         data = self.splits[split]
-        num_items = len(data) if self.max_eval_items is None else min(self.max_eval_items, len(data))
-        sampler = ShardSampler(num_items, rank, world_size, self.eval_batch_size, shuffle=False,
-                               seed=self.seed, lengths=torch.from_numpy(data.lengths[:num_items].astype(np.int64)))
+        num_items = (
+            len(data) if self.max_eval_items is None else min(self.max_eval_items, len(data))
+        )
+        sampler = ShardSampler(
+            num_items,
+            rank,
+            world_size,
+            self.eval_batch_size,
+            shuffle=False,
+            seed=self.seed,
+            lengths=torch.from_numpy(data.lengths[:num_items].astype(np.int64)),
+        )
         return DataLoader(_Items(data), batch_sampler=sampler, collate_fn=_DenseCollate(data))
 
     def val_dataloader(self) -> DataLoader:

@@ -28,7 +28,12 @@ from omegaconf import DictConfig, ListConfig
 
 from enumdist.engine.errors import EnumdistError
 
-PACKAGE_MODULES = ("enumdist.models", "enumdist.data", "enumdist.pipeline.data", "enumdist.pipeline.guides")
+PACKAGE_MODULES = (
+    "enumdist.models",
+    "enumdist.data",
+    "enumdist.pipeline.data",
+    "enumdist.pipeline.guides",
+)
 INSTANTIATED_GROUPS = ("model", "data", "guide")
 ALLOW_ENV = "ENUMDIST_ALLOW_TARGETS"
 
@@ -42,7 +47,9 @@ class UntrustedTargetError(EnumdistError, ValueError):
 def register(*targets: str | Any) -> None:
     """Allow these targets (dotted paths, or the classes/functions themselves) in saved configs."""
     for target in targets:
-        _registered.add(target if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}")
+        _registered.add(
+            target if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}"
+        )
 
 
 def registered() -> frozenset[str]:
@@ -69,7 +76,9 @@ def is_allowed(target: str) -> bool:
         obj = _locate(target)
     except Exception:  # an unresolvable target is simply not allowed
         return False
-    return (inspect.isclass(obj) or inspect.isfunction(obj)) and _in_package(getattr(obj, "__module__", ""))
+    return (inspect.isclass(obj) or inspect.isfunction(obj)) and _in_package(
+        getattr(obj, "__module__", "")
+    )
 
 
 def targets_in(node: Any, key: str) -> Iterator[tuple[str, Any]]:
@@ -88,18 +97,33 @@ def targets_in(node: Any, key: str) -> Iterator[tuple[str, Any]]:
 def check_config(cfg: DictConfig, source: str, groups: Iterable[str] = INSTANTIATED_GROUPS) -> None:
     """Raise :class:`UntrustedTargetError` (before any call) if ``cfg``'s ``groups`` name a target
     outside the allowlist; ``source`` (the file) is named in the message."""
-    refused = [(key, target) for group in groups if group in cfg
-               for key, target in targets_in(cfg._get_node(group), group) if not is_allowed(target)]
+    refused = [
+        (key, target)
+        for group in groups
+        if group in cfg
+        for key, target in targets_in(cfg._get_node(group), group)
+        if not is_allowed(target)
+    ]
     if refused:
         listed = ", ".join(f"{key}={target!r}" for key, target in refused)
         raise UntrustedTargetError(
             f"{source} names target(s) outside enumdist's allowlist: {listed}. A run directory's "
             "config may only instantiate the package's models, data and guides. If you trust this "
-            "run directory, allow them explicitly: " f"{ALLOW_ENV}=" + ",".join(str(t) for _, t in refused) +
-            " in the environment, or enumdist.pipeline.targets.register(...) in Python")
+            "run directory, allow them explicitly: "
+            f"{ALLOW_ENV}="
+            + ",".join(str(t) for _, t in refused)
+            + " in the environment, or enumdist.pipeline.targets.register(...) in Python"
+        )
 
 
 def trust_config(cfg: DictConfig, groups: Iterable[str] = INSTANTIATED_GROUPS) -> None:
     """Register every target of ``cfg``'s ``groups``: for a config the user composed themselves."""
-    register(*(target for group in groups if group in cfg
-               for _, target in targets_in(cfg._get_node(group), group) if isinstance(target, str)))
+    register(
+        *(
+            target
+            for group in groups
+            if group in cfg
+            for _, target in targets_in(cfg._get_node(group), group)
+            if isinstance(target, str)
+        )
+    )

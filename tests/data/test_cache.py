@@ -29,7 +29,9 @@ def test_failed_write_leaves_old_file_and_no_partial_file(tmp_path, monkeypatch)
 
 
 def test_failed_first_write_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache.np, "savez_compressed", lambda f, **a: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(
+        cache.np, "savez_compressed", lambda f, **a: (_ for _ in ()).throw(OSError("disk full"))
+    )
     with pytest.raises(OSError, match="disk full"):
         save_npz_atomic(tmp_path / "c.npz", {"a": np.zeros(3)})
     assert os.listdir(tmp_path) == []

@@ -33,8 +33,10 @@ def test_splits_are_shaped_padded_and_disjoint(small_cache):
     names = [n for rolls in loaded.values() for n in rolls.names]
     assert len(names) == len(set(names)) == LIMIT - 2  # bwv1.6 and bwv112.5-sc have five parts
     for rolls in loaded.values():
-        n, t_max, keys = rolls.sequences.shape
-        assert keys == 88 and rolls.lengths.max() == t_max and rolls.sequences.dtype == torch.float32
+        _n, t_max, keys = rolls.sequences.shape
+        assert (
+            keys == 88 and rolls.lengths.max() == t_max and rolls.sequences.dtype == torch.float32
+        )
         for seq, length in zip(rolls.sequences, rolls.lengths):
             assert seq[length:].sum() == 0  # padding is zero
             assert seq[:length].sum(-1).min() >= 0 and seq[:length].amax() == 1
@@ -58,7 +60,9 @@ def test_cache_round_trip_reads_without_parsing(small_cache, monkeypatch):
 def test_corrupt_cache_is_rebuilt_with_a_warning(small_cache, tmp_path):
     good = load_chorales("valid", cache_dir=small_cache, limit=LIMIT)
     (tmp_path / f"chorales-v1-first{LIMIT}.npz").write_bytes(b"truncated garbage")
-    with pytest.warns(UserWarning, match=r"rebuilding chorale cache .*chorales-v1-first15\.npz: .*unreadable"):
+    with pytest.warns(
+        UserWarning, match=r"rebuilding chorale cache .*chorales-v1-first15\.npz: .*unreadable"
+    ):
         rebuilt = load_chorales("valid", cache_dir=tmp_path, limit=LIMIT, progress=False)
     assert torch.equal(good.sequences, rebuilt.sequences)
     load_chorales("valid", cache_dir=tmp_path, limit=LIMIT)  # and the rebuilt file is good

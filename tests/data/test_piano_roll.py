@@ -16,8 +16,14 @@ def test_valid_roll_passes():
         (np.zeros((4, 87)), r"bwv9\.mxl: expected 88 keys \(columns\), got 87.*num_keys="),
         (np.zeros((0, 88)), r"bwv9\.mxl: the piano roll has no time steps"),
         (np.zeros((2, 4, 88)), r"bwv9\.mxl: expected a 2-d \[time, key\] piano roll"),
-        (np.where(np.eye(88)[:3] > 0, np.nan, 0.0), r"bwv9\.mxl: 3 NaN value\(s\), first at step 0, key 0"),
-        (np.full((2, 88), 0.5), r"bwv9\.mxl: values must be 0 or 1, found 0\.5 at step 0, key 0.*binarise"),
+        (
+            np.where(np.eye(88)[:3] > 0, np.nan, 0.0),
+            r"bwv9\.mxl: 3 NaN value\(s\), first at step 0, key 0",
+        ),
+        (
+            np.full((2, 88), 0.5),
+            r"bwv9\.mxl: values must be 0 or 1, found 0\.5 at step 0, key 0.*binarise",
+        ),
     ],
 )
 def test_each_problem_has_a_clear_message(array, message):
@@ -41,7 +47,9 @@ def test_active_and_restricted_keys():
 
 def test_restricting_away_notes_needs_consent():
     rolls = _rolls()
-    with pytest.raises(ValueError, match=r"drop notes on pitches \[63\] \(first in 'b'\).*allow_dropping_notes"):
+    with pytest.raises(
+        ValueError, match=r"drop notes on pitches \[63\] \(first in 'b'\).*allow_dropping_notes"
+    ):
         rolls.restrict_keys([61])
     assert rolls.restrict_keys([61], allow_dropping_notes=True).sequences.sum() == 1
     with pytest.raises(ValueError, match=r"pitches \[99\] are not columns"):

@@ -6,12 +6,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from enumdist.data.synthetic import (SyntheticSpec, generate, load_truth, shard_path,
-                                     true_model)
+from enumdist.data.synthetic import SyntheticSpec, generate, load_truth, shard_path, true_model
 
-SPEC = SyntheticSpec(model="hmm", num_keys=10, hidden_dim=3,
-                     num_items=(("train", 600), ("valid", 50), ("test", 50)),
-                     min_length=20, max_length=60, shard_size=200, seed=1)
+SPEC = SyntheticSpec(
+    model="hmm",
+    num_keys=10,
+    hidden_dim=3,
+    num_items=(("train", 600), ("valid", 50), ("test", 50)),
+    min_length=20,
+    max_length=60,
+    shard_size=200,
+    seed=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +27,10 @@ def root(tmp_path_factory):
 
 def test_layout_and_columns(root):
     assert sorted(p.name for p in (root / "train").iterdir()) == [
-        "shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+        "shard-00000.parquet",
+        "shard-00001.parquet",
+        "shard-00002.parquet",
+    ]
     table = pq.read_table(shard_path(root, "train", 1))
     assert table.column_names == ["index", "length", "keys", "x"]
     assert table["index"].to_pylist() == list(range(200, 400))
@@ -55,21 +64,37 @@ def test_interrupted_generation_resumes_to_identical_shards(root, tmp_path):
     (again / "train" / ".shard-00002.parquet.tmp-1").write_bytes(b"half a file")
     generate(again, SPEC, progress=False)
     for split, shard in (("train", 0), ("train", 1), ("train", 2), ("test", 0)):
-        assert shard_path(again, split, shard).read_bytes() == shard_path(root, split, shard).read_bytes()
+        assert (
+            shard_path(again, split, shard).read_bytes()
+            == shard_path(root, split, shard).read_bytes()
+        )
 
 
 def test_another_spec_in_the_same_directory_is_refused(root):
     with pytest.raises(ValueError, match="another synthetic data set"):
-        generate(root, SyntheticSpec(model="hmm", num_keys=10, hidden_dim=4, seed=1), progress=False)
+        generate(
+            root, SyntheticSpec(model="hmm", num_keys=10, hidden_dim=4, seed=1), progress=False
+        )
 
 
 def test_factorial_truth_loads_into_the_zoo_model(tmp_path):
-    spec = SyntheticSpec(model="factorial_hmm", num_keys=8, hidden_dim=2,
-                         num_items=(("train", 20), ("valid", 5), ("test", 5)), shard_size=10)
+    spec = SyntheticSpec(
+        model="factorial_hmm",
+        num_keys=8,
+        hidden_dim=2,
+        num_items=(("train", 20), ("valid", 5), ("test", 5)),
+        shard_size=10,
+    )
     root = generate(tmp_path / "fhmm", spec, progress=False)
     model = true_model(root)
     truth = load_truth(root)
     assert type(model).__name__ == "FactorialHMM"
     np.testing.assert_allclose(model.emission.detach().numpy(), truth["emission"], rtol=1e-12)
-    assert pq.read_table(shard_path(root, "train", 0)).column_names == ["index", "length", "keys", "w", "x"]
+    assert pq.read_table(shard_path(root, "train", 0)).column_names == [
+        "index",
+        "length",
+        "keys",
+        "w",
+        "x",
+    ]
     assert json.loads((root / "manifest.json").read_text())["spec"]["model"] == "factorial_hmm"

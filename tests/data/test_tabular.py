@@ -2,7 +2,12 @@ import pytest
 import torch
 
 from enumdist.data.splits import SPLITS
-from enumdist.data.tabular import UNLABELED, load_partially_labeled, load_semisupervised, load_tabular
+from enumdist.data.tabular import (
+    UNLABELED,
+    load_partially_labeled,
+    load_semisupervised,
+    load_tabular,
+)
 
 
 @pytest.mark.parametrize("name, num_features, num_classes", [("iris", 4, 3), ("wine", 13, 3)])
@@ -11,7 +16,9 @@ def test_mixture_data_is_standardized_on_train(name, num_features, num_classes):
     train = splits["train"]
     assert train.features.shape[1] == num_features and train.num_classes == num_classes
     assert torch.allclose(train.features.mean(0), torch.zeros(num_features), atol=1e-5)
-    assert torch.allclose(train.features.std(0, unbiased=False), torch.ones(num_features), atol=1e-4)
+    assert torch.allclose(
+        train.features.std(0, unbiased=False), torch.ones(num_features), atol=1e-4
+    )
     assert sum(len(d) for d in splits.values()) == {"iris": 150, "wine": 178}[name]
     assert all(len(d) > 10 for d in splits.values())
 
@@ -37,7 +44,9 @@ def test_partially_labeled_splits_agree_with_the_four_way_split():
     train = load_partially_labeled("wine", "train", labeled_fraction=0.3)
     assert len(train) == len(data.labeled) + len(data.unlabeled)
     assert torch.equal(train.features[train.labels >= 0], data.labeled.features)
-    assert torch.equal(load_partially_labeled("wine", "test").labels, load_tabular("wine", "test").labels)
+    assert torch.equal(
+        load_partially_labeled("wine", "test").labels, load_tabular("wine", "test").labels
+    )
 
 
 def test_errors_name_the_choice():

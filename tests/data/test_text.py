@@ -18,7 +18,9 @@ def test_documents_are_padded_ids_of_one_vocabulary():
         assert corpus.vocab == vocab and corpus.documents.dtype == torch.long
         assert corpus.documents.shape == (len(corpus), int(corpus.lengths.max()))
         assert corpus.lengths.max() <= 50 and corpus.lengths.min() >= 1
-        assert (corpus.documents < len(vocab)).all() and (corpus.documents[~corpus.mask()] == 0).all()
+        assert (corpus.documents < len(vocab)).all() and (
+            corpus.documents[~corpus.mask()] == 0
+        ).all()
         assert torch.equal(corpus.word_counts().sum(1), corpus.lengths.float())
 
 
@@ -30,5 +32,7 @@ def test_deterministic():
 def test_errors():
     with pytest.raises(ValueError, match="must be >= 1"):
         load_python_docs("train", max_words=0)
-    with pytest.raises(ValueError, match="has no document with an in-vocabulary word.*lower min_count"):
+    with pytest.raises(
+        ValueError, match="has no document with an in-vocabulary word.*lower min_count"
+    ):
         load_python_docs("test", min_count=10**6)

@@ -1,5 +1,4 @@
 import pytest
-
 from decoding_run_dirs import make_run_dir
 
 

@@ -4,7 +4,6 @@ A uniquely named module (not conftest) so that spawned ranks import it unambiguo
 
 from __future__ import annotations
 
-
 import torch
 from omegaconf import OmegaConf
 
@@ -18,27 +17,31 @@ NUM_KEYS, HIDDEN_DIM = 5, 3
 def hmm_marginals(model, batch):
     """Forward-backward posterior ``{f"x_{t}": [B, 1, D]}`` of an :class:`~enumdist.models.HMM`
     (steps past a sequence's length are left out)."""
-    initial, transition, emission = (p.detach() for p in
-                                     (model.initial, model.transition, model.emission))
+    initial, transition, emission = (
+        p.detach() for p in (model.initial, model.transition, model.emission)
+    )
     marginals = {}
     for b, (notes, length) in enumerate(zip(batch["sequences"], batch["lengths"])):
         n = int(length)
         log_emit = torch.distributions.Bernoulli(emission).log_prob(notes[:n, None, :]).sum(-1)
         forward = [initial.log() + log_emit[0]]
         for t in range(1, n):
-            forward.append(torch.logsumexp(forward[-1][:, None] + transition.log(), 0)
-                           + log_emit[t])
+            forward.append(
+                torch.logsumexp(forward[-1][:, None] + transition.log(), 0) + log_emit[t]
+            )
         backward = [torch.zeros_like(initial)]
         for t in range(n - 1, 0, -1):
             backward.insert(0, torch.logsumexp(transition.log() + log_emit[t] + backward[0], -1))
         for t in range(n):
             probs = (forward[t] + backward[t]).softmax(-1)
-            marginals.setdefault(f"x_{t}", torch.full((len(batch["lengths"]), 1, len(initial)),
-                                                       1.0 / len(initial)))[b, 0] = probs
+            marginals.setdefault(
+                f"x_{t}", torch.full((len(batch["lengths"]), 1, len(initial)), 1.0 / len(initial))
+            )[b, 0] = probs
     num_steps = batch["sequences"].shape[1]
     for t in range(num_steps):
-        marginals.setdefault(f"x_{t}", torch.full((len(batch["lengths"]), 1, len(initial)),
-                                                   1.0 / len(initial)))
+        marginals.setdefault(
+            f"x_{t}", torch.full((len(batch["lengths"]), 1, len(initial)), 1.0 / len(initial))
+        )
     return marginals
 
 
@@ -52,25 +55,43 @@ def piano_rolls(num_sequences, num_steps=7, num_keys=NUM_KEYS, seed=0):
 
 def make_run_dir(root, *, model_cls="HMM", test_split=None, seed=0, num_test=9):
     """Write config, data, checkpoint and history of a small HMM run under ``root``."""
-    model_cfg = {"_target_": f"enumdist.models.{model_cls}", "num_keys": NUM_KEYS,
-                 "hidden_dim": HIDDEN_DIM, "seed": seed}
+    model_cfg = {
+        "_target_": f"enumdist.models.{model_cls}",
+        "num_keys": NUM_KEYS,
+        "hidden_dim": HIDDEN_DIM,
+        "seed": seed,
+    }
     data_dir = root / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     for split, n in [("train", 6), ("valid", 3), ("test", num_test)]:
-        torch.save(piano_rolls(n, seed=hash(split) % 1000) if split != "test" or test_split is None
-                   else test_split, data_dir / f"{split}.pt")
-    cfg = {"seed": 0, "model": model_cfg,
-           "data": {"_target_": "enumdist.pipeline.data.ShardedDataModule",
-                    "load": {"_target_": "enumdist.pipeline.data.load_saved_split",
-                             "_partial_": True, "path": str(data_dir)}},
-           "guide": {"_target_": "enumdist.pipeline.guides.empty", "_partial_": True}}
+        torch.save(
+            piano_rolls(n, seed=hash(split) % 1000)
+            if split != "test" or test_split is None
+            else test_split,
+            data_dir / f"{split}.pt",
+        )
+    cfg = {
+        "seed": 0,
+        "model": model_cfg,
+        "data": {
+            "_target_": "enumdist.pipeline.data.ShardedDataModule",
+            "load": {
+                "_target_": "enumdist.pipeline.data.load_saved_split",
+                "_partial_": True,
+                "path": str(data_dir),
+            },
+        },
+        "guide": {"_target_": "enumdist.pipeline.guides.empty", "_partial_": True},
+    }
     run_dir = root / "run"
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
     model = getattr(enumdist.models, model_cls)(NUM_KEYS, HIDDEN_DIM, seed=seed + 7)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "epoch": 0}, run_dir / "checkpoints" / "last.ckpt")
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "epoch": 0},
+        run_dir / "checkpoints" / "last.ckpt",
+    )
     (run_dir / "train_history.csv").write_text("step,loss_per_obs\n0,3.5\n1,3.1\n2,2.9\n")
     return run_dir, model
 
@@ -91,13 +112,28 @@ def make_mixture_run_dir(root):
     with torch.no_grad():
         for p in guide.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=g))
-    cfg = {"seed": 0, "model": {"_target_": "enumdist.models.GaussianMixture", "num_features": 2,
-                                "num_components": 3, "seed": 0},
-           "data": {"_target_": "enumdist.pipeline.data.ShardedDataModule",
-                    "load": {"_target_": "enumdist.pipeline.data.load_saved_split",
-                             "_partial_": True, "path": str(data_dir)}},
-           "guide": {"_target_": "enumdist.pipeline.guides.auto", "_partial_": True,
-                     "kind": "AutoDelta"}}
+    cfg = {
+        "seed": 0,
+        "model": {
+            "_target_": "enumdist.models.GaussianMixture",
+            "num_features": 2,
+            "num_components": 3,
+            "seed": 0,
+        },
+        "data": {
+            "_target_": "enumdist.pipeline.data.ShardedDataModule",
+            "load": {
+                "_target_": "enumdist.pipeline.data.load_saved_split",
+                "_partial_": True,
+                "path": str(data_dir),
+            },
+        },
+        "guide": {
+            "_target_": "enumdist.pipeline.guides.auto",
+            "_partial_": True,
+            "kind": "AutoDelta",
+        },
+    }
     run_dir = root / "run"
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)

@@ -28,14 +28,13 @@ def test_piano_roll_has_pitch_names_state_legend_and_title():
 
 def test_second_order_transitions_get_one_panel_per_previous_state():
     model = enumdist.models.SecondOrderHMM(num_keys=3, hidden_dim=3, seed=1)
-    figure = pictures.transition_figure(model.transition_matrices(),
-                                        model.transition_conditions())
+    figure = pictures.transition_figure(model.transition_matrices(), model.transition_conditions())
     panels = [axis for axis in figure.axes if axis.images and axis.get_title()]
-    assert [p.get_title() for p in panels] == [f"p(x_t | x_t-1, x_{{t-2}}={i})"
-                                               for i in range(3)]
+    assert [p.get_title() for p in panels] == [f"p(x_t | x_t-1, x_{{t-2}}={i})" for i in range(3)]
     for i, panel in enumerate(panels):  # each panel is its own slice, not an average
-        torch.testing.assert_close(torch.tensor(panel.images[0].get_array()),
-                                   model.transition.detach()[i])
+        torch.testing.assert_close(
+            torch.tensor(panel.images[0].get_array()), model.transition.detach()[i]
+        )
 
 
 def test_marginals_picture_shows_the_marginals_and_the_decoded_path():
@@ -80,7 +79,8 @@ def test_a_mixture_gets_a_marginals_picture_over_its_items(tmp_path, monkeypatch
     outputs = run_decoding(run_dir, OPTIONS)
     assert outputs["marginals"].stat().st_size > 5000
     rows = pq.read_table(outputs["decoded"]).to_pylist()
-    (marginals, states), = drawn
-    torch.testing.assert_close(marginals["assignment"],
-                               torch.tensor([r["assignment_marginals"][0] for r in rows]))
+    ((marginals, states),) = drawn
+    torch.testing.assert_close(
+        marginals["assignment"], torch.tensor([r["assignment_marginals"][0] for r in rows])
+    )
     assert states["assignment"].tolist() == [r["assignment"][0] for r in rows]

@@ -4,7 +4,6 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from decoding_run_dirs import make_run_dir
 
 from enumdist.decoding import run_decoding
@@ -33,8 +32,11 @@ def test_two_ranks_equal_one_process(tmp_path):
     assert sharded.column("index").to_pylist() == single.column("index").to_pylist()
     assert sharded.column("x").to_pylist() == single.column("x").to_pylist()
     for column in ("log_joint", "log_evidence", "path_posterior"):
-        torch.testing.assert_close(torch.tensor(sharded.column(column).to_pylist()),
-                                   torch.tensor(single.column(column).to_pylist()))
-    for a, b in zip(sharded.column("x_marginals").to_pylist(),
-                    single.column("x_marginals").to_pylist()):
+        torch.testing.assert_close(
+            torch.tensor(sharded.column(column).to_pylist()),
+            torch.tensor(single.column(column).to_pylist()),
+        )
+    for a, b in zip(
+        sharded.column("x_marginals").to_pylist(), single.column("x_marginals").to_pylist()
+    ):
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b))

@@ -16,12 +16,17 @@ OPTIONS = {"decode_batch_size": 2, "progress": False}
 
 
 def pyro_map_states(model, sequences, lengths):
-    batch = {"sequences": sequences, "lengths": lengths, "index": torch.arange(len(lengths)),
-             "num_total": len(lengths)}
+    batch = {
+        "sequences": sequences,
+        "lengths": lengths,
+        "index": torch.arange(len(lengths)),
+        "num_total": len(lengths),
+    }
     decoded = pyro.infer.infer_discrete(model.model, first_available_dim=-3, temperature=0)
     trace = poutine.trace(decoded).get_trace(batch)
-    states = torch.stack([trace.nodes[f"x_{t}"]["value"].reshape(-1)
-                          for t in range(sequences.shape[1])], -1)
+    states = torch.stack(
+        [trace.nodes[f"x_{t}"]["value"].reshape(-1) for t in range(sequences.shape[1])], -1
+    )
     return [row[: int(n)].tolist() for row, n in zip(states, lengths)]
 
 
@@ -41,8 +46,10 @@ def test_map_equals_pyro_and_outputs_exist(hmm_run):
         assert probs.shape == (r["length"], 3)
         for t in range(r["length"]):
             torch.testing.assert_close(probs[t], expected[f"x_{t}"][r["index"], 0].float())
-        torch.testing.assert_close(torch.tensor(r["x_confidence"]),
-                                   probs.gather(-1, torch.tensor(r["x"])[:, None]).squeeze(-1))
+        torch.testing.assert_close(
+            torch.tensor(r["x_confidence"]),
+            probs.gather(-1, torch.tensor(r["x"])[:, None]).squeeze(-1),
+        )
         assert r["log_joint"] <= r["log_evidence"] + 1e-5
         assert r["path_posterior"] == pytest.approx(math.exp(r["log_joint"] - r["log_evidence"]))
     # each item's evidence: together they are Pyro's -loss of the split at scale one
@@ -140,18 +147,21 @@ def test_mixture_decoding_replays_the_trained_guide(tmp_path):
     features = torch.load(run_dir.parent / "data" / "test.pt")["features"]
     batch = {"features": features, "index": torch.arange(7), "num_total": 7}
     replayed = poutine.replay(model.model, trace=poutine.trace(guide).get_trace(batch))
-    expected = poutine.trace(pyro.infer.infer_discrete(
-        replayed, first_available_dim=-2, temperature=0)).get_trace(batch)
-    assert [r["assignment"] for r in rows] == [[int(a)] for a in
-                                               expected.nodes["assignment"]["value"]]
+    expected = poutine.trace(
+        pyro.infer.infer_discrete(replayed, first_available_dim=-2, temperature=0)
+    ).get_trace(batch)
+    assert [r["assignment"] for r in rows] == [
+        [int(a)] for a in expected.nodes["assignment"]["value"]
+    ]
 
 
 def test_command_line(hmm_run, capsys):
     from enumdist.decode import decode
 
     run_dir, _ = hmm_run
-    outputs = decode({"run_dir": str(run_dir), "decode_batch_size": 4, "progress": False,
-                      "pictures": False})
+    outputs = decode(
+        {"run_dir": str(run_dir), "decode_batch_size": 4, "progress": False, "pictures": False}
+    )
     assert outputs["decoded"].is_file()
     assert "decoded:" in capsys.readouterr().out
     with pytest.raises(ValueError, match="run_dir"):
@@ -167,12 +177,16 @@ def test_other_options_or_a_new_checkpoint_never_reuse_chunks(hmm_run):
     assert "log_evidence" in plain.column_names
     without = run_decoding(run_dir, dict(OPTIONS, pictures=False, probabilities=False))
     assert not {"log_joint", "log_evidence", "path_posterior"} & set(
-        pq.read_table(without["decoded"]).column_names)
+        pq.read_table(without["decoded"]).column_names
+    )
     # retrain: same path, other weights
     other = type(model)(NUM_KEYS, 3, seed=123)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in other.state_dict().items()}},
-               run_dir / "checkpoints" / "last.ckpt")
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in other.state_dict().items()}},
+        run_dir / "checkpoints" / "last.ckpt",
+    )
     fresh = pq.read_table(run_decoding(run_dir, dict(OPTIONS, pictures=False))["decoded"])
     test = torch.load(run_dir.parent / "data" / "test.pt")
-    assert fresh.column("x").to_pylist() == pyro_map_states(other, test["sequences"],
-                                                            test["lengths"])
+    assert fresh.column("x").to_pylist() == pyro_map_states(
+        other, test["sequences"], test["lengths"]
+    )

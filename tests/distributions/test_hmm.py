@@ -55,6 +55,7 @@ def test_log_prob_and_filter_equal_pyro(shapes, method):
     init, trans, loc = _params(*shapes[:3])
     obs = pd.Normal(loc, torch.tensor(0.7))
     value = torch.randn(shapes[3])
+
     def theirs():  # built per use: the constructor's normalisation is part of each graph
         return pd.DiscreteHMM(init, trans, obs)
 
@@ -66,28 +67,51 @@ def test_log_prob_and_filter_equal_pyro(shapes, method):
     _assert_same(theirs().log_prob(value), ours().log_prob(value), [init, trans, loc])
     _assert_same(theirs().filter(value).logits, ours().filter(value).logits, [init, trans, loc])
     with torch.no_grad():  # the fast, kernel-backed filter
-        torch.testing.assert_close(ours().filter(value).probs, theirs().filter(value).probs,
-                                   rtol=RTOL, atol=1e-12)
+        torch.testing.assert_close(
+            ours().filter(value).probs, theirs().filter(value).probs, rtol=RTOL, atol=1e-12
+        )
 
 
 def _observation_dists():
     k = 4
     return {
-        "bernoulli_keys": (lambda p: pd.Bernoulli(logits=p).to_event(1), (S, k),
-                           lambda n: torch.randint(0, 2, (n, T, k)).double()),
+        "bernoulli_keys": (
+            lambda p: pd.Bernoulli(logits=p).to_event(1),
+            (S, k),
+            lambda n: torch.randint(0, 2, (n, T, k)).double(),
+        ),
         # logits exactly 0 (probs 1/2): where a hand-made softplus gets the gradient wrong
-        "bernoulli_keys_zero_logits": (lambda p: pd.Bernoulli(logits=p * (p > 0)).to_event(1),
-                                       (S, k), lambda n: torch.randint(0, 2, (n, T, k)).double()),
-        "bernoulli_probs_keys": (lambda p: pd.Bernoulli(probs=torch.sigmoid(p)).to_event(1),
-                                 (S, k), lambda n: torch.randint(0, 2, (n, T, k)).double()),
-        "categorical": (lambda p: pd.Categorical(logits=p), (S, k),
-                        lambda n: torch.randint(0, k, (n, T))),
+        "bernoulli_keys_zero_logits": (
+            lambda p: pd.Bernoulli(logits=p * (p > 0)).to_event(1),
+            (S, k),
+            lambda n: torch.randint(0, 2, (n, T, k)).double(),
+        ),
+        "bernoulli_probs_keys": (
+            lambda p: pd.Bernoulli(probs=torch.sigmoid(p)).to_event(1),
+            (S, k),
+            lambda n: torch.randint(0, 2, (n, T, k)).double(),
+        ),
+        "categorical": (
+            lambda p: pd.Categorical(logits=p),
+            (S, k),
+            lambda n: torch.randint(0, k, (n, T)),
+        ),
         "normal": (lambda p: pd.Normal(p, p.exp()), (S,), lambda n: torch.randn(n, T)),
-        "normal_keys": (lambda p: pd.Normal(p, 1.5).to_event(1), (S, k),
-                        lambda n: torch.randn(n, T, k)),
-        "poisson": (lambda p: pd.Poisson(p.exp()), (S,), lambda n: torch.poisson(torch.full((n, T), 2.0))),
-        "poisson_time_varying": (lambda p: pd.Poisson(p.exp()), (T, S),
-                                 lambda n: torch.poisson(torch.full((n, T), 2.0))),
+        "normal_keys": (
+            lambda p: pd.Normal(p, 1.5).to_event(1),
+            (S, k),
+            lambda n: torch.randn(n, T, k),
+        ),
+        "poisson": (
+            lambda p: pd.Poisson(p.exp()),
+            (S,),
+            lambda n: torch.poisson(torch.full((n, T), 2.0)),
+        ),
+        "poisson_time_varying": (
+            lambda p: pd.Poisson(p.exp()),
+            (T, S),
+            lambda n: torch.poisson(torch.full((n, T), 2.0)),
+        ),
     }
 
 
@@ -119,20 +143,22 @@ def test_lengths_equal_pyro_on_truncated_sequences(time_varying):
         expected.append(pd.DiscreteHMM(init, a, obs).log_prob(value[n, :length]))
     _assert_same(torch.stack(expected), actual, [init, trans, probs])
     with torch.no_grad():
-    # filter: the last step of each (non-empty) sequence
+        # filter: the last step of each (non-empty) sequence
         hmm = DiscreteHMM(init, trans, obs, lengths=lengths.clamp(min=1))
         for n, length in enumerate(lengths.clamp(min=1).tolist()):
             a = trans[:length] if time_varying else trans
             torch.testing.assert_close(
                 hmm.filter(value).logits[n],
-                pd.DiscreteHMM(init, a, obs).filter(value[n, :length]).logits)
+                pd.DiscreteHMM(init, a, obs).filter(value[n, :length]).logits,
+            )
 
 
 def test_lengths_are_checked():
     init, trans, loc = _params((S,), (S, S), (S,))
     with pytest.raises(ValueError, match="at most the number of steps"):
         DiscreteHMM(init, trans, pd.Normal(loc, 1.0), lengths=torch.tensor([6])).log_prob(
-            torch.randn(1, T))
+            torch.randn(1, T)
+        )
     with pytest.raises(ValueError, match="non-negative integers"):
         DiscreteHMM(init, trans, pd.Normal(loc, 1.0), lengths=torch.tensor([-1]))
 
@@ -176,8 +202,9 @@ def test_viterbi_equals_brute_force(tiny_hmm, method):
         best = max(scores, key=lambda xs: scores[xs])
         assert path.states[n].tolist() == list(best) + [0] * (T - length)
         torch.testing.assert_close(path.log_joint[n], scores[best], rtol=RTOL, atol=0)
-        torch.testing.assert_close(path.log_posterior[n], scores[best] - log_z[n], rtol=RTOL,
-                                   atol=1e-12)
+        torch.testing.assert_close(
+            path.log_posterior[n], scores[best] - log_z[n], rtol=RTOL, atol=1e-12
+        )
 
 
 def test_posterior_samples_follow_the_exact_posterior(tiny_hmm):
@@ -203,8 +230,9 @@ def test_posterior_samples_follow_the_exact_posterior(tiny_hmm):
             score = _brute_force_paths(hmm, value[m], size)[xs] if m == n else None
             if score is not None:
                 torch.testing.assert_close(path.log_joint[i, m], score, rtol=RTOL, atol=0)
-                torch.testing.assert_close(path.log_posterior[i, m], score - log_z[m],
-                                           rtol=RTOL, atol=1e-12)
+                torch.testing.assert_close(
+                    path.log_posterior[i, m], score - log_z[m], rtol=RTOL, atol=1e-12
+                )
 
 
 # -- inside a model ----------------------------------------------------------------------------
@@ -213,8 +241,11 @@ def test_posterior_samples_follow_the_exact_posterior(tiny_hmm):
 def _model(hmm_class, data):
     init = pyro.param("init", torch.zeros(S))
     trans = pyro.param("trans", torch.eye(S) * 2.0)
-    probs = pyro.param("probs", torch.full((S, data.shape[-1]), 0.3) + torch.arange(S)[:, None] / 10,
-                       constraint=pd.constraints.unit_interval)
+    probs = pyro.param(
+        "probs",
+        torch.full((S, data.shape[-1]), 0.3) + torch.arange(S)[:, None] / 10,
+        constraint=pd.constraints.unit_interval,
+    )
     obs = pd.Bernoulli(probs).to_event(1)
     with pyro.plate("sequences", data.shape[0]):
         pyro.sample("y", hmm_class(init, trans, obs), obs=data)
@@ -250,8 +281,9 @@ def test_trace_elbo_svi_inside_plate_equals_pyro():
 
 def test_is_a_pyro_discrete_hmm_and_expands():
     init, trans, loc = _params((S,), (S, S), (S,))
-    hmm = enumdist.DiscreteHMM(init, trans, pd.Normal(loc, 1.0), lengths=torch.tensor([3]),
-                               duration=T)
+    hmm = enumdist.DiscreteHMM(
+        init, trans, pd.Normal(loc, 1.0), lengths=torch.tensor([3]), duration=T
+    )
     assert isinstance(hmm, pd.DiscreteHMM)
     wide = hmm.expand([4])
     assert type(wide) is DiscreteHMM and wide.batch_shape == (4,)
@@ -272,6 +304,7 @@ def test_readme_long_chain_example_runs():
     assert namespace["best"].states.shape == (2, 500)
     assert bool((namespace["best"].states[1, 300:] == 0).all())
     assert namespace["draws"].states.shape == (3, 2, 500)
-    truncated = pd.DiscreteHMM(hmm.initial_logits, hmm.transition_logits,
-                               hmm.observation_dist).log_prob(y[1, :300])
+    truncated = pd.DiscreteHMM(
+        hmm.initial_logits, hmm.transition_logits, hmm.observation_dist
+    ).log_prob(y[1, :300])
     torch.testing.assert_close(namespace["log_p"][1], truncated, rtol=1e-5, atol=0)

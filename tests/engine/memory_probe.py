@@ -26,9 +26,13 @@ STATES = 172  # products of 39 MiB: above glibc's largest mmap threshold (32 MiB
 
 def cycle(num_states):
     def model():
-        tables = [pyro.param(f"table_{i}", torch.randn(num_states, num_states,
-                                                       generator=torch.Generator().manual_seed(i)))
-                  for i in range(3)]
+        tables = [
+            pyro.param(
+                f"table_{i}",
+                torch.randn(num_states, num_states, generator=torch.Generator().manual_seed(i)),
+            )
+            for i in range(3)
+        ]
         a = pyro.sample("a", dist.Categorical(logits=torch.zeros(num_states)), infer=ENUM)
         b = pyro.sample("b", dist.Categorical(logits=Vindex(tables[0])[a]), infer=ENUM)
         c = pyro.sample("c", dist.Categorical(logits=Vindex(tables[1])[b]), infer=ENUM)
@@ -56,8 +60,9 @@ def run(entry, num_states, budget):
         elbo.sample_posterior(model, empty_guide)
     elif entry.startswith("infer_discrete"):
         temperature = int(entry[-1])
-        decoder = enumdist.infer_discrete(model, first_available_dim=-1, temperature=temperature,
-                                          memory_budget=budget)
+        decoder = enumdist.infer_discrete(
+            model, first_available_dim=-1, temperature=temperature, memory_budget=budget
+        )
         poutine.trace(decoder).get_trace()
     else:
         raise ValueError(entry)
@@ -101,9 +106,16 @@ def main(entry):
     refused_growth = max(0, peak_rss() - start)
     start = reset_peak()
     run(entry, STATES, estimate)  # exactly the estimate: admitted
-    print(json.dumps({"estimate": estimate, "refused_growth": refused_growth,
-                      "admitted_growth": peak_rss() - start,
-                      "product_bytes": 8 * STATES**3}))
+    print(
+        json.dumps(
+            {
+                "estimate": estimate,
+                "refused_growth": refused_growth,
+                "admitted_growth": peak_rss() - start,
+                "product_bytes": 8 * STATES**3,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

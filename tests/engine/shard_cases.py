@@ -90,14 +90,27 @@ SHARD_CASES = [
     ShardCase("hmm_masked", _case("hmm_masked"), "sequences", _hmm_axis),
     ShardCase("hmm_global_regime", _case("hmm_global_regime"), "sequences", _hmm_axis),
     ShardCase("nested_topics", _case("nested_topics"), "documents", _first_axis),
-    ShardCase("bayesian_mixture_autodelta", _case("bayesian_mixture_autodelta"), "data", _first_axis),
+    ShardCase(
+        "bayesian_mixture_autodelta", _case("bayesian_mixture_autodelta"), "data", _first_axis
+    ),
     ShardCase("global_outside_plate", _case("global_outside_plate"), "data", _first_axis),
-    ShardCase("subsampled", _case("subsampled_plate"), "data", _subsample_slice, sizes=(1, 1),
-              full=lambda args: (args[0], torch.cat(SUBSAMPLES))),
+    ShardCase(
+        "subsampled",
+        _case("subsampled_plate"),
+        "data",
+        _subsample_slice,
+        sizes=(1, 1),
+        full=lambda args: (args[0], torch.cat(SUBSAMPLES)),
+    ),
     ShardCase("unequal_shards", _case("hmm_masked"), "sequences", _hmm_axis, sizes=(1, 3)),
     # nested plates, lazy emissions and a one-item shard: ranks lay dims out differently
-    ShardCase("bernoulli_hmm_one_item_shard", _case("bernoulli_hmm_nested_plates"), "sequences",
-              _first_axis, sizes=(1, 4)),
+    ShardCase(
+        "bernoulli_hmm_one_item_shard",
+        _case("bernoulli_hmm_nested_plates"),
+        "sequences",
+        _first_axis,
+        sizes=(1, 4),
+    ),
     # a global the guide samples without reparameterisation: DiCE score-function weights
     ShardCase("score_function_guide", _case("score_function_guide"), "data", _first_axis),
 ]
@@ -113,17 +126,26 @@ def record_run(elbo, case, args, steps=3, model=None):
     loss = elbo.loss(model, guide, *args)
     differentiable = float(elbo.differentiable_loss(model, guide, *args).detach())
     elbo.loss_and_grads(model, guide, *args)
-    grads = {n: pyro.param(n).unconstrained().grad.clone() for n in pyro.get_param_store().keys()
-             if pyro.param(n).unconstrained().grad is not None}
+    grads = {
+        n: pyro.param(n).unconstrained().grad.clone()
+        for n in pyro.get_param_store()
+        if pyro.param(n).unconstrained().grad is not None
+    }
     comm = getattr(elbo, "last_comm_bytes", 0)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = case.case.guide_factory(model)
     svi = SVI(model, guide, Adam({"lr": 0.05}), loss=elbo)
     losses = [svi.step(*args) for _ in range(steps)]
-    params = {n: pyro.param(n).detach().clone() for n in pyro.get_param_store().keys()}
-    return {"loss": loss, "differentiable_loss": differentiable, "grads": grads,
-            "svi_losses": losses, "params": params, "comm": comm}
+    params = {n: pyro.param(n).detach().clone() for n in pyro.get_param_store()}
+    return {
+        "loss": loss,
+        "differentiable_loss": differentiable,
+        "grads": grads,
+        "svi_losses": losses,
+        "params": params,
+        "comm": comm,
+    }
 
 
 # --- every sharded entry point: 12 points split 6/6, a global enumerated variable --------------
@@ -183,28 +205,43 @@ def guide_side_global(data):
 
 @config_enumerate
 def guide_side_global_guide(data):
-    q = pyro.param("q_r", torch.tensor([0.3, 0.7], dtype=torch.float64),
-                   constraint=constraints.simplex)
+    q = pyro.param(
+        "q_r", torch.tensor([0.3, 0.7], dtype=torch.float64), constraint=constraints.simplex
+    )
     pyro.sample("r", dist.Categorical(q))
 
 
 def guide_side_sequential_guide(data):
     """The guide enumerates the global ``r`` one value at a time (a model run per value)."""
-    q = pyro.param("q_r", torch.tensor([0.3, 0.7], dtype=torch.float64),
-                   constraint=constraints.simplex)
+    q = pyro.param(
+        "q_r", torch.tensor([0.3, 0.7], dtype=torch.float64), constraint=constraints.simplex
+    )
     pyro.sample("r", dist.Categorical(q), infer={"enumerate": "sequential"})
 
 
 def _entry_case(name, model, guide=None, oracle=None):
     guide_factory = (lambda m: guide) if guide else (lambda m: zoo.empty_guide)
     case = zoo.Case(name, model, (ENTRY_DATA,), 1, guide_factory, guide is None)
-    return ShardCase(name, case, "data", _first_axis,
-                     oracle=oracle and zoo.Case(name, oracle, (ENTRY_DATA,), 1, guide_factory))
+    return ShardCase(
+        name,
+        case,
+        "data",
+        _first_axis,
+        oracle=oracle and zoo.Case(name, oracle, (ENTRY_DATA,), 1, guide_factory),
+    )
 
 
-_NUM_ITEMS.update({name: (lambda args: len(args[0])) for name in
-                   ("entry_model_side", "entry_guide_side", "entry_guide_sequential",
-                    "entry_sequential")})
+_NUM_ITEMS.update(
+    {
+        name: (lambda args: len(args[0]))
+        for name in (
+            "entry_model_side",
+            "entry_guide_side",
+            "entry_guide_sequential",
+            "entry_sequential",
+        )
+    }
+)
 SHARD_CASES += [
     _entry_case("entry_model_side", global_and_local),
     _entry_case("entry_guide_side", guide_side_global, guide_side_global_guide),

@@ -6,22 +6,22 @@ import os
 import time
 import traceback
 
+import pyro
 import torch
 import torch.distributed as tdist
-import pyro
 from pyro import poutine
 
 import enumdist
 from enumdist.engine.errors import ModelStructureError, ShardError
 from enumdist.process_group import init_process_group
-from tests.engine import zoo
-from tests.engine import shard_cases
+from tests.engine import shard_cases, zoo
 from tests.engine.shard_cases import SHARD_CASES, record_run
 
 
 def sharded_run(case, rank, world):
-    elbo = enumdist.EnumELBO(max_plate_nesting=case.case.max_plate_nesting,
-                             shard_plates=[case.plate])
+    elbo = enumdist.EnumELBO(
+        max_plate_nesting=case.case.max_plate_nesting, shard_plates=[case.plate]
+    )
     return record_run(elbo, case, case.local_args(rank, world))
 
 
@@ -38,14 +38,19 @@ def sharded_decode(rank, world):
     case = next(c for c in SHARD_CASES if c.name == "hmm_global_regime")
     args = case.local_args(rank, world)
     pyro.clear_param_store()
-    decoder = enumdist.infer_discrete(case.case.model, first_available_dim=-2, temperature=0,
-                                      shard_plates=["sequences"])
+    decoder = enumdist.infer_discrete(
+        case.case.model, first_available_dim=-2, temperature=0, shard_plates=["sequences"]
+    )
     trace = poutine.trace(decoder).get_trace(*args)
-    values = {n: s["value"] for n, s in trace.nodes.items()
-              if s["type"] == "sample" and not s["is_observed"]}
+    values = {
+        n: s["value"]
+        for n, s in trace.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"]
+    }
     pyro.set_rng_seed(rank)  # different seeds: global samples must still agree
-    sampler = enumdist.infer_discrete(case.case.model, first_available_dim=-2, temperature=1,
-                                      shard_plates=["sequences"])
+    sampler = enumdist.infer_discrete(
+        case.case.model, first_available_dim=-2, temperature=1, shard_plates=["sequences"]
+    )
     sample = poutine.trace(sampler).get_trace(*args).nodes["regime"]["value"]
     return {"map": values, "sampled_regime": sample}
 
@@ -55,13 +60,20 @@ def expect_failure(fn, errors=(ShardError, ModelStructureError)):
     try:
         fn()
     except errors as exc:
-        return {"type": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - start}
+        return {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "seconds": time.monotonic() - start,
+        }
     return {"type": None, "message": "no error", "seconds": time.monotonic() - start}
 
 
 def latent_values(trace):
-    return {n: s["value"] for n, s in trace.nodes.items()
-            if s["type"] == "sample" and not s["is_observed"]}
+    return {
+        n: s["value"]
+        for n, s in trace.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"]
+    }
 
 
 def entry_points(rank, world):
@@ -72,28 +84,41 @@ def entry_points(rank, world):
     elbo = enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["data"])
     pyro.clear_param_store()
     out = {"loss": elbo.loss(model, guide, local), "loss_comm_bytes": elbo.last_comm_bytes}
-    out["marginals"] = {n: (type(d).__name__, d.probs)
-                        for n, d in elbo.compute_marginals(model, guide, local).items()}
-    out["map"] = latent_values(poutine.trace(enumdist.infer_discrete(
-        model, first_available_dim=-2, temperature=0, shard_plates=["data"])).get_trace(local))
+    out["marginals"] = {
+        n: (type(d).__name__, d.probs)
+        for n, d in elbo.compute_marginals(model, guide, local).items()
+    }
+    out["map"] = latent_values(
+        poutine.trace(
+            enumdist.infer_discrete(
+                model, first_available_dim=-2, temperature=0, shard_plates=["data"]
+            )
+        ).get_trace(local)
+    )
     pyro.set_rng_seed(100 + rank)  # different seeds: the globals must agree all the same
     draws = enumdist.EnumELBO(max_plate_nesting=2, shard_plates=["data"])
     out["posterior_draws"] = draws.sample_posterior(shard_cases.many_draws, guide, local)
-    sampler = enumdist.infer_discrete(shard_cases.many_draws, first_available_dim=-3,
-                                      temperature=1, shard_plates=["data"])
+    sampler = enumdist.infer_discrete(
+        shard_cases.many_draws, first_available_dim=-3, temperature=1, shard_plates=["data"]
+    )
     sampled = latent_values(poutine.trace(sampler).get_trace(local))
     out["infer_discrete_draws"] = (sampled["g"], sampled["z"])
     guide_side = shard_cases.guide_side_global_guide
     out["marginals_guide_side"] = expect_failure(
         lambda: elbo.compute_marginals(shard_cases.guide_side_global, guide_side, local),
-        NotImplementedError)
+        NotImplementedError,
+    )
     out["sample_posterior_guide_side"] = expect_failure(
         lambda: elbo.sample_posterior(shard_cases.guide_side_global, guide_side, local),
-        NotImplementedError)
+        NotImplementedError,
+    )
     empty = local if rank == 0 else local[:0]
     out["empty_shard"] = expect_failure(lambda: elbo.loss(model, guide, empty))
-    out["empty_shard_decode"] = expect_failure(lambda: enumdist.infer_discrete(
-        model, first_available_dim=-2, temperature=0, shard_plates=["data"])(empty))
+    out["empty_shard_decode"] = expect_failure(
+        lambda: enumdist.infer_discrete(
+            model, first_available_dim=-2, temperature=0, shard_plates=["data"]
+        )(empty)
+    )
     return out
 
 
@@ -102,8 +127,11 @@ def bad_data_on_one_shard(rank, world):
     local = data.chunk(world)[rank].clone()
     if rank == 1:
         local[0] = float("nan")
-    return expect_failure(lambda: enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["data"]).loss(
-        zoo.gaussian_mixture, zoo.empty_guide, local))
+    return expect_failure(
+        lambda: enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["data"]).loss(
+            zoo.gaussian_mixture, zoo.empty_guide, local
+        )
+    )
 
 
 def different_structure(rank, world):
@@ -114,8 +142,11 @@ def different_structure(rank, world):
         if rank == 1:
             pyro.sample("extra", pyro.distributions.Normal(0.0, 1.0), obs=torch.tensor(0.0))
 
-    return expect_failure(lambda: enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["data"]).loss(
-        model, zoo.empty_guide, data))
+    return expect_failure(
+        lambda: enumdist.EnumELBO(max_plate_nesting=1, shard_plates=["data"]).loss(
+            model, zoo.empty_guide, data
+        )
+    )
 
 
 def main(rank, world, port, outdir):
@@ -132,7 +163,7 @@ def main(rank, world, port, outdir):
         results["bad_data"] = bad_data_on_one_shard(rank, world)
         results["different_structure"] = different_structure(rank, world)
         results["entry_points"] = entry_points(rank, world)
-    except Exception:  # noqa: BLE001 - surfaced by the test
+    except Exception:
         results["error"] = traceback.format_exc()
     torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
     tdist.destroy_process_group()

@@ -2,9 +2,9 @@
 
 import itertools
 
+import pyro
 import pytest
 import torch
-import pyro
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
@@ -43,9 +43,11 @@ def loss_and_grads(elbo, model, *args):
 def test_loss_and_grads_equal_trace_enum_elbo(method):
     rolls, lengths = piano_rolls()
     expected, expected_grads = loss_and_grads(
-        TraceEnum_ELBO(max_plate_nesting=2), loop_model, rolls, lengths, NUM_STATES)
+        TraceEnum_ELBO(max_plate_nesting=2), loop_model, rolls, lengths, NUM_STATES
+    )
     actual, actual_grads = loss_and_grads(
-        Trace_ELBO(), chain_model, rolls, lengths, NUM_STATES, method)
+        Trace_ELBO(), chain_model, rolls, lengths, NUM_STATES, method
+    )
     assert actual == pytest.approx(expected, rel=1e-7)
     for name in expected_grads:
         assert torch.allclose(actual_grads[name], expected_grads[name], rtol=1e-7, atol=1e-12), name
@@ -91,13 +93,15 @@ def test_scan_messages_equal_sequential(block, time_varying):
     n, t, s = 3, 300, 4
     init, emissions = torch.randn(s), torch.randn(n, t, s)
     trans = torch.randn(t if time_varying else 1, s, s)
-    valid = _prepare(init, trans if time_varying else trans[0], emissions,
-                     torch.tensor([300, 137, 1]))
+    valid = _prepare(
+        init, trans if time_varying else trans[0], emissions, torch.tensor([300, 137, 1])
+    )
     inputs = (*_transition_probs(trans), *_scaled(emissions), valid)
     h_alpha, c_alpha, blocks = _scan_forward(init, *inputs, block=block)
-    for sequential, scan in [(_sequential_forward(init, *inputs), (h_alpha, c_alpha)),
-                             (_sequential_backward(*inputs),
-                              _scan_backward(*inputs, blocks, block=block))]:
+    for sequential, scan in [
+        (_sequential_forward(init, *inputs), (h_alpha, c_alpha)),
+        (_sequential_backward(*inputs), _scan_backward(*inputs, blocks, block=block)),
+    ]:
         expected, actual = (torch.log(h) + c[..., None] for h, c in (sequential, scan))
         assert torch.allclose(actual, expected, rtol=1e-10)
 
@@ -121,8 +125,10 @@ def test_scan_equals_sequential_on_ragged_chain(time_varying):
     """Values and all three gradients, unsorted ragged lengths, a non-uniform upstream grad."""
     generator = torch.Generator().manual_seed(1)
     n, t, s = 4, 300, 5
-    args = [torch.randn(*shape, generator=generator, dtype=torch.float64)
-            for shape in [(s,), ((t,) if time_varying else ()) + (s, s), (n, t, s)]]
+    args = [
+        torch.randn(*shape, generator=generator, dtype=torch.float64)
+        for shape in [(s,), ((t,) if time_varying else ()) + (s, s), (n, t, s)]
+    ]
     lengths = torch.tensor([211, 300, 1, 299])
     weights = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
     results = {}
@@ -139,8 +145,9 @@ def test_chain_map_equals_pyro_infer_discrete():
     rolls, lengths = piano_rolls()
     decoder = pyro.infer.infer_discrete(loop_model, first_available_dim=-3, temperature=0)
     trace = poutine.trace(decoder).get_trace(rolls, lengths, NUM_STATES)
-    expected = torch.stack([trace.nodes[f"x_{t}"]["value"].reshape(-1)
-                            for t in range(rolls.shape[1])], dim=1)
+    expected = torch.stack(
+        [trace.nodes[f"x_{t}"]["value"].reshape(-1) for t in range(rolls.shape[1])], dim=1
+    )
     with torch.no_grad():
         actual = chain_map(*chain_inputs(rolls, NUM_STATES), lengths)
     assert torch.equal(actual, expected)
@@ -164,5 +171,6 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="trans_logits"):
         chain_log_likelihood(torch.zeros(3), torch.zeros(2, 2), torch.zeros(1, 4, 3))
     with pytest.raises(ValueError, match="lengths"):
-        chain_log_likelihood(torch.zeros(3), torch.zeros(3, 3), torch.zeros(1, 4, 3),
-                             torch.tensor([5]))
+        chain_log_likelihood(
+            torch.zeros(3), torch.zeros(3, 3), torch.zeros(1, 4, 3), torch.tensor([5])
+        )

@@ -1,13 +1,13 @@
 """EnumELBO equals TraceEnum_ELBO: loss, every gradient, and SVI trajectories (float64)."""
 
+import pyro
 import pytest
 import torch
-import pyro
 from pyro.infer import SVI, TraceEnum_ELBO
 from pyro.optim import Adam
 
 import enumdist
-from tests.engine.zoo import CASES, CASE_IDS
+from tests.engine.zoo import CASE_IDS, CASES
 
 RTOL = 1e-7
 
@@ -42,13 +42,21 @@ def trajectory(elbo_cls, case, steps=4):
     pyro.clear_param_store()
     pyro.set_rng_seed(1)
     guide = case.guide_factory(case.model)
-    svi = SVI(case.model, guide, Adam({"lr": 0.05}),
-              loss=elbo_cls(max_plate_nesting=case.max_plate_nesting))
+    svi = SVI(
+        case.model,
+        guide,
+        Adam({"lr": 0.05}),
+        loss=elbo_cls(max_plate_nesting=case.max_plate_nesting),
+    )
     history = []
     for _ in range(steps):
         loss = svi.step(*case.args)
-        history.append((loss, {n: pyro.param(n).detach().clone()
-                               for n in sorted(pyro.get_param_store().keys())}))
+        history.append(
+            (
+                loss,
+                {n: pyro.param(n).detach().clone() for n in sorted(pyro.get_param_store().keys())},
+            )
+        )
     return history
 
 
@@ -59,8 +67,9 @@ def test_svi_trajectory_equals_pyro(case):
     for step, ((loss_e, params_e), (loss_a, params_a)) in enumerate(zip(expected, actual)):
         assert loss_a == pytest.approx(loss_e, rel=RTOL), f"step {step}"
         for name in params_e:
-            torch.testing.assert_close(params_a[name], params_e[name], rtol=RTOL, atol=1e-10,
-                                       msg=f"{name} at step {step}")
+            torch.testing.assert_close(
+                params_a[name], params_e[name], rtol=RTOL, atol=1e-10, msg=f"{name} at step {step}"
+            )
 
 
 def test_zoo_is_large_enough():
@@ -78,12 +87,14 @@ def test_multiple_particles_equal_pyro(vectorize):
 
     def model(data):
         shift = pyro.sample("shift", dist.Normal(0.0, 1.0))
-        weights = pyro.param("weights", torch.tensor([0.3, 0.7]),
-                             constraint=dist.constraints.simplex)
+        weights = pyro.param(
+            "weights", torch.tensor([0.3, 0.7]), constraint=dist.constraints.simplex
+        )
         with pyro.plate("data", len(data)):
             z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
-            pyro.sample("x", dist.Normal(Vindex(torch.tensor([-1.0, 1.0]))[z] + shift, 1.0),
-                        obs=data)
+            pyro.sample(
+                "x", dist.Normal(Vindex(torch.tensor([-1.0, 1.0]))[z] + shift, 1.0), obs=data
+            )
 
     def run(elbo_cls):
         pyro.clear_param_store()
@@ -92,7 +103,9 @@ def test_multiple_particles_equal_pyro(vectorize):
         elbo = elbo_cls(max_plate_nesting=1, num_particles=3, vectorize_particles=vectorize)
         loss = elbo.differentiable_loss(model, guide, data)
         names = sorted(pyro.get_param_store().keys())
-        return loss.detach(), torch.autograd.grad(loss, [pyro.param(n).unconstrained() for n in names])
+        return loss.detach(), torch.autograd.grad(
+            loss, [pyro.param(n).unconstrained() for n in names]
+        )
 
     expected_loss, expected_grads = run(TraceEnum_ELBO)
     actual_loss, actual_grads = run(enumdist.EnumELBO)

@@ -6,10 +6,10 @@ steps); Monte Carlo enumeration is also checked by its statistics over many seed
 
 import math
 
-import pytest
-import torch
 import pyro
 import pyro.distributions as dist
+import pytest
+import torch
 from pyro import poutine
 from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
@@ -36,15 +36,26 @@ def loss_and_grads(elbo, model, guide, *args, seed=0):
     return loss.detach(), dict(zip(names, grads))
 
 
-def assert_equals_pyro(model, guide, *args, max_plate_nesting, seed=0, memory_budget=None,
-                       **kwargs):
+def assert_equals_pyro(
+    model, guide, *args, max_plate_nesting, seed=0, memory_budget=None, **kwargs
+):
     """Loss and every gradient equal TraceEnum_ELBO's (``kwargs`` go to both ELBOs)."""
     expected, expected_grads = loss_and_grads(
-        TraceEnum_ELBO(max_plate_nesting=max_plate_nesting, **kwargs), model, guide, *args,
-        seed=seed)
+        TraceEnum_ELBO(max_plate_nesting=max_plate_nesting, **kwargs),
+        model,
+        guide,
+        *args,
+        seed=seed,
+    )
     actual, actual_grads = loss_and_grads(
-        enumdist.EnumELBO(max_plate_nesting=max_plate_nesting, memory_budget=memory_budget,
-                          **kwargs), model, guide, *args, seed=seed)
+        enumdist.EnumELBO(
+            max_plate_nesting=max_plate_nesting, memory_budget=memory_budget, **kwargs
+        ),
+        model,
+        guide,
+        *args,
+        seed=seed,
+    )
     torch.testing.assert_close(actual, expected, rtol=RTOL, atol=1e-12)
     assert actual_grads.keys() == expected_grads.keys()
     for name, grad in expected_grads.items():
@@ -61,8 +72,9 @@ def assert_svi_equals_pyro(model, guide, *args, max_plate_nesting, steps=3):
         pyro.set_rng_seed(3)
         svi = SVI(model, guide, Adam({"lr": 0.1}), loss=elbo)
         losses = [svi.step(*args) for _ in range(steps)]
-        return losses, {n: pyro.param(n).detach().clone()
-                        for n in sorted(pyro.get_param_store().keys())}
+        return losses, {
+            n: pyro.param(n).detach().clone() for n in sorted(pyro.get_param_store().keys())
+        }
 
     expected = run(TraceEnum_ELBO(max_plate_nesting=max_plate_nesting))
     actual = run(enumdist.EnumELBO(max_plate_nesting=max_plate_nesting))
@@ -72,6 +84,7 @@ def assert_svi_equals_pyro(model, guide, *args, max_plate_nesting, steps=3):
 
 
 # -- models -------------------------------------------------------------------------------------
+
 
 def bernoulli_model():
     pyro.sample("z", dist.Bernoulli(0.25))
@@ -85,7 +98,9 @@ def bernoulli_guide():
 def plated_model(data):
     a = pyro.sample("a", dist.Bernoulli(0.3))
     with pyro.plate("p", 3, dim=-1):
-        b = pyro.sample("b", dist.Categorical(torch.tensor([[.2, .3, .5], [.6, .2, .2]])[a.long()]))
+        b = pyro.sample(
+            "b", dist.Categorical(torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.2, 0.2]])[a.long()])
+        )
         with pyro.plate("q", 2, dim=-2):
             c = pyro.sample("c", dist.Bernoulli(0.1 + 0.2 * b.double()))
             pyro.sample("o", dist.Normal(c + a, 1.0), obs=data)
@@ -94,21 +109,23 @@ def plated_model(data):
 def plated_guide(how_a, how_b, how_c):
     def guide(data):
         pa = pyro.param("pa", torch.tensor(0.6), constraint=dist.constraints.unit_interval)
-        pb = pyro.param("pb", torch.tensor([.3, .3, .4]), constraint=dist.constraints.simplex)
-        pc = pyro.param("pc", torch.tensor([0.4, 0.7]).unsqueeze(-1),
-                        constraint=dist.constraints.unit_interval)
+        pb = pyro.param("pb", torch.tensor([0.3, 0.3, 0.4]), constraint=dist.constraints.simplex)
+        pc = pyro.param(
+            "pc", torch.tensor([0.4, 0.7]).unsqueeze(-1), constraint=dist.constraints.unit_interval
+        )
         pyro.sample("a", dist.Bernoulli(pa), infer={"enumerate": how_a})
         with pyro.plate("p", 3, dim=-1):
             pyro.sample("b", dist.Categorical(pb), infer={"enumerate": how_b})
             with pyro.plate("q", 2, dim=-2):
                 pyro.sample("c", dist.Bernoulli(pc), infer={"enumerate": how_c})
+
     return guide
 
 
 def chain_model(data):
     z = 0
     for t in pyro.markov(range(len(data))):
-        z = pyro.sample(f"z{t}", dist.Categorical(torch.tensor([[.9, .1], [.2, .8]])[z]))
+        z = pyro.sample(f"z{t}", dist.Categorical(torch.tensor([[0.9, 0.1], [0.2, 0.8]])[z]))
         pyro.sample(f"x{t}", dist.Normal(z * 1.0, 1.0), obs=data[t])
 
 
@@ -118,10 +135,12 @@ def chain_guide(how):
         for t in pyro.markov(range(len(data))):
             logits = pyro.param(f"q{t}", torch.zeros(2, 2) + 0.1 * t)
             z = pyro.sample(f"z{t}", dist.Categorical(logits=logits[z]), infer={"enumerate": how})
+
     return guide
 
 
 # -- 1a: sequential guide sites -----------------------------------------------------------------
+
 
 def test_sequential_global_site_is_exact_kl():
     loss = assert_equals_pyro(bernoulli_model, bernoulli_guide, max_plate_nesting=0)
@@ -129,12 +148,15 @@ def test_sequential_global_site_is_exact_kl():
     assert loss == pytest.approx(kl, rel=1e-12)
 
 
-@pytest.mark.parametrize("hows", [
-    ("sequential", "sequential", "sequential"),
-    ("sequential", "parallel", "sequential"),
-    ("parallel", "sequential", "parallel"),
-    ("sequential", "parallel", "parallel"),
-])
+@pytest.mark.parametrize(
+    "hows",
+    [
+        ("sequential", "sequential", "sequential"),
+        ("sequential", "parallel", "sequential"),
+        ("parallel", "sequential", "parallel"),
+        ("sequential", "parallel", "parallel"),
+    ],
+)
 def test_sequential_sites_in_nested_plates_equal_pyro(hows):
     data = torch.tensor([[1.0, 0.0, 2.0], [0.5, -1.0, 1.5]])
     assert_equals_pyro(plated_model, plated_guide(*hows), data, max_plate_nesting=2)
@@ -148,8 +170,12 @@ def test_markov_chain_guide_equals_pyro(how):
 
 def test_sequential_guide_svi_steps_equal_pyro():
     data = torch.tensor([[1.0, 0.0, 2.0], [0.5, -1.0, 1.5]])
-    assert_svi_equals_pyro(plated_model, plated_guide("sequential", "parallel", "sequential"),
-                           data, max_plate_nesting=2)
+    assert_svi_equals_pyro(
+        plated_model,
+        plated_guide("sequential", "parallel", "sequential"),
+        data,
+        max_plate_nesting=2,
+    )
 
 
 def test_sequential_guide_whose_structure_depends_on_the_value():
@@ -170,6 +196,7 @@ def test_sequential_guide_whose_structure_depends_on_the_value():
 
 # -- 1b: Monte Carlo enumeration (num_samples) --------------------------------------------------
 
+
 def categorical_model():
     pyro.sample("z", dist.Categorical(torch.tensor([0.3, 0.7])))
 
@@ -178,11 +205,12 @@ def categorical_guide(n):
     def guide():
         probs = pyro.param("probs", torch.tensor([0.4, 0.6]), constraint=dist.constraints.simplex)
         pyro.sample("z", dist.Categorical(probs), infer=mc(n))
+
     return guide
 
 
-MODEL_PROBS = ([.2, .8], [.3, .3, .4], [.1, .2, .3, .4])  # three sites of sizes 2, 3, 4
-GUIDE_PROBS = ([.5, .5], [.2, .5, .3], [.25, .25, .25, .25])
+MODEL_PROBS = ([0.2, 0.8], [0.3, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4])  # three sites of sizes 2, 3, 4
+GUIDE_PROBS = ([0.5, 0.5], [0.2, 0.5, 0.3], [0.25, 0.25, 0.25, 0.25])
 
 
 def three_sites_model():
@@ -193,9 +221,11 @@ def three_sites_model():
 def three_sites_guide(n):
     def guide():
         for i in range(3):
-            probs = pyro.param(f"q{i}", torch.tensor(GUIDE_PROBS[i]),
-                               constraint=dist.constraints.simplex)
+            probs = pyro.param(
+                f"q{i}", torch.tensor(GUIDE_PROBS[i]), constraint=dist.constraints.simplex
+            )
             pyro.sample(f"z{i}", dist.Categorical(probs), infer=mc(n))
+
     return guide
 
 
@@ -246,8 +276,9 @@ def test_monte_carlo_enumeration_equals_pyro_on_the_same_seed(case, seed):
 
 
 def test_monte_carlo_svi_steps_equal_pyro():
-    assert_svi_equals_pyro(ancestor_model, ancestor_guide, torch.tensor([0.2, 1.4, -0.3]),
-                           max_plate_nesting=1)
+    assert_svi_equals_pyro(
+        ancestor_model, ancestor_guide, torch.tensor([0.2, 1.4, -0.3]), max_plate_nesting=1
+    )
 
 
 def _mean_and_standard_error(values):
@@ -262,8 +293,9 @@ def test_monte_carlo_enumeration_is_unbiased_over_seeds(case):
         exact = exact_kl(torch.tensor([0.4, 0.6]), torch.tensor([0.3, 0.7]))
     else:
         model, guide, n = three_sites_model, three_sites_guide(50), 200
-        exact = sum(exact_kl(torch.tensor(q), torch.tensor(p))
-                    for q, p in zip(GUIDE_PROBS, MODEL_PROBS))
+        exact = sum(
+            exact_kl(torch.tensor(q), torch.tensor(p)) for q, p in zip(GUIDE_PROBS, MODEL_PROBS)
+        )
     elbo = enumdist.EnumELBO(max_plate_nesting=0)
     losses = []
     for seed in range(n):
@@ -276,14 +308,16 @@ def test_monte_carlo_enumeration_is_unbiased_over_seeds(case):
 
 def test_monte_carlo_cost_is_additive_in_the_sites():
     """Ten independent sites of 200 samples: the n^k product would be 10^23 bytes."""
+
     def model():
         for i in range(10):
             pyro.sample(f"z{i}", dist.Categorical(torch.tensor([0.3, 0.7])))
 
     def guide():
         for i in range(10):
-            probs = pyro.param(f"q{i}", torch.tensor([0.4, 0.6]),
-                               constraint=dist.constraints.simplex)
+            probs = pyro.param(
+                f"q{i}", torch.tensor([0.4, 0.6]), constraint=dist.constraints.simplex
+            )
             pyro.sample(f"z{i}", dist.Categorical(probs), infer=mc(200))
 
     assert_equals_pyro(model, guide, max_plate_nesting=0, memory_budget=2**20)
@@ -295,7 +329,7 @@ def test_monte_carlo_cost_is_additive_in_the_sites():
 def masked_model(data, mask):
     with pyro.plate("data", len(data)), poutine.mask(mask=mask):
         x = pyro.sample("x", dist.Categorical(torch.tensor([0.3, 0.7])))
-        y = pyro.sample("y", dist.Categorical(torch.tensor([[.2, .8], [.6, .4]])[x]), infer=PAR)
+        y = pyro.sample("y", dist.Categorical(torch.tensor([[0.2, 0.8], [0.6, 0.4]])[x]), infer=PAR)
         pyro.sample("z", dist.Normal(y.double(), 1.0), obs=data)
 
 
@@ -310,11 +344,13 @@ def test_masked_guide_enumerated_site_equals_pyro():
     loss = assert_equals_pyro(masked_model, masked_guide, data, mask, max_plate_nesting=1)
     pyro.clear_param_store()
     unmasked_first_two = TraceEnum_ELBO(max_plate_nesting=1).loss(
-        masked_model, masked_guide, data[:2], True)
+        masked_model, masked_guide, data[:2], True
+    )
     assert loss == pytest.approx(unmasked_first_two, rel=RTOL)
 
 
 # -- 2: scales, guide samples of model-enumerated sites, long chains -----------------------------
+
 
 def subsampled_model(data):
     with pyro.plate("a", 10, subsample_size=5, dim=-1):
@@ -350,26 +386,30 @@ def test_model_enumerated_site_sampled_by_the_guide_uses_the_guide_sample():
             pyro.sample("z", dist.Categorical(logits=logits))
 
     with pytest.warns(UserWarning, match="no sample sites configured"):
-        assert_equals_pyro(model, guide, torch.tensor([0.3, 1.1, 2.4, -0.2]),
-                           max_plate_nesting=1, seed=5)
+        assert_equals_pyro(
+            model, guide, torch.tensor([0.3, 1.1, 2.4, -0.2]), max_plate_nesting=1, seed=5
+        )
 
 
 def mean_field_chain_guide(data):
     for t in pyro.markov(range(len(data))):
         shift = 0.01 * (t % 40)
-        probs = pyro.param(f"q{t}", torch.tensor([0.5 + shift, 0.5 - shift]),
-                           constraint=dist.constraints.simplex)
+        probs = pyro.param(
+            f"q{t}", torch.tensor([0.5 + shift, 0.5 - shift]), constraint=dist.constraints.simplex
+        )
         pyro.sample(f"z{t}", dist.Categorical(probs), infer=PAR)
 
 
 def test_mean_field_guide_over_a_long_chain_is_polynomial():
     """T=30 binary guide sites: aligning every cost with every weight would take 2^30 entries."""
     data = torch.linspace(-1.0, 2.0, 30)
-    assert_equals_pyro(chain_model, mean_field_chain_guide, data, max_plate_nesting=0,
-                       memory_budget=2**20)
+    assert_equals_pyro(
+        chain_model, mean_field_chain_guide, data, max_plate_nesting=0, memory_budget=2**20
+    )
 
 
 # -- 3: the memory budget ---------------------------------------------------------------------
+
 
 def test_memory_budget_refuses_a_monte_carlo_product_before_allocating():
     """A cost over (x1, x3) with the guide chain x1 -> x2 -> x3: eliminating x2 meets n^3."""
@@ -393,8 +433,10 @@ def test_memory_budget_refuses_a_monte_carlo_product_before_allocating():
 
 # -- combinations -------------------------------------------------------------------------------
 
+
 def test_sequential_monte_carlo_sites_equal_pyro():
     """``{"enumerate": "sequential", "num_samples": n}``: n runs, each weighted by 1/n."""
+
     def model():
         pyro.sample("z", dist.Categorical(torch.tensor([0.3, 0.7])))
         pyro.sample("x", dist.Normal(0.0, 1.0))
@@ -402,10 +444,10 @@ def test_sequential_monte_carlo_sites_equal_pyro():
     def guide():
         probs = pyro.param("probs", torch.tensor([0.4, 0.6]), constraint=dist.constraints.simplex)
         loc = pyro.param("loc", torch.tensor(0.5))
-        pyro.sample("z", dist.Categorical(probs), infer={"enumerate": "sequential",
-                                                         "num_samples": 5})
-        pyro.sample("x", dist.Normal(loc, 1.0), infer={"enumerate": "sequential",
-                                                       "num_samples": 3})
+        pyro.sample(
+            "z", dist.Categorical(probs), infer={"enumerate": "sequential", "num_samples": 5}
+        )
+        pyro.sample("x", dist.Normal(loc, 1.0), infer={"enumerate": "sequential", "num_samples": 3})
 
     assert_equals_pyro(model, guide, max_plate_nesting=0, seed=4)
 
@@ -426,15 +468,21 @@ def particles_guide(how):
         with pyro.plate("d", len(data)):
             pyro.sample("x", dist.Bernoulli(0.5), infer=mc(4))
             pyro.sample("y", dist.Normal(loc, 1.0))
+
     return guide
 
 
 @pytest.mark.parametrize("vectorize", [False, True])
 @pytest.mark.parametrize("how", ["sequential", "parallel"])
 def test_guide_enumeration_with_several_particles_equals_pyro(how, vectorize):
-    assert_equals_pyro(particles_model, particles_guide(how), torch.tensor([0.0, 1.0, 1.0]),
-                       max_plate_nesting=1 + vectorize, num_particles=3,
-                       vectorize_particles=vectorize)
+    assert_equals_pyro(
+        particles_model,
+        particles_guide(how),
+        torch.tensor([0.0, 1.0, 1.0]),
+        max_plate_nesting=1 + vectorize,
+        num_particles=3,
+        vectorize_particles=vectorize,
+    )
 
 
 def test_sequential_sites_on_both_sides_are_refused():

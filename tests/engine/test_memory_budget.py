@@ -21,16 +21,28 @@ from enumdist.engine.errors import MemoryBudgetError
 from tests.engine.memory_probe import cycle, empty_guide
 
 ROOT = Path(__file__).resolve().parents[2]
-ENTRIES = ["loss", "loss_and_grads", "compute_marginals", "sample_posterior",
-           "infer_discrete_0", "infer_discrete_1"]
+ENTRIES = [
+    "loss",
+    "loss_and_grads",
+    "compute_marginals",
+    "sample_posterior",
+    "infer_discrete_0",
+    "infer_discrete_1",
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_admitted_runs_stay_within_the_budget_and_refused_ones_allocate_nothing(entry):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "tests.engine.memory_probe", entry], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.engine.memory_probe", entry],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     probe = json.loads(done.stdout.strip().splitlines()[-1])
     print(entry, {k: f"{v / 2**20:.1f} MiB" for k, v in probe.items()})
@@ -59,5 +71,6 @@ def test_every_entry_point_refuses_a_contraction_over_the_budget(entry):
         elif entry == "sample_posterior":
             elbo.sample_posterior(model, empty_guide)
         else:
-            poutine.trace(enumdist.infer_discrete(model, first_available_dim=-1,
-                                                  temperature=int(entry[-1]))).get_trace()
+            poutine.trace(
+                enumdist.infer_discrete(model, first_available_dim=-1, temperature=int(entry[-1]))
+            ).get_trace()

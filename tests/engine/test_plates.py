@@ -20,8 +20,11 @@ def test_one_factory_picks_the_back_end():
 
 def test_the_sharded_back_end_is_built_in_one_place():
     sources = {path: path.read_text() for path in PACKAGE.rglob("*.py")}
-    built = [path.relative_to(PACKAGE) for path, text in sources.items()
-             if re.search(r"(?<!class )ShardedPlates\(", text)]
+    built = [
+        path.relative_to(PACKAGE)
+        for path, text in sources.items()
+        if re.search(r"(?<!class )ShardedPlates\(", text)
+    ]
     assert built == [Path("engine/plates.py")]
 
 

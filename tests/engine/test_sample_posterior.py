@@ -1,9 +1,9 @@
 """EnumELBO.sample_posterior: TraceEnum_ELBO.sample_posterior's contract, exact posterior draws."""
 
-import pytest
-import torch
 import pyro
 import pyro.distributions as dist
+import pytest
+import torch
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from pyro.infer.autoguide import AutoDelta
@@ -28,11 +28,17 @@ def _frequencies_match(draws, assignments, probs):
     for gv in range(2):
         for i in range(3):
             for zv in range(3):
-                exact = float(sum(p for a, p in zip(assignments, probs)
-                                  if a["g"] == gv and a["z"][i] == zv))
+                exact = float(
+                    sum(p for a, p in zip(assignments, probs) if a["g"] == gv and a["z"][i] == zv)
+                )
                 freq = float(((g == gv) & (z[:, i] == zv)).double().mean())
                 assert abs(freq - exact) <= 5 * (exact * (1 - exact) / NUM_DRAWS) ** 0.5 + 1e-3, (
-                    gv, i, zv, freq, exact)
+                    gv,
+                    i,
+                    zv,
+                    freq,
+                    exact,
+                )
 
 
 @pytest.mark.parametrize("engine", ["pyro", "enumdist"])
@@ -43,10 +49,13 @@ def test_draws_follow_the_brute_force_posterior(engine):
     pyro.set_rng_seed(1)
     elbo = (TraceEnum_ELBO if engine == "pyro" else enumdist.EnumELBO)(max_plate_nesting=2)
     trace = poutine.trace(elbo.sample_posterior).get_trace(many_draws, empty_guide, DATA)
-    draws = (trace.nodes["g"]["value"].reshape(NUM_DRAWS),
-             trace.nodes["z"]["value"].reshape(NUM_DRAWS, 3))
-    assignments, probs = joint_posterior(global_outside_plate, (DATA,),
-                                         {"g": ((), 2), "z": ((3,), 3)})
+    draws = (
+        trace.nodes["g"]["value"].reshape(NUM_DRAWS),
+        trace.nodes["z"]["value"].reshape(NUM_DRAWS, 3),
+    )
+    assignments, probs = joint_posterior(
+        global_outside_plate, (DATA,), {"g": ((), 2), "z": ((3,), 3)}
+    )
     _frequencies_match(draws, assignments, probs)
 
 
@@ -65,7 +74,8 @@ def test_returns_what_the_model_returns_replayed_against_the_guide():
     guide = AutoDelta(poutine.block(model, hide=["z"]))
     guide(data)
     trace = poutine.trace(enumdist.EnumELBO(max_plate_nesting=1).sample_posterior).get_trace(
-        model, guide, data)
+        model, guide, data
+    )
     assert torch.equal(trace.nodes["_RETURN"]["value"], trace.nodes["z"]["value"])
     assert trace.nodes["shift"]["value"] == pyro.param("AutoDelta.shift")  # the guide's draw
     assert trace.nodes["z"]["value"].tolist() == [0, 1, 0, 1]  # posterior mass ~1 on these
@@ -77,10 +87,12 @@ def test_refuses_what_pyro_refuses():
     pyro.clear_param_store()
     with pytest.raises(NotImplementedError, match="guide enumeration"):
         enumdist.EnumELBO(max_plate_nesting=1).sample_posterior(
-            guide_enumerated_model, guide_enumerated_guide, DATA)
+            guide_enumerated_model, guide_enumerated_guide, DATA
+        )
     with pytest.raises(NotImplementedError, match="multiple particles"):
         enumdist.EnumELBO(max_plate_nesting=1, num_particles=2).sample_posterior(
-            global_outside_plate, empty_guide, DATA)
+            global_outside_plate, empty_guide, DATA
+        )
 
 
 @pytest.mark.parametrize("how", ["sequential", "parallel"])
@@ -89,8 +101,11 @@ def test_posterior_queries_refuse_a_guide_enumerating_either_way(how):
     from tests.engine.shard_cases import guide_side_global
 
     def guide(data):
-        q = pyro.param("q_r", torch.tensor([0.3, 0.7], dtype=torch.float64),
-                       constraint=dist.constraints.simplex)
+        q = pyro.param(
+            "q_r",
+            torch.tensor([0.3, 0.7], dtype=torch.float64),
+            constraint=dist.constraints.simplex,
+        )
         pyro.sample("r", dist.Categorical(q), infer={"enumerate": how})
 
     torch.set_default_dtype(torch.float64)

@@ -4,10 +4,10 @@ import json
 import subprocess
 import sys
 
-import pytest
-import torch
 import pyro
 import pyro.distributions as dist
+import pytest
+import torch
 from pyro.distributions import constraints
 from pyro.infer import TraceEnum_ELBO
 
@@ -15,12 +15,15 @@ import enumdist
 
 
 def regime_model(data, how="sequential", num_regimes=3):
-    probs = pyro.param("regime_probs", torch.ones(num_regimes) / num_regimes,
-                       constraint=constraints.simplex)
+    probs = pyro.param(
+        "regime_probs", torch.ones(num_regimes) / num_regimes, constraint=constraints.simplex
+    )
     locs = pyro.param("locs", torch.linspace(-1, 1, num_regimes * 4).reshape(num_regimes, 4))
     regime = pyro.sample("regime", dist.Categorical(probs), infer={"enumerate": how})
     with pyro.plate("data", data.shape[0]):
-        z = pyro.sample("z", dist.Categorical(logits=torch.zeros(4)), infer={"enumerate": "parallel"})
+        z = pyro.sample(
+            "z", dist.Categorical(logits=torch.zeros(4)), infer={"enumerate": "parallel"}
+        )
         pyro.sample("x", dist.Normal(locs[regime, z], 1.0), obs=data)
 
 
@@ -30,7 +33,9 @@ def guide(data, how=None, num_regimes=3):
 
 def loss_and_grads(how, data):
     pyro.clear_param_store()
-    loss = enumdist.EnumELBO(max_plate_nesting=1).differentiable_loss(regime_model, guide, data, how)
+    loss = enumdist.EnumELBO(max_plate_nesting=1).differentiable_loss(
+        regime_model, guide, data, how
+    )
     params = [pyro.param("regime_probs").unconstrained(), pyro.param("locs").unconstrained()]
     return loss, torch.autograd.grad(loss, params)
 
@@ -55,7 +60,9 @@ def test_sequential_equals_parallel_loss_and_gradients():
 def test_sequential_inside_a_plate_is_refused_clearly():
     def model(data):
         with pyro.plate("data", len(data)):
-            z = pyro.sample("z", dist.Categorical(logits=torch.zeros(2)), infer={"enumerate": "sequential"})
+            z = pyro.sample(
+                "z", dist.Categorical(logits=torch.zeros(2)), infer={"enumerate": "sequential"}
+            )
             pyro.sample("x", dist.Normal(z.double(), 1.0), obs=data)
 
     with pytest.raises(ValueError, match="'z'.*inside plate"):
@@ -85,10 +92,17 @@ def test_sequential_uses_less_peak_memory():
     root = str(pathlib.Path(__file__).resolve().parents[2])
     growth = {}
     for how in ("parallel", "sequential"):
-        out = subprocess.run([sys.executable, "-c", PEAK.format(root=root, how=how)],
-                             capture_output=True, text=True, timeout=300, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK.format(root=root, how=how)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
         growth[how] = json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_kib"]
     ratio = growth["parallel"] / max(growth["sequential"], 1)
-    print(f"peak memory growth: parallel {growth['parallel'] / 1024:.0f} MiB, "
-          f"sequential {growth['sequential'] / 1024:.0f} MiB ({ratio:.1f}x less)")
+    print(
+        f"peak memory growth: parallel {growth['parallel'] / 1024:.0f} MiB, "
+        f"sequential {growth['sequential'] / 1024:.0f} MiB ({ratio:.1f}x less)"
+    )
     assert growth["sequential"] * 3 < growth["parallel"]

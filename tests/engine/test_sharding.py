@@ -6,10 +6,10 @@ One spawn runs every scenario (spawning costs seconds); each test checks one of 
 import socket
 import time
 
+import pyro
 import pytest
 import torch
 import torch.multiprocessing as mp
-import pyro
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 
@@ -30,8 +30,9 @@ def _free_port():
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     outdir = tmp_path_factory.mktemp("shards")
-    ctx = mp.spawn(shard_worker.main, args=(WORLD, _free_port(), str(outdir)), nprocs=WORLD,
-                   join=False)
+    ctx = mp.spawn(
+        shard_worker.main, args=(WORLD, _free_port(), str(outdir)), nprocs=WORLD, join=False
+    )
     deadline = time.monotonic() + 600
     for process in ctx.processes:
         process.join(timeout=max(1.0, deadline - time.monotonic()))
@@ -60,16 +61,19 @@ def test_sharded_equals_full_data(ranks, case):
     for rank, result in enumerate(ranks):
         got = result[case.name]
         assert got["loss"] == pytest.approx(expected["loss"], rel=RTOL), f"rank {rank}"
-        assert got["differentiable_loss"] == pytest.approx(expected["differentiable_loss"],
-                                                           rel=RTOL), f"rank {rank}"
+        assert got["differentiable_loss"] == pytest.approx(
+            expected["differentiable_loss"], rel=RTOL
+        ), f"rank {rank}"
         assert got["grads"].keys() == expected["grads"].keys()
         for name, grad in expected["grads"].items():
-            torch.testing.assert_close(got["grads"][name], grad, rtol=RTOL, atol=1e-9,
-                                       msg=f"grad {name} rank {rank}")
+            torch.testing.assert_close(
+                got["grads"][name], grad, rtol=RTOL, atol=1e-9, msg=f"grad {name} rank {rank}"
+            )
         assert got["svi_losses"] == pytest.approx(expected["svi_losses"], rel=RTOL)
         for name, value in expected["params"].items():
-            torch.testing.assert_close(got["params"][name], value, rtol=RTOL, atol=1e-9,
-                                       msg=f"param {name} rank {rank}")
+            torch.testing.assert_close(
+                got["params"][name], value, rtol=RTOL, atol=1e-9, msg=f"param {name} rank {rank}"
+            )
 
 
 def test_averaging_per_shard_losses_would_be_wrong(ranks):
@@ -77,8 +81,12 @@ def test_averaging_per_shard_losses_would_be_wrong(ranks):
     case = next(c for c in SHARD_CASES if c.name == "global_outside_plate")
     pyro.clear_param_store()
     elbo = enumdist.EnumELBO(max_plate_nesting=1)
-    naive = sum(elbo.loss(case.case.model, case.case.guide_factory(case.case.model),
-                          *case.local_args(r, WORLD)) for r in range(WORLD))
+    naive = sum(
+        elbo.loss(
+            case.case.model, case.case.guide_factory(case.case.model), *case.local_args(r, WORLD)
+        )
+        for r in range(WORLD)
+    )
     exact = ranks[0]["global_outside_plate"]["loss"]
     print(f"sum of per-shard losses {naive:.4f} vs exact sharded {exact:.4f}")
     assert abs(naive - exact) > 1e-3
@@ -94,23 +102,28 @@ def test_bytes_communicated_do_not_grow_with_data(ranks):
 def test_sharded_map_equals_full_data_map(ranks):
     case = next(c for c in SHARD_CASES if c.name == "hmm_global_regime")
     pyro.clear_param_store()
-    full = poutine.trace(enumdist.infer_discrete(case.case.model, first_available_dim=-2,
-                                                 temperature=0)).get_trace(*case.full_args())
+    full = poutine.trace(
+        enumdist.infer_discrete(case.case.model, first_available_dim=-2, temperature=0)
+    ).get_trace(*case.full_args())
     bounds = [0, *torch.tensor(case.split(WORLD)).cumsum(0).tolist()]
     for rank, result in enumerate(ranks):
         local = result["decode"]["map"]
         assert int(local["regime"]) == int(full.nodes["regime"]["value"])
         for t in range(case.case.args[0].shape[0]):
-            expected = full.nodes[f"x_{t}"]["value"].reshape(-1)[bounds[rank]:bounds[rank + 1]]
+            expected = full.nodes[f"x_{t}"]["value"].reshape(-1)[bounds[rank] : bounds[rank + 1]]
             assert torch.equal(local[f"x_{t}"].reshape(-1), expected), (rank, t)
     assert int(ranks[0]["decode"]["sampled_regime"]) == int(ranks[1]["decode"]["sampled_regime"])
 
 
 def test_a_failing_rank_makes_every_rank_raise_quickly(ranks):
-    for rank, result in enumerate(ranks):
+    for result in ranks:
         failure = result["bad_data"]
         assert failure["type"] == "ShardError", failure
-        assert "rank 1" in failure["message"] and "'x'" in failure["message"] and "NaN" in failure["message"]
+        assert (
+            "rank 1" in failure["message"]
+            and "'x'" in failure["message"]
+            and "NaN" in failure["message"]
+        )
         assert failure["seconds"] < 30
 
 
@@ -129,7 +142,8 @@ from tests.engine import shard_cases  # noqa: E402
 def _full_marginals(model=shard_cases.global_and_local):
     pyro.clear_param_store()
     return enumdist.EnumELBO(max_plate_nesting=1).compute_marginals(
-        model, shard_cases.zoo.empty_guide, shard_cases.ENTRY_DATA)
+        model, shard_cases.zoo.empty_guide, shard_cases.ENTRY_DATA
+    )
 
 
 def _rank_slice(rank):
@@ -146,8 +160,9 @@ def test_sharded_marginals_equal_full_data_marginals(ranks):
         kind, g = got["g"]
         assert kind == "Categorical"
         torch.testing.assert_close(g, full["g"].probs, rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(got["z"][1], full["z"].probs[_rank_slice(rank)],
-                                   rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(
+            got["z"][1], full["z"].probs[_rank_slice(rank)], rtol=1e-9, atol=1e-12
+        )
     print("p(g) full data:", full["g"].probs.tolist())
 
 
@@ -158,9 +173,11 @@ def test_sharded_loss_counts_its_message_bytes(ranks):
 
 def test_sharded_map_of_every_rank_is_the_full_data_map(ranks):
     pyro.clear_param_store()
-    full = poutine.trace(pyro.infer.infer_discrete(
-        shard_cases.global_and_local, first_available_dim=-2, temperature=0)).get_trace(
-        shard_cases.ENTRY_DATA)
+    full = poutine.trace(
+        pyro.infer.infer_discrete(
+            shard_cases.global_and_local, first_available_dim=-2, temperature=0
+        )
+    ).get_trace(shard_cases.ENTRY_DATA)
     for rank, result in enumerate(ranks):
         local = result["entry_points"]["map"]
         assert int(local["g"]) == int(full.nodes["g"]["value"])

@@ -32,8 +32,9 @@ def _free_port():
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     outdir = tmp_path_factory.mktemp("time_shards")
-    ctx = mp.spawn(time_shard_worker.main, args=(WORLD, _free_port(), str(outdir)),
-                   nprocs=WORLD, join=False)
+    ctx = mp.spawn(
+        time_shard_worker.main, args=(WORLD, _free_port(), str(outdir)), nprocs=WORLD, join=False
+    )
     for process in ctx.processes:
         process.join(timeout=300)
     codes = [p.exitcode for p in ctx.processes]
@@ -58,11 +59,13 @@ def test_log_z_and_gradients_equal_one_process(ranks, case):
     (-expected.sum()).backward()
     for rank, result in enumerate(ranks):
         got = result[case.name]
-        torch.testing.assert_close(got["log_z"], expected.detach(), rtol=RTOL, atol=0,
-                                   msg=f"log Z, rank {rank}")
+        torch.testing.assert_close(
+            got["log_z"], expected.detach(), rtol=RTOL, atol=0, msg=f"log Z, rank {rank}"
+        )
         for name, p in params.items():
-            torch.testing.assert_close(got["grads"][name], p.grad, rtol=RTOL, atol=1e-12,
-                                       msg=f"grad {name}, rank {rank}")
+            torch.testing.assert_close(
+                got["grads"][name], p.grad, rtol=RTOL, atol=1e-12, msg=f"grad {name}, rank {rank}"
+            )
 
 
 def test_discrete_hmm_door_equals_pyro(ranks):
@@ -73,23 +76,26 @@ def test_discrete_hmm_door_equals_pyro(ranks):
         got = result["via_distribution"]
         torch.testing.assert_close(got["log_z"], expected.detach(), rtol=RTOL, atol=0)
         for name, p in params.items():
-            torch.testing.assert_close(got["grads"][name], p.grad, rtol=RTOL, atol=1e-12,
-                                       msg=f"grad {name}, rank {rank}")
+            torch.testing.assert_close(
+                got["grads"][name], p.grad, rtol=RTOL, atol=1e-12, msg=f"grad {name}, rank {rank}"
+            )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_map_path_equals_one_process(ranks, case):
     params, y = parameters(case)
     with torch.no_grad():
-        path = enumdist.DiscreteHMM(params["init"], params["trans"],
-                                    pd.Normal(params["loc"], 1.0)).viterbi(y)
+        path = enumdist.DiscreteHMM(
+            params["init"], params["trans"], pd.Normal(params["loc"], 1.0)
+        ).viterbi(y)
     pieces = []
     for rank, result in enumerate(ranks):
         start, stop = block_range(case, rank)
         assert result[case.name]["map"].shape == (case.num_sequences, stop - start)
         pieces.append(result[case.name]["map"])
-        torch.testing.assert_close(result[case.name]["map_log_joint"], path.log_joint,
-                                   rtol=RTOL, atol=0)
+        torch.testing.assert_close(
+            result[case.name]["map_log_joint"], path.log_joint, rtol=RTOL, atol=0
+        )
     assert torch.equal(torch.cat(pieces, 1), path.states)
 
 

@@ -39,7 +39,8 @@ def pyro_loss(model, guide, *args, max_plate_nesting=1):
 
 def ours_loss(model, guide, *args, max_plate_nesting=1, **options):
     return enumdist.EnumELBO(max_plate_nesting=max_plate_nesting, **options).loss(
-        model, guide, *args)
+        model, guide, *args
+    )
 
 
 def messages(caught):
@@ -47,6 +48,7 @@ def messages(caught):
 
 
 # -- pyro.markov history shorter than the model's dependencies (issue 10 1d, issue 11) -------
+
 
 def second_order_chain(history, latent="bernoulli"):
     """``x_t | x_{t-2}, x_{t-1}``, observed through Normal noise."""
@@ -78,8 +80,11 @@ def test_markov_history_too_short_raises_as_pyro(history):
     model = second_order_chain(history)
     with pytest.raises(ValueError, match="Enumeration dim conflict"):
         pyro_loss(model, no_guide, MARKOV_DATA, max_plate_nesting=0)
-    with pytest.raises(MarkovHistoryError, match=r"Enumeration dim conflict at model site 'x_\d'"
-                       r".*last used by site 'x_\d'.*Try increasing pyro.markov history size"):
+    with pytest.raises(
+        MarkovHistoryError,
+        match=r"Enumeration dim conflict at model site 'x_\d'"
+        r".*last used by site 'x_\d'.*Try increasing pyro.markov history size",
+    ):
         ours_loss(model, no_guide, MARKOV_DATA, max_plate_nesting=0)
 
 
@@ -88,8 +93,9 @@ def test_markov_history_too_short_categorical_is_refused(history):
     """Pyro fails here with a bare AssertionError inside Categorical.log_prob; we refuse with
     the ValueError Pyro means."""
     with pytest.raises(MarkovHistoryError, match="Try increasing pyro.markov history size"):
-        ours_loss(second_order_chain(history, "categorical"), no_guide, MARKOV_DATA,
-                  max_plate_nesting=0)
+        ours_loss(
+            second_order_chain(history, "categorical"), no_guide, MARKOV_DATA, max_plate_nesting=0
+        )
 
 
 @pytest.mark.parametrize("latent", ["bernoulli", "categorical"])
@@ -97,10 +103,12 @@ def test_markov_history_long_enough_equals_pyro(latent):
     model = second_order_chain(2, latent)
     expected = pyro_loss(model, no_guide, MARKOV_DATA, max_plate_nesting=0)
     assert ours_loss(model, no_guide, MARKOV_DATA, max_plate_nesting=0) == pytest.approx(
-        expected, rel=RTOL)
+        expected, rel=RTOL
+    )
 
 
 # -- site batch shapes against their plates (issue 11.1) ----------------------------------------
+
 
 def mixture(data, n):
     w = pyro.param("w", torch.ones(3) / 3, constraint=dist.constraints.simplex)
@@ -115,6 +123,7 @@ def two_state(emission):
         with pyro.plate("data", n):
             z = pyro.sample("z", dist.Categorical(torch.ones(2) / 2), infer=ENUM)
             pyro.sample("x", emission(z.double()), obs=data)
+
     return model
 
 
@@ -140,22 +149,61 @@ def plate_of_40(data, n):
 
 
 BAD_PLATES = {  # name: (model, data, plate size, max_plate_nesting, expected message)
-    "normal 100 in 60": (mixture, torch.randn(100), 60, 1,
-                         (r"site 'x'.*size 100 where the distribution has size 60 \(plate 'data'\)"
-                          r".*pyro.plate\('data', 100\)")),
-    "bernoulli 100 in 60": (two_state(lambda z: dist.Bernoulli(0.3 + 0.4 * z)),
-                            torch.randint(0, 2, (100,)).double(), 60, 1, r"plate 'data'"),
-    "poisson 100 in 60": (two_state(lambda z: dist.Poisson(1.0 + z)),
-                          torch.randint(0, 4, (100,)).double(), 60, 1, r"plate 'data'"),
-    "hmm 6 sequences in 5": (hmm, torch.randint(0, 2, (6, 4)).double(), 5, 1,
-                             (r"site 'y_0'.*size 6 where the distribution has size 5 "
-                              r"\(plate 'sequences'\)")),
-    "hmm 6 sequences in 7": (hmm, torch.randint(0, 2, (6, 4)).double(), 7, 1,
-                             r"site 'y_0'.*plate 'sequences'"),
-    "nested plates, data on the wrong dim": (nested, torch.randn(3, 5), 5, 2,
-                                             r"site 'x'.*size 5 where the distribution has size 3 \(plate 'outer'\)"),
-    "data (40, 1) in a plate of 40": (plate_of_40, torch.randn(40, 1), 40, 1,
-                                      r"site 'x'.*dim -2.*enumeration dim"),
+    "normal 100 in 60": (
+        mixture,
+        torch.randn(100),
+        60,
+        1,
+        (
+            r"site 'x'.*size 100 where the distribution has size 60 \(plate 'data'\)"
+            r".*pyro.plate\('data', 100\)"
+        ),
+    ),
+    "bernoulli 100 in 60": (
+        two_state(lambda z: dist.Bernoulli(0.3 + 0.4 * z)),
+        torch.randint(0, 2, (100,)).double(),
+        60,
+        1,
+        r"plate 'data'",
+    ),
+    "poisson 100 in 60": (
+        two_state(lambda z: dist.Poisson(1.0 + z)),
+        torch.randint(0, 4, (100,)).double(),
+        60,
+        1,
+        r"plate 'data'",
+    ),
+    "hmm 6 sequences in 5": (
+        hmm,
+        torch.randint(0, 2, (6, 4)).double(),
+        5,
+        1,
+        (
+            r"site 'y_0'.*size 6 where the distribution has size 5 "
+            r"\(plate 'sequences'\)"
+        ),
+    ),
+    "hmm 6 sequences in 7": (
+        hmm,
+        torch.randint(0, 2, (6, 4)).double(),
+        7,
+        1,
+        r"site 'y_0'.*plate 'sequences'",
+    ),
+    "nested plates, data on the wrong dim": (
+        nested,
+        torch.randn(3, 5),
+        5,
+        2,
+        r"site 'x'.*size 5 where the distribution has size 3 \(plate 'outer'\)",
+    ),
+    "data (40, 1) in a plate of 40": (
+        plate_of_40,
+        torch.randn(40, 1),
+        40,
+        1,
+        r"site 'x'.*dim -2.*enumeration dim",
+    ),
 }
 
 
@@ -175,8 +223,11 @@ def test_data_on_an_enumeration_dim_is_refused():
     computes a number (the data rows paired with z's values); we refuse, naming the site."""
     data = torch.randn(2, 40)
     pyro_loss(plate_of_40, no_guide, data, 40)  # no error in Pyro
-    with pytest.raises(SiteShapeError, match=r"site 'x'.*shape \(2, 40\).*dim -2 \(size 2\).*"
-                       r"left of max_plate_nesting=1.*pyro.plate\(..., dim=\)"):
+    with pytest.raises(
+        SiteShapeError,
+        match=r"site 'x'.*shape \(2, 40\).*dim -2 \(size 2\).*"
+        r"left of max_plate_nesting=1.*pyro.plate\(..., dim=\)",
+    ):
         ours_loss(plate_of_40, no_guide, data, 40)
 
 
@@ -194,6 +245,7 @@ def test_subsampled_plate_over_full_data_names_the_indices():
 
 # -- model and guide must agree (issue 10 1f) ---------------------------------------------------
 
+
 def test_site_shape_differs_between_model_and_guide():
     def model(data):
         with pyro.plate("q", 1, dim=-2), pyro.plate("p", 2, dim=-1):
@@ -205,8 +257,10 @@ def test_site_shape_differs_between_model_and_guide():
 
     with pytest.raises(ValueError, match="Model and guide shapes disagree at site 'z'"):
         pyro_loss(model, guide, torch.tensor(0.5), max_plate_nesting=2)
-    with pytest.raises(ModelGuideMismatchError,
-                       match=r"Model and guide shapes disagree at site 'z': \(1, 2\) vs \(2, 1\)"):
+    with pytest.raises(
+        ModelGuideMismatchError,
+        match=r"Model and guide shapes disagree at site 'z': \(1, 2\) vs \(2, 1\)",
+    ):
         ours_loss(model, guide, torch.tensor(0.5), max_plate_nesting=2)
 
 
@@ -221,8 +275,11 @@ def test_factor_in_guide_needs_has_rsample_as_in_pyro():
 
     with pytest.raises(ValueError, match="missing specification of has_rsample"):
         pyro_loss(coin, guide, torch.tensor(0.5), max_plate_nesting=0)
-    with pytest.raises(ModelGuideMismatchError, match=r'At guide site pyro.factor\("f",...\), '
-                       "missing specification of has_rsample"):
+    with pytest.raises(
+        ModelGuideMismatchError,
+        match=r'At guide site pyro.factor\("f",...\), '
+        "missing specification of has_rsample",
+    ):
         ours_loss(coin, guide, torch.tensor(0.5), max_plate_nesting=0)
 
 
@@ -233,7 +290,8 @@ def test_factor_in_guide_with_has_rsample_equals_pyro(has_rsample):
 
     expected = pyro_loss(coin, guide, torch.tensor(0.5), max_plate_nesting=0)
     assert ours_loss(coin, guide, torch.tensor(0.5), max_plate_nesting=0) == pytest.approx(
-        expected, rel=RTOL)
+        expected, rel=RTOL
+    )
 
 
 def global_mean(data):
@@ -250,10 +308,14 @@ def guide_with_extra_plate(data):
     pyro.sample("z", dist.Normal(loc, 1.0))
 
 
-@pytest.mark.parametrize("guide, phrase", [
-    (no_guide, "Found vars in model but not guide: {'z'}"),
-    (guide_with_extra_plate, "Found plate statements in guide but not model: {'extra'}"),
-], ids=["latent not in guide", "plate only in guide"])
+@pytest.mark.parametrize(
+    "guide, phrase",
+    [
+        (no_guide, "Found vars in model but not guide: {'z'}"),
+        (guide_with_extra_plate, "Found plate statements in guide but not model: {'extra'}"),
+    ],
+    ids=["latent not in guide", "plate only in guide"],
+)
 def test_model_guide_warnings_as_pyro(guide, phrase):
     data = torch.randn(4)
     for loss in (pyro_loss, ours_loss):
@@ -269,12 +331,14 @@ def test_model_guide_warnings_as_pyro(guide, phrase):
 
 # -- a chain with nothing observed (issue 10, crashes) ------------------------------------------
 
+
 @pytest.mark.parametrize("steps", [3, 10, 12])
 def test_unobserved_chain_equals_pyro(steps):
     @config_enumerate
     def model():
-        trans = pyro.param("trans", torch.tensor([[0.9, 0.1], [0.3, 0.7]]),
-                           constraint=dist.constraints.simplex)
+        trans = pyro.param(
+            "trans", torch.tensor([[0.9, 0.1], [0.3, 0.7]]), constraint=dist.constraints.simplex
+        )
         x = 0
         for t in pyro.markov(range(steps)):
             x = pyro.sample(f"x_{t}", dist.Categorical(trans[x]))
@@ -292,10 +356,15 @@ def test_unobserved_chain_equals_pyro(steps):
 
 # -- exception classes and warnings (issue 10; issue 13 "Errors") ------------------------------
 
+
 def test_errors_share_one_base_and_pyros_builtin_classes():
     assert issubclass(EnumerationError, EnumdistError) and issubclass(EnumerationError, ValueError)
-    for error in (SiteShapeError, MarkovHistoryError, ModelGuideMismatchError,
-                  InvalidArgumentError):
+    for error in (
+        SiteShapeError,
+        MarkovHistoryError,
+        ModelGuideMismatchError,
+        InvalidArgumentError,
+    ):
         assert issubclass(error, EnumerationError)
     assert issubclass(UnsupportedEnumerationError, EnumdistError)
     assert issubclass(UnsupportedEnumerationError, NotImplementedError)
@@ -309,8 +378,13 @@ def test_pipeline_errors_share_the_base():
     from enumdist.pipeline.checks import ConfigError
     from enumdist.pipeline.targets import UntrustedTargetError
 
-    for error in (ConfigError, UntrustedTargetError, CheckpointError, CheckpointMismatchError,
-                  CorruptCacheError):
+    for error in (
+        ConfigError,
+        UntrustedTargetError,
+        CheckpointError,
+        CheckpointMismatchError,
+        CorruptCacheError,
+    ):
         assert issubclass(error, EnumdistError) and issubclass(error, ValueError), error
 
 
@@ -327,8 +401,9 @@ def test_strict_enumeration_warning_follows_pyros_rule(validation):
         with warnings.catch_warnings(record=True) as caught, pyro.validation_enabled(validation):
             warnings.simplefilter("always")
             loss(unenumerated, no_guide, data)
-        warned = any("found no sample sites configured for enumeration" in m
-                     for m in messages(caught))
+        warned = any(
+            "found no sample sites configured for enumeration" in m for m in messages(caught)
+        )
         assert warned == validation, loss
 
 
@@ -338,12 +413,15 @@ def test_infer_discrete_warns_when_nothing_is_enumerated():
         with warnings.catch_warnings(record=True) as caught, pyro.validation_enabled(False):
             warnings.simplefilter("always")
             infer_discrete(unenumerated, first_available_dim=-2)(data)
-        assert any(m.startswith("infer_discrete found no sample sites configured for enumeration")
-                   for m in messages(caught)), infer_discrete
+        assert any(
+            m.startswith("infer_discrete found no sample sites configured for enumeration")
+            for m in messages(caught)
+        ), infer_discrete
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            infer_discrete(unenumerated, first_available_dim=-2,
-                           strict_enumeration_warning=False)(data)
+            infer_discrete(unenumerated, first_available_dim=-2, strict_enumeration_warning=False)(
+                data
+            )
         assert not any("found no sample sites" in m for m in messages(caught))
 
 
@@ -361,9 +439,12 @@ def test_infer_discrete_under_jit_emits_no_tracer_warning_pyro_does_not():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             values = pyro.ops.jit.trace(decode)(torch.linspace(-1, 2, 5))
-        return values, {(w.filename, w.lineno) for w in caught
-                        if issubclass(w.category, torch.jit.TracerWarning)
-                        and "site-packages/pyro/" not in w.filename}
+        return values, {
+            (w.filename, w.lineno)
+            for w in caught
+            if issubclass(w.category, torch.jit.TracerWarning)
+            and "site-packages/pyro/" not in w.filename
+        }
 
     expected, pyro_warnings = tracer_warnings(pyro.infer.infer_discrete)
     values, ours = tracer_warnings(enumdist.infer_discrete)
@@ -372,6 +453,7 @@ def test_infer_discrete_under_jit_emits_no_tracer_warning_pyro_does_not():
 
 
 # -- validation on every call (issue 11.4) ------------------------------------------------------
+
 
 def free_categorical(data):
     probs = pyro.param("probs", torch.tensor([0.2, 0.3, 0.5]))  # unconstrained on purpose
@@ -389,8 +471,11 @@ def test_distribution_arguments_are_checked_on_every_call():
             pyro.param("probs").copy_(torch.tensor([0.5, -0.1, 0.6]))  # finite loss, invalid
         with pytest.raises(ValueError, match="Expected parameter probs"):
             elbo.loss(free_categorical, no_guide, data)
-    with pytest.raises(InvalidArgumentError, match=r"Expected parameter probs .* distribution "
-                       r"Categorical at site 'z' to satisfy the constraint Simplex\(\)"):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"Expected parameter probs .* distribution "
+        r"Categorical at site 'z' to satisfy the constraint Simplex\(\)",
+    ):
         enumdist.EnumELBO(max_plate_nesting=1).loss(free_categorical, no_guide, data)
     with pyro.validation_enabled(False):  # Pyro's switch turns them off
         enumdist.EnumELBO(max_plate_nesting=1).loss(free_categorical, no_guide, data)
@@ -413,8 +498,7 @@ def bernoulli_hmm(sequences):
         x = 0
         for t in pyro.markov(range(sequences.shape[1])):
             x = pyro.sample(f"x_{t}", dist.Categorical(trans[x]), infer=ENUM)
-            pyro.sample(f"y_{t}", dist.Bernoulli(0.2 + 0.6 * x.double()),
-                        obs=sequences[:, t])
+            pyro.sample(f"y_{t}", dist.Bernoulli(0.2 + 0.6 * x.double()), obs=sequences[:, t])
 
 
 @pytest.mark.parametrize("bad", [0.5, 2.0])
@@ -438,6 +522,7 @@ def test_data_changed_behind_the_version_counter_is_checked_again(bad):
 
 # -- NaN observations under poutine.mask (issue 11, clearer errors) -----------------------------
 
+
 def masked_mixture(data, mask):
     with pyro.plate("data", len(data)), poutine.mask(mask=mask):
         z = pyro.sample("z", dist.Categorical(torch.ones(2) / 2), infer=ENUM)
@@ -451,31 +536,39 @@ def test_nan_under_mask_is_refused_with_advice_to_fill_it():
     mask = ~torch.isnan(data)
     with pytest.raises(ValueError, match="to be within the support"):
         pyro_loss(masked_mixture, no_guide, data, mask)
-    with pytest.raises(InvalidArgumentError, match=r"observed site 'x' contains NaN values, under "
-                       r"poutine.mask.*Fill the masked-out entries.*torch.where\(mask, data, 0.\)"):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"observed site 'x' contains NaN values, under "
+        r"poutine.mask.*Fill the masked-out entries.*torch.where\(mask, data, 0.\)",
+    ):
         ours_loss(masked_mixture, no_guide, data, mask)
     filled = torch.where(mask, data, 0.0)
     assert ours_loss(masked_mixture, no_guide, filled, mask) == pytest.approx(
-        pyro_loss(masked_mixture, no_guide, filled, mask), rel=RTOL)
+        pyro_loss(masked_mixture, no_guide, filled, mask), rel=RTOL
+    )
 
 
 # -- the name for JitTraceEnum_ELBO users (issue 10, missing API) -------------------------------
 
+
 def test_jit_enum_elbo_takes_jit_arguments_and_gives_pyros_numbers():
     data = torch.randn(6)
-    elbo = enumdist.JitEnumELBO(max_plate_nesting=1, ignore_jit_warnings=True,
-                                jit_options={"check_trace": False})
+    elbo = enumdist.JitEnumELBO(
+        max_plate_nesting=1, ignore_jit_warnings=True, jit_options={"check_trace": False}
+    )
     assert isinstance(elbo, enumdist.EnumELBO)
     expected = pyro_loss(mixture, no_guide, data, 6)
     assert elbo.loss(mixture, no_guide, data, 6) == pytest.approx(expected, rel=RTOL)
     longer = torch.randn(9)  # no recompilation, no restriction on changing shapes
     assert elbo.loss(mixture, no_guide, longer, 9) == pytest.approx(
-        pyro_loss(mixture, no_guide, longer, 9), rel=RTOL)
+        pyro_loss(mixture, no_guide, longer, 9), rel=RTOL
+    )
 
 
 def test_pyros_own_handler_checks_stay_on_while_distributions_are_checked_stacked():
     """Only the distributions' checks move out of the trace; poutine's stay (a negative
     poutine.scale is refused on every call, as by Pyro)."""
+
     def model(data, scale):
         with pyro.plate("data", len(data)), poutine.scale(scale=scale):
             z = pyro.sample("z", dist.Categorical(torch.ones(2) / 2), infer=ENUM)
@@ -484,8 +577,10 @@ def test_pyros_own_handler_checks_stay_on_while_distributions_are_checked_stacke
     data = torch.randn(3)
     elbo = enumdist.EnumELBO(max_plate_nesting=1)
     elbo.loss(model, no_guide, data, torch.tensor(2.0))
-    for loss in (lambda: pyro_loss(model, no_guide, data, torch.tensor(-1.0)),
-                 lambda: elbo.loss(model, no_guide, data, torch.tensor(-1.0))):
+    for loss in (
+        lambda: pyro_loss(model, no_guide, data, torch.tensor(-1.0)),
+        lambda: elbo.loss(model, no_guide, data, torch.tensor(-1.0)),
+    ):
         with pytest.raises(ValueError, match="Expected scale > 0"):
             loss()
 
@@ -498,8 +593,11 @@ def test_batch_dim_outside_every_plate_raises_as_pyro():
     data = torch.randn(3)
     with pytest.raises(ValueError, match="invalid log_prob shape"):
         pyro_loss(model, no_guide, data)
-    with pytest.raises(SiteShapeError, match=r"invalid log_prob shape: model site 'x' has a batch "
-                       r"dimension -1 of size 3 that belongs to no plate"):
+    with pytest.raises(
+        SiteShapeError,
+        match=r"invalid log_prob shape: model site 'x' has a batch "
+        r"dimension -1 of size 3 that belongs to no plate",
+    ):
         ours_loss(model, no_guide, data)
 
 
@@ -527,16 +625,21 @@ def test_enumerated_sites_under_different_scales_raise_as_pyro():
         pyro.sample("x", dist.Normal(a + b, 1.0), obs=data)
 
     data = torch.tensor(0.7)
-    with pytest.raises(ValueError, match="Expected all enumerated sample sites to share a common "
-                       "poutine.scale"):
+    with pytest.raises(
+        ValueError, match="Expected all enumerated sample sites to share a common poutine.scale"
+    ):
         pyro_loss(model, no_guide, data, max_plate_nesting=0)
-    with pytest.raises(EnumerationError, match="Expected all enumerated sample sites to share a "
-                       r"common poutine.scale.*'a' x2, 'b' x3"):
+    with pytest.raises(
+        EnumerationError,
+        match="Expected all enumerated sample sites to share a "
+        r"common poutine.scale.*'a' x2, 'b' x3",
+    ):
         ours_loss(model, no_guide, data, max_plate_nesting=0)
 
 
 def test_crossing_plates_raise_not_implemented_as_pyro():
     """A variable in each of two crossing plates, both read by one site: no exact order."""
+
     def model(data):
         rows, cols = pyro.plate("rows", 2, dim=-2), pyro.plate("cols", 3, dim=-1)
         with rows:

@@ -31,12 +31,16 @@ def parameters(case, seed=0):
     g = torch.Generator().manual_seed(seed)
     s, t, n = case.states, case.steps, case.num_sequences
     init = torch.randn((n, s) if case.batched_init else (s,), generator=g, dtype=torch.float64)
-    trans = torch.randn((t, s, s) if case.time_varying else (s, s), generator=g,
-                        dtype=torch.float64) + 2 * torch.eye(s, dtype=torch.float64)
+    trans = torch.randn(
+        (t, s, s) if case.time_varying else (s, s), generator=g, dtype=torch.float64
+    ) + 2 * torch.eye(s, dtype=torch.float64)
     loc = torch.randn((t, s) if case.time_varying else (s,), generator=g, dtype=torch.float64)
     y = torch.randn(n, t, generator=g, dtype=torch.float64) * 1.5
-    return {"init": init.requires_grad_(), "trans": trans.requires_grad_(),
-            "loc": loc.requires_grad_()}, y
+    return {
+        "init": init.requires_grad_(),
+        "trans": trans.requires_grad_(),
+        "loc": loc.requires_grad_(),
+    }, y
 
 
 def block_range(case, rank):

@@ -27,8 +27,13 @@ def exact_run(case, rank):
     average_gradients(params.values())
     with torch.no_grad():
         states, best = sharded.map(*block_inputs(case, params, y, rank))
-    return {"log_z": log_z.detach(), "grads": {k: p.grad for k, p in params.items()},
-            "map": states, "map_log_joint": best, "bytes": sharded.bytes_communicated}
+    return {
+        "log_z": log_z.detach(),
+        "grads": {k: p.grad for k, p in params.items()},
+        "map": states,
+        "map_log_joint": best,
+        "bytes": sharded.bytes_communicated,
+    }
 
 
 def via_distribution(rank):
@@ -41,8 +46,9 @@ def via_distribution(rank):
     case = CASES[1]  # time-varying transitions and observations, batched init
     params, y = parameters(case)
     start, stop = block_range(case, rank)
-    hmm = enumdist.DiscreteHMM(params["init"], params["trans"][start:stop],
-                               pd.Normal(params["loc"][start:stop], 1.0))
+    hmm = enumdist.DiscreteHMM(
+        params["init"], params["trans"][start:stop], pd.Normal(params["loc"][start:stop], 1.0)
+    )
     log_z = hmm.time_sharded_log_prob(y[:, start:stop], TimeShardedChain())
     (-log_z.sum()).backward()
     average_gradients(params.values())
@@ -71,7 +77,11 @@ def expect_failure(fn):
     try:
         fn()
     except (ShardError, ModelStructureError) as exc:
-        return {"type": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - start}
+        return {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "seconds": time.monotonic() - start,
+        }
     return {"type": None, "message": "no error", "seconds": time.monotonic() - start}
 
 
@@ -85,7 +95,9 @@ def faults(rank):
     wide = torch.cat([emissions, emissions[..., :1]], -1) if rank == 1 else emissions
     wide_trans = torch.zeros(4, 4, dtype=trans.dtype) if rank == 1 else trans
     wide_init = torch.zeros(4, dtype=trans.dtype) if rank == 1 else init
-    out["states_differ"] = expect_failure(lambda: sharded.log_likelihood(wide_init, wide_trans, wide))
+    out["states_differ"] = expect_failure(
+        lambda: sharded.log_likelihood(wide_init, wide_trans, wide)
+    )
     # rank 1's transitions do not fit its emissions: it fails, and rank 0 must not hang
     bad = trans[:2] if rank == 1 else trans
     out["bad_block"] = expect_failure(lambda: sharded.log_likelihood(init, bad, emissions))

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 import pyro
 import pyro.distributions as dist
+import torch
 from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer import config_enumerate
@@ -107,8 +107,9 @@ def hmm_second_order(ys):
     with pyro.plate("sequences", num_seqs, dim=-1):
         x_prev, x_curr = 0, 0
         for t in pyro.markov(range(num_steps), history=2):
-            x_prev, x_curr = x_curr, pyro.sample(
-                f"x_{t}", dist.Categorical(Vindex(trans)[x_prev, x_curr]), infer=ENUM
+            x_prev, x_curr = (
+                x_curr,
+                pyro.sample(f"x_{t}", dist.Categorical(Vindex(trans)[x_prev, x_curr]), infer=ENUM),
             )
             pyro.sample(f"y_{t}", dist.Normal(locs[x_curr], 1.0), obs=ys[t])
 
@@ -130,7 +131,9 @@ def bernoulli_hmm(rolls, lengths):
     """The chorale HMM's shape: sequences ⊃ keys, Bernoulli emissions, length masks."""
     num_seqs, num_steps, num_keys = rolls.shape
     trans = pyro.param("trans", _init(4, 4), constraint=constraints.simplex)
-    probs_y = pyro.param("probs_y", 0.8 * _init(4, num_keys) / 1.4, constraint=constraints.unit_interval)
+    probs_y = pyro.param(
+        "probs_y", 0.8 * _init(4, num_keys) / 1.4, constraint=constraints.unit_interval
+    )
     keys = pyro.plate("keys", num_keys, dim=-1)
     with pyro.plate("sequences", num_seqs, dim=-2):
         x = 0
@@ -145,8 +148,10 @@ def logits_bernoulli_hmm(rolls, lengths):
     """:func:`bernoulli_hmm` parameterised by logits (unnormalised: Categorical normalises)."""
     num_seqs, num_steps, num_keys = rolls.shape
     trans = pyro.param("trans_logits", _init(4, 4).log() + 0.3)
-    logits_y = pyro.param("logits_y", torch.linspace(-2.0, 2.0, 4 * num_keys,
-                                                     dtype=torch.float64).reshape(4, num_keys))
+    logits_y = pyro.param(
+        "logits_y",
+        torch.linspace(-2.0, 2.0, 4 * num_keys, dtype=torch.float64).reshape(4, num_keys),
+    )
     keys = pyro.plate("keys", num_keys, dim=-1)
     with pyro.plate("sequences", num_seqs, dim=-2):
         x = 0
@@ -154,8 +159,9 @@ def logits_bernoulli_hmm(rolls, lengths):
             with poutine.mask(mask=(t < lengths).unsqueeze(-1)):
                 x = pyro.sample(f"x_{t}", dist.Categorical(logits=trans[x]), infer=ENUM)
                 with keys:
-                    pyro.sample(f"y_{t}", dist.Bernoulli(logits=logits_y[x.squeeze(-1)]),
-                                obs=rolls[:, t])
+                    pyro.sample(
+                        f"y_{t}", dist.Bernoulli(logits=logits_y[x.squeeze(-1)]), obs=rolls[:, t]
+                    )
 
 
 def hmm_global_regime(ys):
@@ -237,7 +243,9 @@ def guide_enumerated_guide(data):
 
 def score_function_model(data):
     """A model whose discrete global is sampled (not enumerated) by the guide: DiCE weights."""
-    p = pyro.param("p_coin", torch.tensor(0.3, dtype=torch.float64), constraint=constraints.unit_interval)
+    p = pyro.param(
+        "p_coin", torch.tensor(0.3, dtype=torch.float64), constraint=constraints.unit_interval
+    )
     locs = pyro.param("locs2", torch.tensor([-1.0, 1.0], dtype=torch.float64))
     coin = pyro.sample("coin", dist.Bernoulli(p))
     weights = pyro.param("weights", _init(2), constraint=constraints.simplex)
@@ -247,7 +255,9 @@ def score_function_model(data):
 
 
 def score_function_guide(data):
-    q = pyro.param("q_coin", torch.tensor(0.6, dtype=torch.float64), constraint=constraints.unit_interval)
+    q = pyro.param(
+        "q_coin", torch.tensor(0.6, dtype=torch.float64), constraint=constraints.unit_interval
+    )
     pyro.sample("coin", dist.Bernoulli(q))
 
 
@@ -271,11 +281,28 @@ def _cases():
         Case("nested_topics", nested_topics, (words,), 2),
         Case("global_outside_plate", global_outside_plate, (mix[:10],), 1),
         Case("scaled_and_masked", scaled_and_masked, (mix,), 1),
-        Case("subsampled_plate", subsampled_plate, (_data(40, seed=7), torch.tensor([3, 17, 5, 22, 39, 0, 11])), 1),
-        Case("guide_enumeration", guide_enumerated_model, (mix[:8],), 1,
-             lambda model: guide_enumerated_guide, False),
-        Case("score_function_guide", score_function_model, (mix[:8],), 1,
-             lambda model: score_function_guide, False),
+        Case(
+            "subsampled_plate",
+            subsampled_plate,
+            (_data(40, seed=7), torch.tensor([3, 17, 5, 22, 39, 0, 11])),
+            1,
+        ),
+        Case(
+            "guide_enumeration",
+            guide_enumerated_model,
+            (mix[:8],),
+            1,
+            lambda model: guide_enumerated_guide,
+            False,
+        ),
+        Case(
+            "score_function_guide",
+            score_function_model,
+            (mix[:8],),
+            1,
+            lambda model: score_function_guide,
+            False,
+        ),
     ]
 
 

@@ -45,12 +45,20 @@ def test_default_guide_model_hides_enumerated_and_observed_sites():
 
 def test_hmm_validates_its_piano_rolls_naming_the_item():
     model = HMM(num_keys=4, hidden_dim=2)
-    batch = {"sequences": torch.full((1, 3, 4), 2.0), "lengths": torch.tensor([3]), "index": torch.tensor([7])}
+    batch = {
+        "sequences": torch.full((1, 3, 4), 2.0),
+        "lengths": torch.tensor([3]),
+        "index": torch.tensor([7]),
+    }
     with pytest.raises(ValueError, match="split 'test' item 7"):
         model.validate_items(batch, "split 'test'")
 
 
 def test_pipeline_and_decoding_never_probe_the_model():
-    found = subprocess.run(["git", "grep", "-nE", r"(hasattr|getattr)\((self\.)?model\b", "enumdist/"],
-                           cwd=ROOT, capture_output=True, text=True).stdout
+    found = subprocess.run(
+        ["git", "grep", "-nE", r"(hasattr|getattr)\((self\.)?model\b", "enumdist/"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert found == "", found

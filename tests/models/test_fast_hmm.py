@@ -14,9 +14,16 @@ def test_vectorised_hmm_equals_the_loop_hmm():
     sequences = (torch.rand(6, 9, 5, generator=generator) < 0.3).double()
     lengths = torch.tensor([9, 3, 7, 1, 9, 5])
     sequences[torch.arange(9)[None, :] >= lengths[:, None]] = 0
-    batch = {"sequences": sequences, "lengths": lengths, "index": torch.tensor([0, 2, 4, 6, 8, 10]),
-             "num_total": 12}
-    loop, fast = HMM(num_keys=5, hidden_dim=3).double(), VectorisedHMM(num_keys=5, hidden_dim=3).double()
+    batch = {
+        "sequences": sequences,
+        "lengths": lengths,
+        "index": torch.tensor([0, 2, 4, 6, 8, 10]),
+        "num_total": 12,
+    }
+    loop, fast = (
+        HMM(num_keys=5, hidden_dim=3).double(),
+        VectorisedHMM(num_keys=5, hidden_dim=3).double(),
+    )
     fast.load_state_dict(loop.state_dict())
     elbo = enumdist.EnumELBO(max_plate_nesting=2)
     losses, grads = [], []

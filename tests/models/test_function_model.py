@@ -32,8 +32,12 @@ def noisy_mixture(batch):
 
 def batch_of(num: int = 12, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    x = torch.cat([torch.randn(num // 2, generator=g, dtype=torch.float64) - 2,
-                   torch.randn(num - num // 2, generator=g, dtype=torch.float64) + 2])
+    x = torch.cat(
+        [
+            torch.randn(num // 2, generator=g, dtype=torch.float64) - 2,
+            torch.randn(num - num // 2, generator=g, dtype=torch.float64) + 2,
+        ]
+    )
     return {"x": x, "index": torch.arange(num), "num_total": num}
 
 
@@ -41,16 +45,22 @@ def test_loss_and_gradients_equal_pyro_on_the_plain_function():
     pyro.settings.set(module_local_params=True)
     batch = batch_of()
     model = FunctionModel(mixture)
-    loss = enumdist.EnumELBO(max_plate_nesting=1).differentiable_loss(model.model, lambda b: None, batch)
+    loss = enumdist.EnumELBO(max_plate_nesting=1).differentiable_loss(
+        model.model, lambda b: None, batch
+    )
     assert sorted(n for n, _ in model.named_parameters()) == ["params.locs", "params.weights"]
     grads = torch.autograd.grad(loss, [model.params["weights"], model.params["locs"]])
 
     pyro.settings.set(module_local_params=False)
     try:
         pyro.clear_param_store()
-        oracle = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(mixture, lambda b: None, batch)
+        oracle = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
+            mixture, lambda b: None, batch
+        )
         store = pyro.get_param_store()
-        expected = torch.autograd.grad(oracle, [store["weights"].unconstrained(), store["locs"].unconstrained()])
+        expected = torch.autograd.grad(
+            oracle, [store["weights"].unconstrained(), store["locs"].unconstrained()]
+        )
     finally:
         pyro.settings.set(module_local_params=True)
         pyro.clear_param_store()
@@ -61,7 +71,9 @@ def test_loss_and_gradients_equal_pyro_on_the_plain_function():
 
 
 def test_parameters_reload_from_a_state_dict_before_the_first_call():
-    trained = FunctionModel("tests.models.test_function_model.mixture")  # an import path, as in YAML
+    trained = FunctionModel(
+        "tests.models.test_function_model.mixture"
+    )  # an import path, as in YAML
     trained.model(batch_of())
     with torch.no_grad():
         trained.params["locs"].add_(1.0)

@@ -6,15 +6,22 @@ import pyro
 import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO
-from zoo_cases import (CASE_NAMES, HMM_CLASSES, empty_guide, make_case, parameters_of,
-                       piano_roll_batch)
+from zoo_cases import (
+    CASE_NAMES,
+    HMM_CLASSES,
+    empty_guide,
+    make_case,
+    parameters_of,
+    piano_roll_batch,
+)
 
 torch.set_num_threads(1)
 
 
 def pyro_loss(model, guide, batch):
-    elbo = TraceEnum_ELBO(max_plate_nesting=model.max_plate_nesting,
-                          strict_enumeration_warning=True)
+    elbo = TraceEnum_ELBO(
+        max_plate_nesting=model.max_plate_nesting, strict_enumeration_warning=True
+    )
     return elbo.differentiable_loss(model.model, guide or empty_guide, batch)
 
 
@@ -57,8 +64,9 @@ def test_padding_is_ignored(cls):
 def test_hmm_matches_the_forward_algorithm():
     model = HMM_CLASSES[0](num_keys=5, hidden_dim=3, seed=3).double()
     batch = piano_roll_batch(dtype=torch.float64)
-    initial, transition, emission = (p.detach() for p in
-                                     (model.initial, model.transition, model.emission))
+    initial, transition, emission = (
+        p.detach() for p in (model.initial, model.transition, model.emission)
+    )
     expected = 0.0
     for notes, length in zip(batch["sequences"], batch["lengths"]):
         log_emit = torch.distributions.Bernoulli(emission).log_prob(notes[:, None, :]).sum(-1)
@@ -72,19 +80,24 @@ def test_hmm_matches_the_forward_algorithm():
 def test_semisupervised_matches_brute_force():
     model, guide, batch = make_case("SemiSupervisedClassifier", torch.float64)
     log_prior = model.class_probs.detach().log()
-    log_lik = torch.distributions.Normal(model.locs.detach(), model.scales.detach()).log_prob(
-        batch["features"].unsqueeze(-2)).sum(-1)
+    log_lik = (
+        torch.distributions.Normal(model.locs.detach(), model.scales.detach())
+        .log_prob(batch["features"].unsqueeze(-2))
+        .sum(-1)
+    )
     joint = log_prior + log_lik
     labeled = batch["is_labeled"]
-    expected = joint[labeled].gather(-1, batch["labels"][labeled, None]).sum() + torch.logsumexp(
-        joint[~labeled], -1).sum()
+    expected = (
+        joint[labeled].gather(-1, batch["labels"][labeled, None]).sum()
+        + torch.logsumexp(joint[~labeled], -1).sum()
+    )
     assert torch.allclose(-pyro_loss(model, guide, batch), expected, rtol=1e-10)
 
 
 def test_initialisation_is_seeded():
     cls = HMM_CLASSES[4]
     a, b, c = cls(5, 3, seed=0), cls(5, 3, seed=0), cls(5, 3, seed=1)
-    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
     assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
 
@@ -98,6 +111,7 @@ def test_wrong_number_of_keys_is_named():
 def enumdist_elbo():
     try:
         import enumdist
+
         return enumdist.EnumELBO
     except (ImportError, AttributeError):
         pytest.skip("enumdist.EnumELBO is not available yet")
@@ -112,7 +126,8 @@ def test_enumdist_loss_and_grads_equal_pyro(name):
     expected = pyro_loss(model, guide, batch)
     expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
     actual = EnumELBO(max_plate_nesting=model.max_plate_nesting).differentiable_loss(
-        model.model, guide, batch)
+        model.model, guide, batch
+    )
     actual_grads = torch.autograd.grad(actual, params, allow_unused=True)
     torch.testing.assert_close(actual, expected, rtol=1e-7, atol=0)
     for a, e in zip(actual_grads, expected_grads):

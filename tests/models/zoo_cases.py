@@ -7,8 +7,14 @@ from pyro.infer.autoguide import AutoDelta
 
 from enumdist import models
 
-HMM_CLASSES = [models.HMM, models.AutoregressiveHMM, models.FactorialHMM,
-               models.PartiallyFactorialHMM, models.NeuralEmissionHMM, models.SecondOrderHMM]
+HMM_CLASSES = [
+    models.HMM,
+    models.AutoregressiveHMM,
+    models.FactorialHMM,
+    models.PartiallyFactorialHMM,
+    models.NeuralEmissionHMM,
+    models.SecondOrderHMM,
+]
 
 
 def empty_guide(batch):
@@ -26,15 +32,20 @@ def piano_roll_batch(num_sequences=4, num_steps=6, num_keys=5, seed=0, dtype=tor
     noise = torch.rand(sequences.shape, generator=g) < 0.1
     sequences = (sequences != noise.to(dtype)).to(dtype)
     sequences[torch.arange(num_steps) >= lengths.unsqueeze(-1)] = 0
-    return {"sequences": sequences, "lengths": lengths,
-            "index": torch.arange(num_sequences), "num_total": num_sequences}
+    return {
+        "sequences": sequences,
+        "lengths": lengths,
+        "index": torch.arange(num_sequences),
+        "num_total": num_sequences,
+    }
 
 
 def mixture_batch(num_points=12, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     centers = torch.tensor([[-3.0, 0.0], [3.0, 0.0], [0.0, 3.0]], dtype=dtype)
     features = centers[torch.arange(num_points) % 3] + 0.5 * torch.randn(
-        num_points, 2, generator=g, dtype=dtype)
+        num_points, 2, generator=g, dtype=dtype
+    )
     return {"features": features, "index": torch.arange(num_points), "num_total": num_points}
 
 
@@ -43,14 +54,18 @@ def topic_batch(num_documents=4, max_words=7, vocab_size=12, seed=0):
     lengths = torch.randint(1, max_words + 1, (num_documents,), generator=g)
     words = torch.randint(0, vocab_size, (num_documents, max_words), generator=g)
     words[torch.arange(max_words) >= lengths.unsqueeze(-1)] = 0
-    return {"documents": words, "lengths": lengths, "index": torch.arange(num_documents),
-            "num_total": num_documents}
+    return {
+        "documents": words,
+        "lengths": lengths,
+        "index": torch.arange(num_documents),
+        "num_total": num_documents,
+    }
 
 
 def classifier_batch(num_points=12, seed=0, dtype=torch.float32):
     batch = mixture_batch(num_points, seed, dtype)
     labels = torch.arange(num_points) % 3
-    labels[num_points // 3:] = -1  # two thirds unlabeled
+    labels[num_points // 3 :] = -1  # two thirds unlabeled
     batch.update(labels=labels, is_labeled=labels >= 0)
     return batch
 
@@ -82,7 +97,10 @@ def make_case(name: str, dtype=torch.float32):
 
 
 CASE_NAMES = [c.__name__ for c in HMM_CLASSES] + [
-    "GaussianMixture", "TopicModel", "SemiSupervisedClassifier"]
+    "GaussianMixture",
+    "TopicModel",
+    "SemiSupervisedClassifier",
+]
 
 
 def parameters_of(model, guide):

@@ -19,24 +19,43 @@ SEARCHPATH = f"hydra.searchpath=[file://{TEST_CONF}]"
 torch.set_num_threads(1)
 
 
-def compose_config(*overrides: str, run_dir: str | os.PathLike | None = None, return_hydra_config=False):
+def compose_config(
+    *overrides: str, run_dir: str | os.PathLike | None = None, return_hydra_config=False
+):
     """The composed training config (test configs on the search path)."""
     extra = [f"paths.run_dir={run_dir}"] if run_dir is not None else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=[SEARCHPATH, *overrides, *extra],
-                       return_hydra_config=return_hydra_config)
+        return compose(
+            "train",
+            overrides=[SEARCHPATH, *overrides, *extra],
+            return_hydra_config=return_hydra_config,
+        )
 
 
 def run_cli(*args: str, timeout: float = 240, env: dict | None = None, check: bool = True):
     """``python -m enumdist.train <args>`` in the repo root; returns the CompletedProcess."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "MPLBACKEND": "Agg",
-                "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+        "MPLBACKEND": "Agg",
+        "PYTHONPATH": str(ROOT),
+        **(env or {}),
+    }
     flags = [a for a in args if a.startswith("-")]  # hydra wants flags before overrides
     overrides = [a for a in args if not a.startswith("-")]
-    result = subprocess.run([sys.executable, "-m", "enumdist.train", *flags, SEARCHPATH, *overrides], cwd=ROOT,
-                            env=full_env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "enumdist.train", *flags, SEARCHPATH, *overrides],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        raise AssertionError(
+            f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 

@@ -18,24 +18,61 @@ HMM = {"num_keys": 88, "prior_strength": 0.0, "seed": 0}
 # experiment -> (model option, model config it must compose to)
 EXPECTED = {
     "chorale_hmm": ("chorale_hmm", {"_target_": "enumdist.models.HMM", "hidden_dim": 16, **HMM}),
-    "chorale_arhmm": ("chorale_arhmm", {"_target_": "enumdist.models.AutoregressiveHMM", "hidden_dim": 8, **HMM}),
-    "chorale_factorial_hmm": ("chorale_factorial_hmm",
-                              {"_target_": "enumdist.models.FactorialHMM", "hidden_dim": 8, **HMM}),
-    "chorale_partially_factorial_hmm": ("chorale_partially_factorial_hmm",
-                                        {"_target_": "enumdist.models.PartiallyFactorialHMM", "hidden_dim": 8,
-                                         **HMM}),
-    "chorale_second_order_hmm": ("chorale_second_order_hmm",
-                                 {"_target_": "enumdist.models.SecondOrderHMM", "hidden_dim": 8, **HMM}),
-    "chorale_nn_hmm": ("chorale_nn_hmm", {"_target_": "enumdist.models.NeuralEmissionHMM", "hidden_dim": 8,
-                                          "network_width": 32, **HMM}),
-    "digits_semisupervised": ("semisupervised_classifier",
-                              {"_target_": "enumdist.models.SemiSupervisedClassifier", "num_features": 64,
-                               "num_classes": 10, "min_scale": 0.1, "seed": 0}),
+    "chorale_arhmm": (
+        "chorale_arhmm",
+        {"_target_": "enumdist.models.AutoregressiveHMM", "hidden_dim": 8, **HMM},
+    ),
+    "chorale_factorial_hmm": (
+        "chorale_factorial_hmm",
+        {"_target_": "enumdist.models.FactorialHMM", "hidden_dim": 8, **HMM},
+    ),
+    "chorale_partially_factorial_hmm": (
+        "chorale_partially_factorial_hmm",
+        {"_target_": "enumdist.models.PartiallyFactorialHMM", "hidden_dim": 8, **HMM},
+    ),
+    "chorale_second_order_hmm": (
+        "chorale_second_order_hmm",
+        {"_target_": "enumdist.models.SecondOrderHMM", "hidden_dim": 8, **HMM},
+    ),
+    "chorale_nn_hmm": (
+        "chorale_nn_hmm",
+        {
+            "_target_": "enumdist.models.NeuralEmissionHMM",
+            "hidden_dim": 8,
+            "network_width": 32,
+            **HMM,
+        },
+    ),
+    "digits_semisupervised": (
+        "semisupervised_classifier",
+        {
+            "_target_": "enumdist.models.SemiSupervisedClassifier",
+            "num_features": 64,
+            "num_classes": 10,
+            "min_scale": 0.1,
+            "seed": 0,
+        },
+    ),
     "hmm_1m": ("chorale_hmm", {"_target_": "enumdist.models.HMM", "hidden_dim": 8, **HMM}),
-    "iris_mixture": ("gaussian_mixture", {"_target_": "enumdist.models.GaussianMixture", "num_features": 4,
-                                          "num_components": 3, "seed": 0}),
-    "python_docs_topics": ("topic_model", {"_target_": "enumdist.models.TopicModel", "vocab_size": 1000,
-                                           "num_topics": 10, "alpha": 0.5, "seed": 0}),
+    "iris_mixture": (
+        "gaussian_mixture",
+        {
+            "_target_": "enumdist.models.GaussianMixture",
+            "num_features": 4,
+            "num_components": 3,
+            "seed": 0,
+        },
+    ),
+    "python_docs_topics": (
+        "topic_model",
+        {
+            "_target_": "enumdist.models.TopicModel",
+            "vocab_size": 1000,
+            "num_topics": 10,
+            "alpha": 0.5,
+            "seed": 0,
+        },
+    ),
 }
 
 
@@ -61,9 +98,13 @@ def _targets(node):
             yield from _targets(value)
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE_CONF / "experiment").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((PACKAGE_CONF / "experiment").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_experiments_define_no_targets(path):
-    assert not list(_targets(yaml.safe_load(path.read_text()))), f"{path.name}: pick a group option instead"
+    assert not list(_targets(yaml.safe_load(path.read_text()))), (
+        f"{path.name}: pick a group option instead"
+    )
 
 
 @pytest.mark.parametrize("group", ["model", "data"])
@@ -88,7 +129,19 @@ def test_non_checks_live_in_their_own_modules_and_old_imports_still_work():
 def test_dead_code_stays_deleted(name):
     import subprocess
 
-    found = subprocess.run(["git", "grep", "-n", name, "--", "enumdist/pipeline", "enumdist/decoding",
-                            "enumdist/conf/paths"], cwd=PACKAGE_CONF.parents[1], capture_output=True,
-                           text=True).stdout
+    found = subprocess.run(
+        [
+            "git",
+            "grep",
+            "-n",
+            name,
+            "--",
+            "enumdist/pipeline",
+            "enumdist/decoding",
+            "enumdist/conf/paths",
+        ],
+        cwd=PACKAGE_CONF.parents[1],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert found == "", found

@@ -26,8 +26,17 @@ def test_known_warnings_are_filtered_when_enabled_and_shown_when_not():
         warnings.warn("an unknown warning stays")
         logging.getLogger("pytorch_lightning.utilities.rank_zero").info("GPU available: False")
     """)
-    outputs = {mode: subprocess.run([sys.executable, "-c", script, mode], cwd=ROOT, capture_output=True,
-                                    text=True, timeout=60, env={"PYTHONPATH": str(ROOT)}) for mode in ("on", "off")}
+    outputs = {
+        mode: subprocess.run(
+            [sys.executable, "-c", script, mode],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PYTHONPATH": str(ROOT)},
+        )
+        for mode in ("on", "off")
+    }
     for result in outputs.values():
         assert result.returncode == 0, result.stderr
     shown, filtered = outputs["off"].stdout.splitlines(), outputs["on"].stdout.splitlines()

@@ -28,12 +28,24 @@ def sharded_run(run_dir, *overrides):
     from enumdist.train import train
 
     cfg = compose_config(
-        "trainer=ddp_cpu", "trainer.strategy=ddp_spawn", "trainer.precision=64-true", "optim=adam",
-        "optim.gradient_clip_val=null", f"trainer.max_steps={STEPS}", "trainer.check_val_every_n_epoch=1000",
-        "logger=none", "callbacks=with_rank_params", "callbacks.progress_bar.refresh_rate=0", "test=false",
-        *overrides, run_dir=run_dir)
+        "trainer=ddp_cpu",
+        "trainer.strategy=ddp_spawn",
+        "trainer.precision=64-true",
+        "optim=adam",
+        "optim.gradient_clip_val=null",
+        f"trainer.max_steps={STEPS}",
+        "trainer.check_val_every_n_epoch=1000",
+        "logger=none",
+        "callbacks=with_rank_params",
+        "callbacks.progress_bar.refresh_rate=0",
+        "test=false",
+        *overrides,
+        run_dir=run_dir,
+    )
     train(cfg)
-    return cfg, [torch.load(run_dir / "final_params" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return cfg, [
+        torch.load(run_dir / "final_params" / f"rank{r}.pt", weights_only=True) for r in (0, 1)
+    ]
 
 
 def svi_oracle(cfg):
@@ -47,7 +59,10 @@ def svi_oracle(cfg):
         torch.manual_seed(cfg.seed)
         guide(full)
     guide.double()
-    full = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in full.items()}
+    full = {
+        k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
+        for k, v in full.items()
+    }
     scale = 1.0 / model.num_observations(full)
     elbo = TraceEnum_ELBO(max_plate_nesting=model.max_plate_nesting)
     optimizer = None
@@ -57,14 +72,22 @@ def svi_oracle(cfg):
         loss = elbo.differentiable_loss(model.model, guide, batch) * scale
         if optimizer is None:  # after the first call, when lazy guide parameters exist
             optim = cfg.optim.optimizer
-            optimizer = torch.optim.Adam([*model.parameters(), *guide.parameters()], lr=optim.lr,
-                                         betas=tuple(optim.betas))
+            optimizer = torch.optim.Adam(
+                [*model.parameters(), *guide.parameters()], lr=optim.lr, betas=tuple(optim.betas)
+            )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
     batch_size = cfg.data.batch_size
-    sampler = ShardSampler(full["num_total"], 0, 1, None if batch_size is None else 2 * batch_size,
-                           shuffle=cfg.data.shuffle, seed=cfg.data.seed)
+    sampler = ShardSampler(
+        full["num_total"],
+        0,
+        1,
+        None if batch_size is None else 2 * batch_size,
+        shuffle=cfg.data.shuffle,
+        seed=cfg.data.seed,
+    )
     step, epoch = 0, 0
     while step < STEPS:
         sampler.set_epoch(epoch)
@@ -77,18 +100,31 @@ def svi_oracle(cfg):
             svi_step(batch)
             step += 1
         epoch += 1
-    return {**{f"model.{k}": v.detach() for k, v in model.state_dict().items()},
-            **{f"guide.{k}": v.detach() for k, v in guide.state_dict().items()}}
+    return {
+        **{f"model.{k}": v.detach() for k, v in model.state_dict().items()},
+        **{f"guide.{k}": v.detach() for k, v in guide.state_dict().items()},
+    }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment, overrides", [
-    ("toy_hmm", []),                              # full batch, 12 sequences of different lengths
-    ("toy_hmm", ["data.batch_size=3"]),           # global minibatches of 6 split 3 + 3
-    ("regime_mixture", []),                       # a global enumerated variable outside the plate
-    ("regime_mixture", ["data=toy_points", "data.load._target_=tests.pipeline.toy.toy_points_2d",
-                        "model=gaussian_mixture", "guide=auto_delta"]),  # lazily created guide params
-], ids=["hmm-full", "hmm-minibatch", "global-enumerated", "autoguide"])
+@pytest.mark.parametrize(
+    "experiment, overrides",
+    [
+        ("toy_hmm", []),  # full batch, 12 sequences of different lengths
+        ("toy_hmm", ["data.batch_size=3"]),  # global minibatches of 6 split 3 + 3
+        ("regime_mixture", []),  # a global enumerated variable outside the plate
+        (
+            "regime_mixture",
+            [
+                "data=toy_points",
+                "data.load._target_=tests.pipeline.toy.toy_points_2d",
+                "model=gaussian_mixture",
+                "guide=auto_delta",
+            ],
+        ),  # lazily created guide params
+    ],
+    ids=["hmm-full", "hmm-minibatch", "global-enumerated", "autoguide"],
+)
 def test_two_process_training_equals_single_process_svi(tmp_path, experiment, overrides):
     cfg, (rank0, rank1) = sharded_run(tmp_path, f"experiment={experiment}", "elbo=enum", *overrides)
     assert rank0["step"] == rank1["step"] == STEPS
@@ -97,5 +133,13 @@ def test_two_process_training_equals_single_process_svi(tmp_path, experiment, ov
     initial = {f"model.{k}": v for k, v in instantiate(cfg.model).double().state_dict().items()}
     for key, value in expected.items():
         assert key not in initial or not torch.allclose(value, initial[key]), f"{key} did not move"
-        torch.testing.assert_close(rank0["state_dict"][key], rank1["state_dict"][key], rtol=0, atol=0)
-        torch.testing.assert_close(rank0["state_dict"][key], value, rtol=1e-5, atol=1e-8, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(
+            rank0["state_dict"][key], rank1["state_dict"][key], rtol=0, atol=0
+        )
+        torch.testing.assert_close(
+            rank0["state_dict"][key],
+            value,
+            rtol=1e-5,
+            atol=1e-8,
+            msg=lambda m, key=key: f"{key}: {m}",
+        )

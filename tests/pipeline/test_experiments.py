@@ -11,9 +11,17 @@ import pytest
 from tests.pipeline.conftest import CONF, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-QUICK = ["debug=default", "data.max_items=6", "trainer.max_steps=2", "fold_in.steps=3", "decode.enabled=true",
-         "++decode.marginals=true", "decode.progress=false", "decode.pictures=true",
-         "callbacks.progress_bar.refresh_rate=0"]
+QUICK = [
+    "debug=default",
+    "data.max_items=6",
+    "trainer.max_steps=2",
+    "fold_in.steps=3",
+    "decode.enabled=true",
+    "++decode.marginals=true",
+    "decode.progress=false",
+    "decode.pictures=true",
+    "callbacks.progress_bar.refresh_rate=0",
+]
 
 
 def test_the_packaged_experiments_are_the_ones_the_readme_lists():

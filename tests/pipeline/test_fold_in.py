@@ -23,7 +23,12 @@ def documents(num_docs: int, seed: int, vocab: int = 12, length: int = 7) -> dic
     lengths = torch.randint(3, length + 1, (num_docs,), generator=g)
     words = torch.randint(vocab, (num_docs, length), generator=g)
     words = words * (torch.arange(length) < lengths[:, None])
-    return {"documents": words, "lengths": lengths, "index": torch.arange(num_docs), "num_total": num_docs}
+    return {
+        "documents": words,
+        "lengths": lengths,
+        "index": torch.arange(num_docs),
+        "num_total": num_docs,
+    }
 
 
 def test_autoguide_latents_follow_the_batch_index_not_a_random_subsample():
@@ -57,10 +62,15 @@ def test_fold_in_fits_held_out_items_with_the_model_frozen_and_pyro_agrees():
     assert all(p.grad is None for p in model.parameters())
     oracle = pyro.infer.TraceEnum_ELBO(max_plate_nesting=2)
     with torch.no_grad():
-        ours, pyros = elbo.loss(model.model, fitted, held_out), oracle.loss(model.model, fitted, held_out)
+        ours, pyros = (
+            elbo.loss(model.model, fitted, held_out),
+            oracle.loss(model.model, fitted, held_out),
+        )
     assert ours == pytest.approx(pyros, rel=1e-5)
     again = fold_in(model, factory, elbo, held_out, steps=40, lr=0.05)  # deterministic
-    assert elbo.loss(model.model, again, held_out) == pytest.approx(elbo.loss(model.model, fitted, held_out))
+    assert elbo.loss(model.model, again, held_out) == pytest.approx(
+        elbo.loss(model.model, fitted, held_out)
+    )
 
 
 def test_a_guide_with_per_item_and_global_latents_is_refused_by_name():
@@ -78,5 +88,7 @@ def test_a_guide_with_per_item_and_global_latents_is_refused_by_name():
 
     model = Both()
     batch = {"index": torch.arange(3), "num_total": 3}
-    with pytest.raises(ValueError, match=r"\['offset'\] are per item of plate 'data' and \['noise'\] are global"):
+    with pytest.raises(
+        ValueError, match=r"\['offset'\] are per item of plate 'data' and \['noise'\] are global"
+    ):
         check_fold_in(model, auto(model, "AutoDelta"), batch)

@@ -16,8 +16,12 @@ def test_names_of_a_saved_split_survive_max_items(tmp_path):
 
 
 def test_a_dataclass_loaders_names_are_kept_and_unnamed_data_has_none():
-    corpus = TextCorpus(documents=torch.zeros(2, 3, dtype=torch.long),
-                        lengths=torch.tensor([3, 2]), vocab=["w"], names=["os.path", "json"])
+    corpus = TextCorpus(
+        documents=torch.zeros(2, 3, dtype=torch.long),
+        lengths=torch.tensor([3, 2]),
+        vocab=["w"],
+        names=["os.path", "json"],
+    )
     assert ShardedDataModule(lambda split: corpus).load_split("test").names == ["os.path", "json"]
     unnamed = ShardedDataModule(lambda split: {"features": torch.zeros(2, 1)})
     assert unnamed.load_split("test").names is None

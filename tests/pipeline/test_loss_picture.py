@@ -11,7 +11,12 @@ def test_loss_picture_shows_training_and_validation_loss(tmp_path):
     figure = loss_figure(history.rows)
     lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
     train, valid = (lines[k] for k in ("training (this step's batch)", "validation (whole split)"))
-    assert list(train.get_xdata()) == [1, 2, 3, 4] and list(train.get_ydata()) == [3.0, 2.5, 2.2, 2.0]
+    assert list(train.get_xdata()) == [1, 2, 3, 4] and list(train.get_ydata()) == [
+        3.0,
+        2.5,
+        2.2,
+        2.0,
+    ]
     assert list(valid.get_xdata()) == [2, 4] and list(valid.get_ydata()) == [2.8, 2.4]
     history.write()
     history.plot()

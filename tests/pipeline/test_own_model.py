@@ -13,7 +13,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from hydra import compose, initialize_config_dir
 
 from tests.pipeline.conftest import CONF, ROOT
@@ -33,9 +32,12 @@ def write_doc_files(folder: Path) -> list[str]:
 
 @pytest.fixture
 def user_folder(tmp_path, monkeypatch):
-    assert set(write_doc_files(tmp_path)) == {"my_models.py", "make_data.py",
-                                              "my_conf/experiment/my_clusters.yaml",
-                                              "my_conf/experiment/my_function.yaml"}
+    assert set(write_doc_files(tmp_path)) == {
+        "my_models.py",
+        "make_data.py",
+        "my_conf/experiment/my_clusters.yaml",
+        "my_conf/experiment/my_function.yaml",
+    }
     subprocess.run([sys.executable, "make_data.py"], cwd=tmp_path, check=True, timeout=120)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -46,11 +48,25 @@ def user_folder(tmp_path, monkeypatch):
 def test_own_class_and_experiment_through_the_command_line(user_folder):
     run_dir = user_folder / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "enumdist.train", "--config-dir", "my_conf", "experiment=my_clusters",
-         "logger=none", "trainer.max_steps=30", f"paths.run_dir={run_dir}", "decode.enabled=true",
-         "decode.progress=false"],
-        cwd=user_folder, capture_output=True, text=True, timeout=300,
-        env={**run_env(), "PYTHONPATH": f"{ROOT}:{user_folder}"})
+        [
+            sys.executable,
+            "-m",
+            "enumdist.train",
+            "--config-dir",
+            "my_conf",
+            "experiment=my_clusters",
+            "logger=none",
+            "trainer.max_steps=30",
+            f"paths.run_dir={run_dir}",
+            "decode.enabled=true",
+            "decode.progress=false",
+        ],
+        cwd=user_folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**run_env(), "PYTHONPATH": f"{ROOT}:{user_folder}"},
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "test loss per observation" in result.stdout
     rows = pq.read_table(run_dir / "decoded" / "test-temperature0" / "decoded.parquet").to_pylist()
@@ -68,15 +84,24 @@ def test_own_function_through_hydra_searchpath_and_decode(user_folder):
 
     run_dir = user_folder / "fn_run"
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            f"hydra.searchpath=[file://{user_folder / 'my_conf'}]", "experiment=my_function",
-            "logger=none", "trainer.max_steps=30", "callbacks.progress_bar.refresh_rate=0",
-            f"paths.run_dir={run_dir}"])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"hydra.searchpath=[file://{user_folder / 'my_conf'}]",
+                "experiment=my_function",
+                "logger=none",
+                "trainer.max_steps=30",
+                "callbacks.progress_bar.refresh_rate=0",
+                f"paths.run_dir={run_dir}",
+            ],
+        )
     metrics = train(cfg)
     assert metrics["test/loss_per_obs"] < 3.0  # nats per point; the initial locs (-1, 1) give > 3.5
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert set(state) == {"model.params.weights", "model.params.locs"}
-    outputs = decode({"run_dir": str(run_dir), "marginals": True, "progress": False, "pictures": False})
+    outputs = decode(
+        {"run_dir": str(run_dir), "marginals": True, "progress": False, "pictures": False}
+    )
     table = pq.read_table(outputs["decoded"])
     assert table.num_rows == 50 and {"z", "z_marginals"} <= set(table.column_names)
 
@@ -94,5 +119,3 @@ def run_env() -> dict:
     import os
 
     return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "MPLBACKEND": "Agg"}
-
-

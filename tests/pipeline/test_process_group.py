@@ -27,14 +27,28 @@ def test_a_stopped_rank_makes_the_other_exit_naming_the_timeout_and_the_rank(tmp
     """Rank 1 SIGSTOPs itself at step 2; rank 0 must fail within the 15 s timeout, say why, and
     take its launched rank down with it (a stopped child would hold the pipes open forever)."""
     pid_file, log = tmp_path / "stopped.pid", tmp_path / "stderr.txt"
-    args = ["experiment=toy_hmm", "trainer=ddp_cpu", "logger=none", "test=false", f"hydra.run.dir={tmp_path / 'run'}",
-            "trainer.max_steps=6", "trainer.process_group_timeout_s=15",
-            "+callbacks.stop._target_=tests.pipeline.toy.StopRankAtStep", "+callbacks.stop.rank=1",
-            "+callbacks.stop.step=2", f"+callbacks.stop.pid_file={pid_file}"]
+    args = [
+        "experiment=toy_hmm",
+        "trainer=ddp_cpu",
+        "logger=none",
+        "test=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "trainer.max_steps=6",
+        "trainer.process_group_timeout_s=15",
+        "+callbacks.stop._target_=tests.pipeline.toy.StopRankAtStep",
+        "+callbacks.stop.rank=1",
+        "+callbacks.stop.step=2",
+        f"+callbacks.stop.pid_file={pid_file}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
     with open(log, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "enumdist.train", SEARCHPATH, *args], cwd=ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "enumdist.train", SEARCHPATH, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
         try:
             returncode = process.wait(timeout=300)
         finally:

@@ -17,9 +17,16 @@ from enumdist.models.fast_hmm import VectorisedHMM
 from enumdist.pipeline.recovery import recovery_report
 from enumdist.pipeline.streaming import StreamingDataModule
 
-SPEC = SyntheticSpec(model="hmm", num_keys=12, hidden_dim=3,
-                     num_items=(("train", 4000), ("valid", 200), ("test", 300)),
-                     min_length=20, max_length=40, shard_size=500, seed=3)
+SPEC = SyntheticSpec(
+    model="hmm",
+    num_keys=12,
+    hidden_dim=3,
+    num_items=(("train", 4000), ("valid", 200), ("test", 300)),
+    min_length=20,
+    max_length=40,
+    shard_size=500,
+    seed=3,
+)
 
 
 @pytest.fixture(scope="module")

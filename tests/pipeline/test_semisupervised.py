@@ -42,12 +42,16 @@ def test_digits_semisupervised_trains_and_reports_test_loss_and_accuracy(tmp_pat
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     test = load_semisupervised_split("test", name="digits", labeled_fraction=0.1)
     with torch.no_grad():
-        accuracy = (model.predict_probs(test["features"]).argmax(-1) == test["true_labels"]).double().mean()
+        accuracy = (
+            (model.predict_probs(test["features"]).argmax(-1) == test["true_labels"])
+            .double()
+            .mean()
+        )
         log_joint = model.class_probs.log() + dist.Normal(model.locs, model.scales).log_prob(
-            test["features"].unsqueeze(-2)).sum(-1)
+            test["features"].unsqueeze(-2)
+        ).sum(-1)
         loss_per_point = -torch.logsumexp(log_joint, -1).double().mean()
     # logged metrics are float32: 1e-6 is far below one test point (1 / ~270)
     assert metrics["test/accuracy"] == pytest.approx(float(accuracy), abs=1e-6)
     assert metrics["test/loss_per_obs"] == pytest.approx(float(loss_per_point), rel=1e-5)
     assert float(accuracy) > 0.1  # better than chance after a few steps
-

@@ -7,9 +7,16 @@ import pytest
 from enumdist.data.synthetic import SyntheticSpec, generate
 from enumdist.pipeline.streaming import ShardedSplit, StreamingDataModule, StreamSampler
 
-SPEC = SyntheticSpec(model="hmm", num_keys=10, hidden_dim=3,
-                     num_items=(("train", 800), ("valid", 50), ("test", 70)),
-                     min_length=20, max_length=60, shard_size=100, seed=2)
+SPEC = SyntheticSpec(
+    model="hmm",
+    num_keys=10,
+    hidden_dim=3,
+    num_items=(("train", 800), ("valid", 50), ("test", 70)),
+    min_length=20,
+    max_length=60,
+    shard_size=100,
+    seed=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +111,13 @@ def test_observations_are_counted_exactly(root):
 
     datamodule = StreamingDataModule(str(root))
     lengths = pq.read_table(root / "train", columns=["length"])["length"].to_numpy()
-    assert datamodule.count_observations(HMM(num_keys=10, hidden_dim=3).num_observations) == lengths.sum()
+    assert (
+        datamodule.count_observations(HMM(num_keys=10, hidden_dim=3).num_observations)
+        == lengths.sum()
+    )
     # a count that is not the number of steps takes the chunked path, still exact
     assert datamodule.count_observations(lambda batch: int(batch["sequences"].sum())) == sum(
-        len(step) for row in pq.read_table(root / "train", columns=["keys"])["keys"].to_pylist() for step in row)
+        len(step)
+        for row in pq.read_table(root / "train", columns=["keys"])["keys"].to_pylist()
+        for step in row
+    )

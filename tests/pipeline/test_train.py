@@ -17,7 +17,9 @@ def train_with(run_dir, *overrides: str):
     """``enumdist.train.train`` in this process on a composed config (quiet, no logger)."""
     from enumdist.train import train
 
-    cfg = compose_config("logger=none", "callbacks.progress_bar.refresh_rate=0", *overrides, run_dir=run_dir)
+    cfg = compose_config(
+        "logger=none", "callbacks.progress_bar.refresh_rate=0", *overrides, run_dir=run_dir
+    )
     return train(cfg)
 
 
@@ -27,15 +29,23 @@ def final_state(run_dir):
 
 def test_cli_run_writes_the_run_directory_layout(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli("experiment=toy_hmm", "logger=wandb", f"hydra.run.dir={run_dir}", "trainer.max_steps=4",
-                     "optim=clipped_adam")  # its betas list must not reach the checkpoint as a ListConfig
+    result = run_cli(
+        "experiment=toy_hmm",
+        "logger=wandb",
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=4",
+        "optim=clipped_adam",
+    )  # its betas list must not reach the checkpoint as a ListConfig
     assert "test loss per observation" in result.stdout
     assert f"run directory: {run_dir}" in result.stdout and "train_history.png" in result.stdout
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     checkpoint = final_state(run_dir)  # weights-only loadable
     assert checkpoint["global_step"] == 4
-    assert set(checkpoint["state_dict"]) == {"model.initial_unconstrained", "model.transition_unconstrained",
-                                             "model.emission_unconstrained"}
+    assert set(checkpoint["state_dict"]) == {
+        "model.initial_unconstrained",
+        "model.transition_unconstrained",
+        "model.emission_unconstrained",
+    }
     assert isinstance(checkpoint["hyper_parameters"], dict)
     with open(run_dir / "train_history.csv") as f:
         rows = list(csv.DictReader(f))
@@ -43,22 +53,36 @@ def test_cli_run_writes_the_run_directory_layout(tmp_path):
     assert set(rows[0]) == {"step", "loss_per_obs", "valid_loss_per_obs"}
     # check_val_every_n_epoch=3, one step per epoch: the one validation follows step 3
     assert [bool(r["valid_loss_per_obs"]) for r in rows] == [False, False, True, False]
-    assert list((run_dir / "wandb").glob("offline-run-*")), "wandb must run offline under the run dir"
+    assert list((run_dir / "wandb").glob("offline-run-*")), (
+        "wandb must run offline under the run dir"
+    )
     assert list((run_dir / "wandb").rglob("media/images/pictures_*.png")), "pictures go to wandb"
-    assert "Epoch 3, step: 100%|██████████| 4/4" in result.stdout + result.stderr  # one bar over max_steps
+    assert (
+        "Epoch 3, step: 100%|██████████| 4/4" in result.stdout + result.stderr
+    )  # one bar over max_steps
 
 
 def test_guide_parameters_are_under_guide_prefix(tmp_path):
-    train_with(tmp_path, "experiment=toy_hmm", "elbo=pyro", "data=toy_points",
-               "data.load._target_=tests.pipeline.toy.toy_points_2d", "model=gaussian_mixture",
-               "trainer.max_steps=2")
+    train_with(
+        tmp_path,
+        "experiment=toy_hmm",
+        "elbo=pyro",
+        "data=toy_points",
+        "data.load._target_=tests.pipeline.toy.toy_points_2d",
+        "model=gaussian_mixture",
+        "trainer.max_steps=2",
+    )
     keys = set(final_state(tmp_path)["state_dict"])
     assert keys and all(k.startswith("guide.") for k in keys), keys
 
 
 def test_resumed_run_ends_with_the_same_parameters(tmp_path):
-    common = ["experiment=regime_mixture", "elbo=pyro", "optim=adam_exponential",
-              "callbacks.model_checkpoint.every_n_train_steps=1"]
+    common = [
+        "experiment=regime_mixture",
+        "elbo=pyro",
+        "optim=adam_exponential",
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+    ]
     train_with(tmp_path / "straight", *common, "trainer.max_steps=6")
     train_with(tmp_path / "resumed", *common, "trainer.max_steps=3")
     assert final_state(tmp_path / "resumed")["global_step"] == 3
@@ -67,7 +91,10 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path):
     assert resumed["global_step"] == 6
     for key, value in straight["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-6, atol=0)
-    assert straight["optimizer_states"][0]["state"][0]["step"] == resumed["optimizer_states"][0]["state"][0]["step"]
+    assert (
+        straight["optimizer_states"][0]["state"][0]["step"]
+        == resumed["optimizer_states"][0]["state"][0]["step"]
+    )
     with open(tmp_path / "resumed" / "train_history.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
 
@@ -88,7 +115,10 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         AtomicCheckpointIO().save_checkpoint({"a": torch.zeros(2)}, path)
     assert torch.load(path, weights_only=True)["a"].tolist() == [1.0, 1.0]  # old file intact
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]  # no temporary
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last.ckpt",
+        "last.ckpt.sha256",
+    ]  # no temporary
 
 
 def test_csv_logger_works_without_wandb(tmp_path):
@@ -98,27 +128,43 @@ def test_csv_logger_works_without_wandb(tmp_path):
     run_dir = tmp_path / "run"
     import os
 
-    result = run_cli("experiment=toy_hmm", "elbo=pyro", "logger=csv", f"hydra.run.dir={run_dir}",
-                     "trainer.max_steps=2", env={"PYTHONPATH": f"{blocker}{os.pathsep}{sys.path[0] or '.'}"})
-    assert (run_dir / "csv" / "metrics.csv").is_file() and "test loss per observation" in result.stdout
+    result = run_cli(
+        "experiment=toy_hmm",
+        "elbo=pyro",
+        "logger=csv",
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=2",
+        env={"PYTHONPATH": f"{blocker}{os.pathsep}{sys.path[0] or '.'}"},
+    )
+    assert (
+        run_dir / "csv" / "metrics.csv"
+    ).is_file() and "test loss per observation" in result.stdout
     with open(run_dir / "csv" / "metrics.csv") as f:
         header = f.readline()
     assert "train/loss_per_obs" in header and "train/obs_per_s" in header and "lr-" in header
 
 
 def test_multirun_sweep_on_cpu(tmp_path):
-    result = run_cli("-m", "experiment=toy_hmm", "elbo=pyro", "logger=none", "trainer.max_steps=2",
-                     "optim.optimizer.lr=0.01,0.1", f"hydra.sweep.dir={tmp_path}")
+    run_cli(
+        "-m",
+        "experiment=toy_hmm",
+        "elbo=pyro",
+        "logger=none",
+        "trainer.max_steps=2",
+        "optim.optimizer.lr=0.01,0.1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     for job in ("0", "1"):
         assert (tmp_path / job / "checkpoints" / "last.ckpt").is_file()
         assert (tmp_path / job / ".hydra" / "config.yaml").is_file()
-    lrs = [final_state(tmp_path / job)["optimizer_states"][0]["param_groups"][0]["lr"] for job in "01"]
+    lrs = [
+        final_state(tmp_path / job)["optimizer_states"][0]["param_groups"][0]["lr"] for job in "01"
+    ]
     assert lrs == [0.01, 0.1]
 
 
 def test_decode_enabled_without_decoding_stage_is_a_clear_error(tmp_path, monkeypatch):
     import enumdist.decoding
-
     from enumdist.pipeline.checks import ConfigError
 
     if hasattr(enumdist.decoding, "run_decoding"):
@@ -131,9 +177,18 @@ def test_decode_enabled_without_decoding_stage_is_a_clear_error(tmp_path, monkey
 def test_cli_ddp_strategy_on_two_cpu_processes(tmp_path):
     """``trainer=ddp_cpu`` (strategy=ddp): Lightning re-executes the command for rank 1."""
     run_dir = tmp_path / "run"
-    result = run_cli("experiment=toy_hmm", "trainer=ddp_cpu", "logger=csv", "callbacks=with_rank_params",
-                     f"hydra.run.dir={run_dir}", "trainer.max_steps=3", timeout=300)
-    rank0, rank1 = (torch.load(run_dir / "final_params" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    result = run_cli(
+        "experiment=toy_hmm",
+        "trainer=ddp_cpu",
+        "logger=csv",
+        "callbacks=with_rank_params",
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=3",
+        timeout=300,
+    )
+    rank0, rank1 = (
+        torch.load(run_dir / "final_params" / f"rank{r}.pt", weights_only=True) for r in (0, 1)
+    )
     assert rank0["step"] == rank1["step"] == 3
     for key, value in rank0["state_dict"].items():
         assert torch.equal(value, rank1["state_dict"][key])
@@ -142,8 +197,14 @@ def test_cli_ddp_strategy_on_two_cpu_processes(tmp_path):
 
 def test_decode_enabled_runs_the_decoding_stage_and_lists_its_pictures(tmp_path, capsys):
     pytest.importorskip("enumdist.decoding").run_decoding  # noqa: B018 - the stage must exist
-    train_with(tmp_path, "experiment=toy_hmm", "elbo=pyro", "trainer.max_steps=2", "decode.enabled=true",
-               "decode.progress=false")
+    train_with(
+        tmp_path,
+        "experiment=toy_hmm",
+        "elbo=pyro",
+        "trainer.max_steps=2",
+        "decode.enabled=true",
+        "decode.progress=false",
+    )
     out = capsys.readouterr().out
     pictures = [line.split()[-1] for line in out.splitlines() if line.strip().startswith("picture")]
     assert len(pictures) >= 2 and all(Path(p).is_file() for p in pictures), out

@@ -10,8 +10,8 @@ import os
 import signal
 
 import pyro
-import pytorch_lightning as pl
 import pyro.distributions as dist
+import pytorch_lightning as pl
 import torch
 from pyro.nn import PyroParam
 from torch.distributions import constraints
@@ -27,13 +27,25 @@ class RegimeMixture(EnumModel):
     shard_plate = "data"
     max_plate_nesting = 1
 
-    def __init__(self, num_regimes: int = 2, num_components: int = 3, seed: int = 0,
-                 shard_plate: str = "data"):
+    def __init__(
+        self,
+        num_regimes: int = 2,
+        num_components: int = 3,
+        seed: int = 0,
+        shard_plate: str = "data",
+    ):
         super().__init__()
-        self.shard_plate = shard_plate  # the plate below is always "data": a wrong name must be caught
+        self.shard_plate = (
+            shard_plate  # the plate below is always "data": a wrong name must be caught
+        )
         g = torch.Generator().manual_seed(seed)
-        self.regime_probs = PyroParam(torch.full((num_regimes,), 1.0 / num_regimes), constraint=constraints.simplex)
-        self.weights = PyroParam(torch.rand(num_regimes, num_components, generator=g) + 0.5, constraint=constraints.simplex)
+        self.regime_probs = PyroParam(
+            torch.full((num_regimes,), 1.0 / num_regimes), constraint=constraints.simplex
+        )
+        self.weights = PyroParam(
+            torch.rand(num_regimes, num_components, generator=g) + 0.5,
+            constraint=constraints.simplex,
+        )
         self.locs = PyroParam(3 * torch.randn(num_regimes, num_components, generator=g))
 
     def num_observations(self, batch):
@@ -42,26 +54,33 @@ class RegimeMixture(EnumModel):
     def model(self, batch):
         regime = pyro.sample("regime", dist.Categorical(self.regime_probs), infer=ENUM)
         with pyro.plate("data", batch["num_total"], subsample=batch["index"], dim=-1):
-            assignment = pyro.sample("assignment", dist.Categorical(self.weights[regime]), infer=ENUM)
+            assignment = pyro.sample(
+                "assignment", dist.Categorical(self.weights[regime]), infer=ENUM
+            )
             pyro.sample("x", dist.Normal(self.locs[regime, assignment], 1.0), obs=batch["features"])
 
 
 def toy_points(split: str, num_items: int = 20, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed + {"train": 0, "valid": 1, "test": 2}[split])
     centres = torch.tensor([-3.0, 0.0, 4.0])
-    features = centres[torch.randint(3, (num_items,), generator=g)] + torch.randn(num_items, generator=g)
+    features = centres[torch.randint(3, (num_items,), generator=g)] + torch.randn(
+        num_items, generator=g
+    )
     return {"features": features}
 
 
 def toy_points_2d(split: str, num_items: int = 20, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed + {"train": 0, "valid": 1, "test": 2}[split])
     centres = torch.tensor([[-3.0, 0.0], [2.0, 2.0], [3.0, -3.0]])
-    features = centres[torch.randint(3, (num_items,), generator=g)] + torch.randn(num_items, 2, generator=g)
+    features = centres[torch.randint(3, (num_items,), generator=g)] + torch.randn(
+        num_items, 2, generator=g
+    )
     return {"features": features}
 
 
-def toy_sequences(split: str, num_items: int = 12, max_steps: int = 6, num_keys: int = 4,
-                  seed: int = 0) -> dict[str, torch.Tensor]:
+def toy_sequences(
+    split: str, num_items: int = 12, max_steps: int = 6, num_keys: int = 4, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """Zero-padded 0/1 rolls ``sequences [N, T, K]`` with variable ``lengths [N]``."""
     g = torch.Generator().manual_seed(seed + {"train": 0, "valid": 1, "test": 2}[split])
     lengths = torch.randint(2, max_steps + 1, (num_items,), generator=g)

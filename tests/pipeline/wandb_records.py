@@ -27,8 +27,8 @@ def records(path: str | Path) -> list[wandb_internal_pb2.Record]:
         if BLOCK - offset % BLOCK < 7:  # a block's tail too short for a chunk header is padding
             offset += BLOCK - offset % BLOCK
             continue
-        length, kind = struct.unpack("<HB", data[offset + 4:offset + 7])
-        chunk = data[offset + 7:offset + 7 + length]
+        length, kind = struct.unpack("<HB", data[offset + 4 : offset + 7])
+        chunk = data[offset + 7 : offset + 7 + length]
         offset += 7 + length
         if kind == 0 and length == 0:  # zero padding
             continue
@@ -51,8 +51,13 @@ def run_files(run_dir: str | Path) -> list[Path]:
 
 def run_info(path) -> dict:
     run = of_kind(path, "run")[0]
-    return {"id": run.run_id, "name": run.display_name, "group": run.run_group, "tags": list(run.tags),
-            "project": run.project}
+    return {
+        "id": run.run_id,
+        "name": run.display_name,
+        "group": run.run_group,
+        "tags": list(run.tags),
+        "project": run.project,
+    }
 
 
 def config(path) -> dict:
@@ -88,5 +93,7 @@ def summary(path) -> dict:
 
 
 def artifacts(path) -> list[dict]:
-    return [{"name": a.name, "type": a.type, "files": [m.path for m in a.manifest.contents]}
-            for a in of_kind(path, "artifact")]
+    return [
+        {"name": a.name, "type": a.type, "files": [m.path for m in a.manifest.contents]}
+        for a in of_kind(path, "artifact")
+    ]

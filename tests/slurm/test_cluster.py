@@ -11,7 +11,9 @@ import pytest
 
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.skipif(shutil.which("sbatch") is None, reason="sbatch not on PATH (run slurm/cluster-up.sh)"),
+    pytest.mark.skipif(
+        shutil.which("sbatch") is None, reason="sbatch not on PATH (run slurm/cluster-up.sh)"
+    ),
 ]
 
 
