@@ -3,49 +3,24 @@
 One spawn runs every scenario (spawning costs seconds); each test checks one of them.
 """
 
-import socket
-import time
-
 import pyro
 import pytest
 import torch
-import torch.multiprocessing as mp
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 
 import enumdist
 from tests.engine import shard_worker
 from tests.engine.shard_cases import SHARD_CASES, record_run
+from tests.engine.spawn import run_ranks
 
 WORLD = 2
 RTOL = 1e-6
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    outdir = tmp_path_factory.mktemp("shards")
-    ctx = mp.spawn(
-        shard_worker.main, args=(WORLD, _free_port(), str(outdir)), nprocs=WORLD, join=False
-    )
-    deadline = time.monotonic() + 600
-    for process in ctx.processes:
-        process.join(timeout=max(1.0, deadline - time.monotonic()))
-    stuck = [p for p in ctx.processes if p.is_alive()]
-    for process in stuck:  # never leave a blocked rank behind
-        process.kill()
-        process.join(timeout=10)
-    assert not stuck, "a rank did not finish within 600 s"
-    assert all(p.exitcode == 0 for p in ctx.processes), [p.exitcode for p in ctx.processes]
-    results = [torch.load(outdir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
-    for r in results:
-        assert "error" not in r, r["error"]
-    return results
+    return run_ranks(shard_worker.main, WORLD, tmp_path_factory.mktemp("shards"), deadline_s=600)
 
 
 def full_data_run(case):

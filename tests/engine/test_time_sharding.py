@@ -6,15 +6,14 @@ One spawn runs every scenario (spawning costs seconds); each test checks one of 
 """
 
 import itertools
-import socket
 
 import pyro.distributions as pd
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import enumdist
 from tests.engine import time_shard_worker
+from tests.engine.spawn import run_ranks
 from tests.engine.time_shard_cases import CASES, block_range, full_emissions, normalised, parameters
 
 WORLD = 2
@@ -23,29 +22,11 @@ RTOL = 1e-9
 pytestmark = pytest.mark.slow  # one 2-process spawn: ~20 s alone, over a minute on a busy machine
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    outdir = tmp_path_factory.mktemp("time_shards")
-    ctx = mp.spawn(
-        time_shard_worker.main, args=(WORLD, _free_port(), str(outdir)), nprocs=WORLD, join=False
+    return run_ranks(
+        time_shard_worker.main, WORLD, tmp_path_factory.mktemp("time_shards"), deadline_s=300
     )
-    for process in ctx.processes:
-        process.join(timeout=300)
-    codes = [p.exitcode for p in ctx.processes]
-    for p in ctx.processes:
-        if p.exitcode is None:
-            p.kill()
-    assert codes == [0] * WORLD, codes
-    results = [torch.load(outdir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
-    for r in results:
-        assert "error" not in r, r["error"]
-    return results
 
 
 def _pyro_hmm(params):
