@@ -45,7 +45,7 @@ ONLINE_MODES = {
     "dryrun": "offline",
     "disabled": "disabled",
 }
-INSTALL_HINT = {"wandb": "wandb", "tensorboard": "tensorboardX", "mlflow": "mlflow"}
+INSTALL_HINT = {"wandb": "wandb", "tensorboard": "tensorboardX", "mlflow": "mlflow-skinny"}
 
 
 def flat_config(cfg: DictConfig | Mapping, separator: str = ".") -> dict[str, Any]:
@@ -228,6 +228,10 @@ def build_loggers(
             }
             if node["mode"] == "disabled":
                 continue
+        if "mlflow" in target.lower() and str(node.get("tracking_uri", "")).startswith("file:"):
+            # MLflow 3 keeps its file store (what `logger=mlflow` uses: offline, in the run
+            # directory) behind an opt-in; a user's own setting wins.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         try:
             logger = instantiate(node)
         except Exception as error:

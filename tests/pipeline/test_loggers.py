@@ -232,7 +232,7 @@ def test_tensorboard_logger_writes_scalars_and_hparams(tmp_path):
 
 def test_mlflow_logger_writes_its_file_store_or_names_the_missing_package(tmp_path):
     if importlib.util.find_spec("mlflow") is None:
-        with pytest.raises(ConfigError, match=r"logger.mlflow: .*pip install mlflow"):
+        with pytest.raises(ConfigError, match=r"logger.mlflow: .*pip install mlflow-skinny"):
             train_in_process(tmp_path, "logger=mlflow", "trainer.max_steps=2", "test=false")
     else:
         train_in_process(tmp_path, "logger=mlflow", "trainer.max_steps=2", "test=false")
