@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from pyro import poutine
 
-import enumdist
 from enumdist.engine.errors import MemoryBudgetError
-from tests.engine.memory_probe import cycle, empty_guide
+from tests.engine.memory_probe import run
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRIES = [
@@ -59,18 +57,5 @@ def test_every_entry_point_refuses_a_contraction_over_the_budget(entry):
     """Each factor is 32 MiB, the elimination 61 GiB: refused at once (infer_discrete had no
     preflight and tried to allocate it)."""
     torch.set_default_dtype(torch.float64)
-    model = cycle(2000)
-    elbo = enumdist.EnumELBO(max_plate_nesting=0, memory_budget=2**30)
     with pytest.raises(MemoryBudgetError, match=r"shape \(2000, 2000, 2000\).*peak at about"):
-        if entry == "loss":
-            elbo.loss(model, empty_guide)
-        elif entry == "loss_and_grads":
-            elbo.loss_and_grads(model, empty_guide)
-        elif entry == "compute_marginals":
-            elbo.compute_marginals(model, empty_guide)
-        elif entry == "sample_posterior":
-            elbo.sample_posterior(model, empty_guide)
-        else:
-            poutine.trace(
-                enumdist.infer_discrete(model, first_available_dim=-1, temperature=int(entry[-1]))
-            ).get_trace()
+        run(entry, 2000, 2**30)
