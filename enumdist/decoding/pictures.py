@@ -19,8 +19,8 @@ import torch
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.patches import Patch
 
+from enumdist.atomic import atomic_path
 from enumdist.data.piano_roll import LOWEST_MIDI_PITCH, NUM_PIANO_KEYS
-from enumdist.decoding.files import atomic_path
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 #: up to this many states get a legend entry each; more get a colour bar

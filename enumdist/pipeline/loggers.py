@@ -35,6 +35,7 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
+from enumdist.atomic import atomic_write
 from enumdist.pipeline.checks import ConfigError
 
 RUN_ID_FILE = "run-id"  # under <run_dir>/wandb/
@@ -106,8 +107,6 @@ def persistent_run_id(run_dir: str | os.PathLike, rank_zero: bool = True) -> str
         return path.read_text().strip()
     run_id = uuid.uuid4().hex[:12]
     if rank_zero:
-        from enumdist.pipeline.checkpoint_files import atomic_write
-
         atomic_write(path, lambda f: f.write(run_id.encode()))
     return run_id
 

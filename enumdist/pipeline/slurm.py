@@ -31,6 +31,8 @@ import torch
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
+from enumdist.atomic import atomic_write
+
 METRICS_FILE = "metrics.json"  # <run_dir>/metrics.json, written by train.py on rank 0
 
 
@@ -151,8 +153,6 @@ def trained_checkpoint(trainer: pl.Trainer, run_dir: str | os.PathLike) -> str:
 
 
 def write_metrics(metrics: dict[str, float], run_dir: str | os.PathLike) -> Path:
-    from enumdist.pipeline.checkpoint_files import atomic_write
-
     path = Path(run_dir) / METRICS_FILE
     atomic_write(path, lambda f: f.write(json.dumps(metrics, indent=1, sort_keys=True).encode()))
     return path
