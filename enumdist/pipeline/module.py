@@ -28,6 +28,7 @@ import enumdist.process_group  # noqa: F401 - imports torch._dynamo before any p
 from enumdist.models.base import EnumModel
 from enumdist.pipeline.fold_in import check_fold_in, fold_in
 from enumdist.pipeline.guides import GuideFactory, empty
+from enumdist.pipeline.state_dicts import CheckpointMismatchError, check_state_dict
 
 # PyroModules read this when they are *constructed*, so it is set on import: before any zoo model
 # is built here, and in every process that unpickles this module (ddp_spawn, submitit).
@@ -240,18 +241,14 @@ class EnumModule(pl.LightningModule):
         saved_target = (checkpoint.get("hyper_parameters") or {}).get("model", {}).get("_target_")
         target = (self.hparams.get("model") or {}).get("_target_")
         if saved_target and target and saved_target != target:
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"ckpt_path: the checkpoint holds model._target_={saved_target!r}, "
                 f"but this run's model._target_ is {target!r}"
             )
-        own = {k: tuple(v.shape) for k, v in self.state_dict().items()}
-        saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
-        if own != saved:
-            missing = sorted(set(own) - set(saved))
-            unexpected = sorted(set(saved) - set(own))
-            reshaped = sorted(k for k in set(own) & set(saved) if own[k] != saved[k])
-            raise ValueError(
-                "ckpt_path: the checkpoint is from a different model "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                f"different shapes {[(k, saved[k], own[k]) for k in reshaped[:5]]})"
-            )
+        check_state_dict(
+            self.state_dict(),
+            checkpoint["state_dict"],
+            subject="ckpt_path: the checkpoint is from a different model",
+            fix="Resume from a checkpoint of this experiment, or set the model and guide config "
+            "to the ones it was trained with.",
+        )
