@@ -31,6 +31,9 @@ from lightning_fabric.plugins import TorchCheckpointIO
 
 from enumdist.atomic import TEMPORARY_GLOB, atomic_write, file_sha256
 from enumdist.engine.errors import EnumdistError
+from enumdist.rank_zero import get_logger
+
+log = get_logger(__name__)
 
 SIDECAR_SUFFIX = ".sha256"
 
@@ -227,7 +230,7 @@ def tidy_run_dir(
     )
     removed = tidy_checkpoints(folder, top_k, keep=(Path(resume_from),), extra_folders=(run_dir,))
     for path in removed:
-        print(f"resume: removed {path}, left behind by an interrupted run", flush=True)
+        log.info(f"resume: removed {path}, left behind by an interrupted run")
     return removed
 
 
@@ -247,7 +250,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | os.PathLike) -> str 
             # a run from before checksums: loaded weights-only, unverified (with a warning)
             found = legacy
         if found is not None:
-            print(f"ckpt_path=last: resuming from {found}", flush=True)
+            log.info(f"ckpt_path=last: resuming from {found}")
         return None if found is None else str(found)
     if not Path(ckpt_path).is_file():
         raise ConfigError(

@@ -8,8 +8,9 @@ all-reduce sums gradients over ranks and DDP's averaging then leaves exactly the
 full-data gradient. (With ``pyro.infer.TraceEnum_ELBO``, an oracle, use one process.)
 
 Pyro state: parameters live on the modules (``pyro.settings.module_local_params``), never in the
-global param store, so checkpoints, optimisers and DDP see all of them. Settings are applied in
-``setup()`` because that also runs in processes started by ``ddp_spawn``.
+global param store, so checkpoints, optimisers and DDP see all of them. Settings are applied by
+:func:`apply_pyro_settings`, never on import: by the training entry point before it builds the
+model, and in ``setup()`` because that also runs in processes started by ``ddp_spawn``.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ from enumdist.pipeline.fold_in import check_fold_in, fold_in
 from enumdist.pipeline.guides import GuideFactory, empty
 from enumdist.pipeline.state_dicts import CheckpointMismatchError, check_state_dict
 
-# PyroModules read this when they are *constructed*, so it is set on import: before any zoo model
-# is built here, and in every process that unpickles this module (ddp_spawn, submitit).
-pyro.settings.set(module_local_params=True)
-
 
 def apply_pyro_settings(validate: bool) -> None:
-    """Process-wide Pyro settings every training process needs (idempotent)."""
+    """Process-wide Pyro settings every training process needs (idempotent).
+
+    PyroModules read ``module_local_params`` when they are *constructed*: the training entry
+    point calls this before it builds the zoo model, and :meth:`EnumModule.setup` again in every
+    process (those started by ``ddp_spawn`` or submitit do not inherit the settings). Importing
+    this module changes nothing.
+    """
     pyro.settings.set(module_local_params=True)
     pyro.enable_validation(validate)
     pyro.clear_param_store()
