@@ -190,15 +190,18 @@ class EnumModule(pl.LightningModule):
         per_observation = loss.detach() * items / (observations * batch["num_total"])
         return loss, per_observation
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, per_observation = self._loss(batch)
+    def _log_loss(self, split: str, per_observation: torch.Tensor, batch: dict, prog_bar: bool):
         self.log(
-            "train/loss_per_obs",
+            f"{split}/loss_per_obs",
             per_observation,
-            prog_bar=True,
+            prog_bar=prog_bar,
             rank_zero_only=True,
             batch_size=len(batch["index"]),
         )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, per_observation = self._loss(batch)
+        self._log_loss("train", per_observation, batch, prog_bar=True)
         return loss / self.train_observations
 
     def held_out_guide(self, batch: dict):
@@ -208,24 +211,15 @@ class EnumModule(pl.LightningModule):
             return self.guide
         return fold_in(self.model, self.guide_factory, self.elbo, batch, **self.fold_in)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def _evaluate(self, split: str, batch: dict, prog_bar: bool) -> None:
         _, per_observation = self._loss(batch, self.held_out_guide(batch))
-        self.log(
-            "valid/loss_per_obs",
-            per_observation,
-            prog_bar=True,
-            rank_zero_only=True,
-            batch_size=len(batch["index"]),
-        )
+        self._log_loss(split, per_observation, batch, prog_bar)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate("valid", batch, prog_bar=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        _, per_observation = self._loss(batch, self.held_out_guide(batch))
-        self.log(
-            "test/loss_per_obs",
-            per_observation,
-            rank_zero_only=True,
-            batch_size=len(batch["index"]),
-        )
+        self._evaluate("test", batch, prog_bar=False)
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
