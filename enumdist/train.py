@@ -57,7 +57,7 @@ def prepare_run(cfg: DictConfig) -> Path:
 
     from enumdist.pipeline.checks import check_decoding, check_slurm_devices, check_values
     from enumdist.pipeline.console import filter_known_warnings
-    from enumdist.pipeline.module import apply_pyro_settings
+    from enumdist.pipeline.pyro_settings import apply_pyro_settings
 
     filter_known_warnings(cfg.get("filter_known_warnings", True))
     check_values(cfg)

@@ -9,8 +9,9 @@ full-data gradient. (With ``pyro.infer.TraceEnum_ELBO``, an oracle, use one proc
 
 Pyro state: parameters live on the modules (``pyro.settings.module_local_params``), never in the
 global param store, so checkpoints, optimisers and DDP see all of them. Settings are applied by
-:func:`apply_pyro_settings`, never on import: by the training entry point before it builds the
-model, and in ``setup()`` because that also runs in processes started by ``ddp_spawn``.
+:func:`~enumdist.pipeline.pyro_settings.apply_pyro_settings`, never on import: by the training
+entry point before it builds the model, and in ``setup()`` because that also runs in processes
+started by ``ddp_spawn``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import pyro
 import pytorch_lightning as pl
 import torch
 from pyro import poutine
@@ -29,20 +29,8 @@ import enumdist.process_group  # noqa: F401 - imports torch._dynamo before any p
 from enumdist.models.base import EnumModel
 from enumdist.pipeline.fold_in import check_fold_in, fold_in
 from enumdist.pipeline.guides import GuideFactory, empty
+from enumdist.pipeline.pyro_settings import apply_pyro_settings
 from enumdist.pipeline.state_dicts import CheckpointMismatchError, check_state_dict
-
-
-def apply_pyro_settings(validate: bool) -> None:
-    """Process-wide Pyro settings every training process needs (idempotent).
-
-    PyroModules read ``module_local_params`` when they are *constructed*: the training entry
-    point calls this before it builds the zoo model, and :meth:`EnumModule.setup` again in every
-    process (those started by ``ddp_spawn`` or submitit do not inherit the settings). Importing
-    this module changes nothing.
-    """
-    pyro.settings.set(module_local_params=True)
-    pyro.enable_validation(validate)
-    pyro.clear_param_store()
 
 
 def build_elbo(elbo_factory: Callable[..., Any], model: EnumModel) -> Any:

@@ -10,7 +10,7 @@ IMPORT_AND_COMPARE = """
 import pyro
 before = pyro.settings.get()
 import enumdist.pipeline.module
-from enumdist.pipeline.module import apply_pyro_settings
+from enumdist.pipeline.pyro_settings import apply_pyro_settings
 assert pyro.settings.get() == before, (before, pyro.settings.get())
 apply_pyro_settings(validate=True)
 assert pyro.settings.get("module_local_params") is True
