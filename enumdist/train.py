@@ -1,7 +1,8 @@
 """Train a zoo model with an enumeration ELBO: ``python -m enumdist.train experiment=<name> [overrides]``.
 
-Reads top to bottom: seed -> data -> model -> guide -> elbo -> module -> callbacks -> loggers ->
-trainer -> fit -> test -> (decode). Every config group is one ``hydra.utils.instantiate``.
+:func:`train` reads top to bottom, one named step a line: checks, Pyro settings and seed ->
+data, model, guide, elbo -> module -> loggers, callbacks -> trainer -> fit -> (requeue) -> test
+-> (decode) -> report. Every config group is one ``hydra.utils.instantiate``.
 The run directory holds ``.hydra/config.yaml``, ``checkpoints/last.ckpt``, ``train_history.csv``
 (+ ``.png``), ``wandb/`` and, with ``decode.enabled=true``, the decoding stage's outputs.
 """
