@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 import enumdist
 from enumdist.decoding import checkpoint as ckpt
 from enumdist.models.base import EnumModel
-from enumdist.pipeline.fold_in import DEFAULTS, check_fold_in, fold_in
+from enumdist.pipeline.fold_in import DEFAULTS, check_fold_in, fold_in, guide_latents
 
 
 def decoding_guide(
@@ -53,20 +53,25 @@ def decoding_guide(
     """
     probe = items_of(range(min(num_items, 2)))  # the guide's sites, not its values
     if split != "train" and cfg.get("guide") is not None:
-        try:
-            if check_fold_in(model, instantiate(cfg.guide)(model), probe):
+        fresh = instantiate(cfg.guide)(model)
+        local, _ = guide_latents(model, fresh, probe)
+        if local:
+            try:
+                check_fold_in(model, fresh, probe)
                 return _fold_in(cfg, model, items_of(range(num_items)), seed)
-        except ValueError as error:
-            raise ValueError(
-                f"decode split={split!r}: the guide's per-item latents cannot be folded in to the "
-                f"{split!r} items: {error}. Or decode split=train, whose items the trained guide "
-                "holds."
-            ) from error
+            except ValueError as error:
+                raise ValueError(
+                    f"decode split={split!r}: the guide's latents {local}, per item of plate "
+                    f"{model.shard_plate!r}, cannot be folded in to the {split!r} items: "
+                    f"{str(error).rstrip('.')}. Or decode split=train, whose items the trained "
+                    "guide holds."
+                ) from error
     return ckpt.build_guide(cfg, model, probe, state_dict, checkpoint)
 
 
 def _fold_in(cfg: DictConfig, model: EnumModel, split_batch: dict, seed: int):
-    settings = {**DEFAULTS, **OmegaConf.to_container(cfg.get("fold_in") or {}, resolve=True)}
+    given = cfg.get("fold_in")
+    settings = {**DEFAULTS, **(OmegaConf.to_container(given, resolve=True) if given else {})}
     elbo = enumdist.EnumELBO(max_plate_nesting=model.max_plate_nesting)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -111,11 +111,9 @@ class OwnLocalGuide(EnumModel):
 )
 def test_held_out_decoding_is_refused_where_fold_in_is_impossible(model_cls, message):
     model = model_cls()
+    # a run config without a fold_in group (the defaults apply)
     cfg = OmegaConf.create(
-        {
-            "guide": {"_target_": "enumdist.pipeline.guides.auto", "_partial_": True},
-            "fold_in": {"steps": 2},
-        }
+        {"guide": {"_target_": "enumdist.pipeline.guides.auto", "_partial_": True}}
     )
     batch = {"values": torch.randn(4), "index": torch.arange(4), "num_total": 4}
 
@@ -128,5 +126,8 @@ def test_held_out_decoding_is_refused_where_fold_in_is_impossible(model_cls, mes
     args = (cfg, model, items_of, 4, weights, Path("last.ckpt"))
     with pytest.raises(ValueError, match=message) as error:
         decoding_guide(*args, "test")
-    assert "decode split='test'" in str(error.value) and "split=train" in str(error.value)
+    assert "decode split='test': the guide's latents ['offset'], per item of plate 'data'" in str(
+        error.value
+    )
+    assert "Or decode split=train" in str(error.value)
     assert decoding_guide(*args, "train") is not None  # the trained guide, as before
