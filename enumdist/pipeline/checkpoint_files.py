@@ -278,8 +278,8 @@ def tidy_run_dir(
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | os.PathLike) -> str | None:
-    """``"last"``: the checkpoint with the highest recorded step among ``<run_dir>/checkpoints/*.ckpt``,
-    the SLURM requeue checkpoints ``<run_dir>/requeue/*.ckpt`` (and ``<run_dir>/hpc_ckpt_*.ckpt``
+    """``"last"``: the checkpoint with the highest recorded step among
+    ``<run_dir>/checkpoints/*.ckpt``, the SLURM requeue checkpoints ``<run_dir>/requeue/*.ckpt`` (and ``<run_dir>/hpc_ckpt_*.ckpt``
     of runs requeued by older versions) whose bytes verify (corrupt ones are skipped with a
     warning; see :mod:`enumdist.pipeline.checkpoint_files`), or ``None`` (fresh start) when there is
     none. A given path must exist and verify."""

@@ -4,9 +4,9 @@
   (``--signal=SIGUSR1@90``) and the submitit launcher (whose timeout signal is USR2) alike. The
   handler only sets a flag; after each optimiser step the ranks agree on it (one all-reduce), all
   save ``<root>/requeue/requeue-<step>.ckpt`` and training stops. ``train.py`` then closes the
-  loggers (wandb flushes the segment) and calls :meth:`SlurmRequeue.requeue`: ``scontrol requeue`` under
-  sbatch; under submitit, submitit's own handler, which pickles the resubmission, requeues and
-  exits. The restarted job resumes with ``ckpt_path=last``.
+  loggers (wandb flushes the segment) and calls :meth:`SlurmRequeue.requeue`: ``scontrol
+  requeue`` under sbatch; under submitit, submitit's own handler, which pickles the resubmission,
+  requeues and exits. The restarted job resumes with ``ckpt_path=last``.
   Lightning's own SIGUSR1 handler would save a checkpoint *inside* the signal handler and enter a
   barrier while another rank sits in a collective: with DDP it deadlocks. :func:`slurm_plugins`
   turns it off wherever Lightning detects SLURM.

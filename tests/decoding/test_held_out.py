@@ -74,7 +74,7 @@ def test_a_held_out_split_is_decoded_with_its_own_folded_in_topic_weights(tmp_pa
 
 
 class LocalAndGlobal(EnumModel):
-    """Per-item latent ``offset`` and global latent ``noise``: a fresh guide would drop ``noise``."""
+    """Per-item latent ``offset``, global latent ``noise``: a fresh guide would drop ``noise``."""
 
     global_latents = ("noise", "offset")
 
