@@ -19,6 +19,7 @@ from pyro import poutine
 from enumdist.models.base import EnumModel
 from enumdist.pipeline import targets
 from enumdist.pipeline.checkpoint_files import load_checkpoint
+from enumdist.pipeline.pyro_settings import use_module_local_params
 from enumdist.pipeline.state_dicts import CheckpointMismatchError, check_state_dict
 
 
@@ -74,6 +75,10 @@ def load_weights(
 
 
 def build_model(cfg: DictConfig, state_dict: dict[str, torch.Tensor], source: Path) -> EnumModel:
+    """The run's zoo model with its trained weights. As in training, PyroModules built from here on
+    hold their own parameters: a second guide built in this process (a held-out split's fold-in)
+    never finds the first one's in Pyro's global param store."""
+    use_module_local_params()
     model = instantiate(cfg.model)
     if not isinstance(model, EnumModel):
         raise TypeError(f"model._target_={cfg.model.get('_target_')} is not an EnumModel")
