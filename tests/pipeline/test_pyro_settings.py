@@ -9,7 +9,7 @@ from tests.pipeline.conftest import ROOT
 IMPORT_AND_COMPARE = """
 import pyro
 before = pyro.settings.get()
-import enumdist.pipeline.module
+import enumdist.pipeline.module, enumdist.decoding, enumdist.decode, enumdist.train
 from enumdist.pipeline.pyro_settings import apply_pyro_settings
 assert pyro.settings.get() == before, (before, pyro.settings.get())
 apply_pyro_settings(validate=True)
@@ -18,7 +18,7 @@ print("unchanged by import")
 """
 
 
-def test_importing_the_module_changes_no_pyro_setting():
+def test_importing_the_pipeline_or_decoding_changes_no_pyro_setting():
     # a fresh interpreter: in this one, an earlier test may have trained already
     result = subprocess.run(
         [sys.executable, "-c", IMPORT_AND_COMPARE],
