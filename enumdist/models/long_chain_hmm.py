@@ -133,8 +133,9 @@ class GaussianLongChainHMM(LongChainHMM):
         super().__init__(hidden_dim, seed)
 
     def init_emission(self, generator):
-        loc = self.loc_init_scale * torch.randn(self.hidden_dim, generator=generator)
-        self.loc = nn.Parameter(loc.sort().values)
+        # evenly spread means (jittered): no two states start on the same mode
+        loc = torch.linspace(-self.loc_init_scale, self.loc_init_scale, self.hidden_dim)
+        self.loc = nn.Parameter(loc + 0.1 * torch.randn(self.hidden_dim, generator=generator))
 
     def observation_dist(self):
         return dist.Normal(self.loc, self.scale)
