@@ -80,3 +80,10 @@ def test_two_rank_first_step_equals_the_one_process_full_chain(tmp_path):
         for name, grad in grads.items():
             assert grad.abs().max() > 0, name  # every parameter takes part
             torch.testing.assert_close(record["grads"][name], grad, rtol=1e-9, atol=1e-12)
+
+
+def test_decoding_a_long_chain_run_is_refused_before_training():
+    from enumdist.pipeline.checks import ConfigError, check_decoding
+
+    with pytest.raises(ConfigError, match="decode.enabled=false"):
+        check_decoding(compose_config(*SMALL, "decode.enabled=true"))
