@@ -272,9 +272,7 @@ def merge_recovery_rows(path, rows):
 
     begin, end = report.markers("time_sharding")
     body = Path(path).read_text().split(begin, 1)[1].split(end, 1)[0].strip("\n").splitlines()
-    lines = [
-        line for line in body if not line.startswith(("| recovery", "- recovery rows"))
-    ]
+    lines = [line for line in body if not line.startswith(("| recovery", "- recovery rows"))]
     last_note = max(i for i, line in enumerate(lines) if line.startswith("- "))
     lines.insert(last_note + 1, f"- {RECOVERY_NOTE}")
     last_row = max(i for i, line in enumerate(lines) if line.startswith("|"))
