@@ -191,10 +191,12 @@ def check_decoding(cfg: DictConfig) -> None:
                 "decode.enabled=true but enumdist.decoding.run_decoding is not available "
                 f"({error}); run with decode.enabled=false"
             ) from error
-        from hydra.utils import get_class
+        from hydra._internal.utils import _locate
 
-        model = get_class(cfg.model._target_)
-        if not getattr(model, "decodable", True):
+        from enumdist.models.base import EnumModel
+
+        model = _locate(cfg.model._target_)
+        if isinstance(model, type) and issubclass(model, EnumModel) and not model.decodable:
             raise ConfigError(
                 f"decode.enabled=true, but model._target_={cfg.model._target_} enumerates no "
                 "sites, so the decoding stage does not apply: run with decode.enabled=false "
