@@ -208,7 +208,7 @@ def run(steps, states_list, repeats, method, timeout=1200):
 
 
 RECOVERY_NOTE = (
-    "recovery rows: `--recovery`; Adam (lr 0.05) full batch on -log p(y)/T of one train chain, "
+    "recovery rows: `{command}`; Adam (lr 0.05) full batch on -log p(y)/T of one train chain, "
     "one process; errors after Hungarian relabelling on the means; MAP agreement on a held-out "
     "chain of T/10 steps against the MAP path under the true parameters"
 )
@@ -263,7 +263,7 @@ def recovery(steps, states_list, train_steps, seed):
     return rows
 
 
-def merge_recovery_rows(path, rows):
+def merge_recovery_rows(path, rows, command):
     """The time_sharding section with its recovery rows (and note) replaced by ``rows``;
     every other line kept verbatim."""
     from pathlib import Path
@@ -274,7 +274,7 @@ def merge_recovery_rows(path, rows):
     body = Path(path).read_text().split(begin, 1)[1].split(end, 1)[0].strip("\n").splitlines()
     lines = [line for line in body if not line.startswith(("| recovery", "- recovery rows"))]
     last_note = max(i for i, line in enumerate(lines) if line.startswith("- "))
-    lines.insert(last_note + 1, f"- {RECOVERY_NOTE}")
+    lines.insert(last_note + 1, "- " + RECOVERY_NOTE.format(command=command))
     last_row = max(i for i, line in enumerate(lines) if line.startswith("|"))
     lines[last_row + 1 : last_row + 1] = [f"| {' | '.join(map(str, r))} |" for r in rows]
     report.write_section(path, "time_sharding", lines)
@@ -298,7 +298,8 @@ def main():
     args = parser.parse_args()
     if args.recovery:
         rows = recovery(args.steps or 100_000, args.states or [4, 8], args.train_steps, args.seed)
-        merge_recovery_rows(args.out, rows)
+        command = f"python experiments/benchmark_time_sharding.py {' '.join(sys.argv[1:])}"
+        merge_recovery_rows(args.out, rows, command.strip())
         print(json.dumps(rows))
         return None
     args.steps, args.states = args.steps or 1_000_000, args.states or [16, 64]
