@@ -16,17 +16,20 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.subsample_messenger import _Subsample
 
+from enumdist.engine.distribution_rules import (
+    compact_distribution,
+    enumerated_table,
+    lazy_log_prob,
+)
 from enumdist.engine.errors import EnumerationError, MemoryBudgetError
-from enumdist.engine.factors import compact, name_dims
+from enumdist.engine.factors import name_dims
 from enumdist.engine.guide_enum import check_model_enumeration_not_more_global, dice_factor
 from enumdist.engine.handlers import EnumRequests
-from enumdist.engine.lazy import enumerated_table, lazy_log_prob
 from enumdist.engine.observations import check_observations, site_mask
 from enumdist.engine.problem import EnumProblem, EnumVar, ModelTerm, Plate
 from enumdist.engine.site_checks import check_markov_history, check_site_shape
@@ -66,37 +69,9 @@ def _plates_of(site) -> tuple[frozenset, dict[int, str], dict[str, Plate]]:
     return layout.ordinal, layout.plate_dims, layout.plates
 
 
-# Distributions whose parameters are their only state: rebuilding one from compact parameters
-# gives the same log-prob, elementwise.
-_COMPACTABLE = {
-    dist.Bernoulli: ("probs", "logits"),
-    dist.Categorical: ("probs", "logits"),
-    dist.Normal: ("loc", "scale"),
-    dist.Poisson: ("rate",),
-}
-
-
-def _compact_distribution(fn):
-    """``fn`` rebuilt from un-expanded parameters, or None when that is not known to be exact.
-
-    Plates expand a site's distribution to the full batch shape; evaluating e.g. Bernoulli
-    logits on that expanded view would compute ``log`` once per plate element instead of once
-    per distinct parameter. This is the hot spot of emission sites in plates.
-    """
-    names = _COMPACTABLE.get(type(fn))
-    if names is None:
-        return None
-    if hasattr(fn, "_param"):  # probs- or logits-parameterised: keep the one it was built with
-        names = tuple(n for n in names if fn.__dict__.get(n) is fn._param)
-    params = {n: fn.__dict__[n] for n in names if n in fn.__dict__}
-    if not params or all(0 not in p.stride() for p in params.values()):
-        return None
-    return type(fn)(**{n: compact(p) for n, p in params.items()}, validate_args=False)
-
-
 def _log_prob(site) -> torch.Tensor:
     fn = site["fn"]
-    compact = _compact_distribution(fn) if not site["args"] and not site["kwargs"] else None
+    compact = compact_distribution(fn) if not site["args"] and not site["kwargs"] else None
     return (compact or fn).log_prob(site["value"], *site["args"], **site["kwargs"])
 
 
