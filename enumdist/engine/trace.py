@@ -154,10 +154,6 @@ def collect_vars(model_trace, guide_trace, max_plate_nesting: int):
     return plates, variables, id_to_var
 
 
-def _singleton_plates(site) -> frozenset:
-    return _layout(site).singletons
-
-
 def _dim_names(site, id_to_var, max_plate_nesting) -> dict[int, str]:
     names = dict(_layout(site).plate_dims)
     for dim, var_id in site["infer"].get("_dim_to_id", {}).items():
