@@ -272,11 +272,11 @@ def problem_sizes(problem) -> dict[str, int]:
 def plan_for(problem, terms, memory_budget=None, execution=None, expanded_inputs=False):
     """The cached elimination plan for ``terms`` (model log-factors), checked against a budget.
 
-    ``execution`` (one of :data:`EXECUTIONS`; default: ``GRADIENT`` while autograd records,
+    ``execution`` (one of :data:`~enumdist.engine.memory.EXECUTIONS`; default: ``GRADIENT`` while autograd records,
     else ``FORWARD``) says what the caller keeps alive; ``expanded_inputs``: the caller
     materialises every input over all the plates of its site (``compute_marginals`` does).
-    Raises :class:`MemoryBudgetError` before anything is allocated when :func:`peak_bytes`
-    exceeds ``memory_budget``.
+    Raises :class:`~enumdist.engine.errors.MemoryBudgetError` before anything is allocated when
+    :func:`~enumdist.engine.memory.peak_bytes` exceeds ``memory_budget``.
     """
     structure = [(t.factor.dims, t.ordinal) for t in terms]
     sizes = problem_sizes(problem)

@@ -45,7 +45,7 @@ class ChainStep:
     Step ``t`` adds unary factors over ``(v_t, plates)`` and one pairwise factor over
     ``(v_t, v_{t+1})`` (shared, or per plate element) to the running message and eliminates
     ``v_t``. Executed by
-    the fused forward-backward of ``chain.py`` instead of one autograd node per step.
+    the fused forward-backward of ``engine/chain/`` instead of one autograd node per step.
     """
 
     vars: tuple[str, ...]
