@@ -39,13 +39,13 @@ import pyro
 import torch
 import torch.distributed as dist
 from hydra.utils import instantiate
-from pyro import poutine
 from tqdm.auto import tqdm
 
 from enumdist.decoding import checkpoint as ckpt
 from enumdist.decoding import pictures
 from enumdist.decoding.decoder import decode_batch, to_table
 from enumdist.decoding.files import write_json, write_parquet
+from enumdist.decoding.held_out import decoding_guide
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,23 +152,6 @@ def write_chunk(path: Path, table: pa.Table) -> Path:
     return write_parquet(table, path)
 
 
-def check_no_local_guide_latents(model, guide, batch: dict, options: DecodeOptions) -> None:
-    """A guide's latents inside the data plate were fitted to the training items; replaying them
-    on another split would pair items with the wrong latents."""
-    trace = poutine.trace(guide).get_trace(batch)
-    local = [
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and any(frame.name == model.shard_plate for frame in site["cond_indep_stack"])
-    ]
-    if local:
-        raise ValueError(
-            f"the guide's latents {local} are per item of plate {model.shard_plate!r}, fitted to "
-            f"the training split; decode split=train, not split={options.split!r}"
-        )
-
-
 def _broadcast(obj, world_size: int):
     if world_size == 1:
         return obj
@@ -199,9 +182,9 @@ def run_decoding(
     num_items = next(iter(table.values())).shape[0]
     items_of = lambda r, steps=None: batch_of(table, r, steps)  # noqa: E731
     model.validate_items(items_of(range(num_items)), f"split {options.split!r}")
-    guide = ckpt.build_guide(cfg, model, items_of(range(min(num_items, 2))), state_dict, checkpoint)
-    if guide is not None and options.split != "train":
-        check_no_local_guide_latents(model, guide, items_of(range(min(num_items, 2))), options)
+    guide = decoding_guide(  # held-out items of per-item guide latents: folded in first
+        cfg, model, items_of, num_items, state_dict, checkpoint, options.split, options.seed
+    )
 
     out_dir = run_dir / "decoded" / f"{options.split}-temperature{options.temperature}"
     chunk_dir = out_dir / f"chunks-{fingerprint(checkpoint, options)}"
