@@ -33,6 +33,7 @@ PACKAGE_MODULES = (
     "enumdist.data",
     "enumdist.pipeline.data",
     "enumdist.pipeline.guides",
+    "enumdist.pipeline.time_split",
 )
 INSTANTIATED_GROUPS = ("model", "data", "guide")
 ALLOW_ENV = "ENUMDIST_ALLOW_TARGETS"
