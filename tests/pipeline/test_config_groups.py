@@ -43,6 +43,15 @@ EXPECTED = {
             **HMM,
         },
     ),
+    "chorales_long": (
+        "long_chain_bernoulli",
+        {
+            "_target_": "enumdist.models.long_chain_hmm.BernoulliLongChainHMM",
+            "hidden_dim": 16,
+            "num_keys": 88,
+            "seed": 0,
+        },
+    ),
     "digits_semisupervised": (
         "semisupervised_classifier",
         {
@@ -60,6 +69,16 @@ EXPECTED = {
             "_target_": "enumdist.models.GaussianMixture",
             "num_features": 4,
             "num_components": 3,
+            "seed": 0,
+        },
+    ),
+    "long_chain": (
+        "long_chain_gaussian",
+        {
+            "_target_": "enumdist.models.long_chain_hmm.GaussianLongChainHMM",
+            "hidden_dim": 4,
+            "scale": 1.0,
+            "loc_init_scale": 2.0,
             "seed": 0,
         },
     ),
