@@ -131,26 +131,12 @@ NEW_CONF="$(
 # Written by enumdist slurm/cluster-up.sh; rewritten on every run, do not edit by hand.
 ClusterName=enumdist
 SlurmctldHost=$HOST
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
+$(grep -v '^#' "$(dirname "$0")/common.conf")
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$DEF_MEM_PER_CPU
-ReturnToService=2
 JobRequeue=1
 KillWait=5
-SlurmctldTimeout=30
-SlurmdTimeout=30
-InactiveLimit=0
 MinJobAge=60
-SchedulerType=sched/backfill
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
 StateSaveLocation=$SLURM_DIR/state
 SlurmdSpoolDir=$SLURM_DIR/spool
 SlurmctldPidFile=$SLURM_DIR/run/slurmctld.pid

@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,6 +25,7 @@ import pytest
 import torch
 
 from tests.pipeline import wandb_records
+from tests.slurm.jobs import poll, submit_training
 
 pytestmark = [
     pytest.mark.slurm,
@@ -58,25 +58,7 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPAT
 
 
 def sbatch(run_dir: Path, *overrides: str) -> str:
-    out = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            "--time=00:08:00",
-            f"--output={run_dir.parent}/slurm-%j.out",
-            "slurm/train.sbatch",
-            str(run_dir),
-            *TRAINING,
-            *overrides,
-        ],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().split(";")[0]
+    return submit_training(run_dir, ["--time=00:08:00"], [*TRAINING, *overrides], ENV)
 
 
 def job_state(job_id: str) -> tuple[str, int]:
@@ -92,16 +74,11 @@ def job_state(job_id: str) -> tuple[str, int]:
 
 
 def wait_until(predicate, timeout: float, job_id: str, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    subprocess.run(["scancel", job_id], timeout=30)
-    raise AssertionError(
-        f"timed out after {timeout:.0f} s waiting for {what} (job {job_id} cancelled)"
-    )
+    def cancel() -> str:
+        subprocess.run(["scancel", job_id], timeout=30)
+        return f" (job {job_id} cancelled)"
+
+    return poll(predicate, timeout, what, cancel)
 
 
 def wait_for_job(job_id: str, timeout: float = 420) -> str:

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.slurm.jobs import poll, submit_training
+
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.slow,
@@ -36,6 +38,10 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
+# the lines slurm/cluster-up.sh's cluster has too
+COMMON = "\n".join(
+    line for line in (ROOT / "slurm" / "common.conf").read_text().splitlines() if line[:1] != "#"
+)
 HOST = socket.gethostname().split(".")[0]  # `hostname -s`; slurm/cluster-up.sh makes it resolve
 STEPS = 4
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
@@ -44,24 +50,10 @@ CONFIG = """\
 ClusterName=enumdist-two-nodes
 SlurmctldHost={host}
 SlurmctldPort={ctld_port}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
+{common}
 SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
-ReturnToService=2
-SlurmctldTimeout=30
-SlurmdTimeout=30
-InactiveLimit=0
 MinJobAge=300
-SchedulerType=sched/backfill
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/run/slurmctld.pid
@@ -88,14 +80,12 @@ def slurm(env: dict, *command: str) -> subprocess.CompletedProcess:
 
 
 def wait_until(predicate, timeout: float, what: str, logs: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    text = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(logs.glob("*.log")))
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{text}")
+    def log_tails() -> str:
+        return "".join(
+            f"\n--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(logs.glob("*.log"))
+        )
+
+    return poll(predicate, timeout, what, log_tails)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +104,12 @@ def two_node_cluster():
     conf = root / "slurm.conf"
     conf.write_text(
         CONFIG.format(
-            host=HOST, ctld_port=ctld_port, root=root, nodes=nodes, node_names=",".join(names)
+            host=HOST,
+            ctld_port=ctld_port,
+            common=COMMON,
+            root=root,
+            nodes=nodes,
+            node_names=",".join(names),
         )
     )
     env = {**os.environ, "SLURM_CONF": str(conf)}
@@ -141,16 +136,10 @@ def test_a_two_node_sbatch_job_trains_one_rank_on_each_node(two_node_cluster, tm
     env = {**two_node_cluster, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = str(ROOT)
     run_dir = tmp_path / "run"
-    submitted = subprocess.run(
+    job_id = submit_training(
+        run_dir,
+        ["--nodes=2", "--ntasks-per-node=1", "--time=00:05:00"],
         [
-            "sbatch",
-            "--parsable",
-            "--nodes=2",
-            "--ntasks-per-node=1",
-            "--time=00:05:00",
-            f"--output={tmp_path}/slurm-%j.out",
-            "slurm/train.sbatch",
-            str(run_dir),
             f"hydra.searchpath=[file://{ROOT / 'tests' / 'pipeline' / 'conf'}]",
             "experiment=toy_hmm",
             "logger=none",
@@ -160,14 +149,8 @@ def test_a_two_node_sbatch_job_trains_one_rank_on_each_node(two_node_cluster, tm
             "trainer.check_val_every_n_epoch=100",
             "test=false",
         ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
+        env,
     )
-    assert submitted.returncode == 0, submitted.stderr
-    job_id = submitted.stdout.strip().split(";")[0]
 
     def finished() -> str | None:
         out = slurm(env, "scontrol", "-o", "show", "job", job_id).stdout
