@@ -55,16 +55,8 @@ def dataset(data_dir: Path, num_items: int) -> tuple[Path, dict]:
     """Generate (or finish) the N-item data set; returns its root and generation figures."""
     from enumdist.data.synthetic import SyntheticSpec, generate
 
-    spec = SyntheticSpec(
-        model="hmm",
-        num_keys=88,
-        hidden_dim=8,
-        num_items=(("train", num_items), ("valid", 1000), ("test", 1000)),
-        min_length=20,
-        max_length=200,
-        shard_size=1000,
-        seed=0,
-    )
+    # the spec of experiment=hmm_1m (conf/data/synthetic_shards.yaml) at N = num_items
+    spec = SyntheticSpec.of_sizes(num_items, 1000, model="hmm", num_keys=88, hidden_dim=8)
     root = data_dir / f"hmm-{num_items}"
     existed = (root / "train").exists() and len(
         list((root / "train").glob("*.parquet"))

@@ -11,27 +11,20 @@ import pytest
 import torch
 
 import enumdist
-from enumdist.data.synthetic import SyntheticSpec, generate, true_model
+from enumdist.data.synthetic import SyntheticSpec, true_model
 from enumdist.models import HMM
 from enumdist.models.fast_hmm import VectorisedHMM
 from enumdist.pipeline.recovery import recovery_report
 from enumdist.pipeline.streaming import StreamingDataModule
 
-SPEC = SyntheticSpec(
-    model="hmm",
-    num_keys=12,
-    hidden_dim=3,
-    num_items=(("train", 4000), ("valid", 200), ("test", 300)),
-    min_length=20,
-    max_length=40,
-    shard_size=500,
-    seed=3,
+SPEC = SyntheticSpec.of_sizes(
+    4000, 200, 300, num_keys=12, hidden_dim=3, max_length=40, shard_size=500, seed=3
 )
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("synthetic") / "hmm", SPEC, progress=False)
+def root(synthetic_root):
+    return synthetic_root(SPEC)
 
 
 def train(root, hidden_dim, steps=200, seed=0, model_class=HMM):
