@@ -4,18 +4,13 @@ Small enough for CI (4000 sequences of 20-40 steps, 3 states, 12 keys, a few hun
 the negative controls show that the same checks reject shuffled labels and a wrong model.
 """
 
-import warnings
-
 import numpy as np
 import pytest
-import torch
 
-import enumdist
 from enumdist.data.synthetic import SyntheticSpec, true_model
 from enumdist.models import HMM
 from enumdist.models.fast_hmm import VectorisedHMM
-from enumdist.pipeline.recovery import recovery_report
-from enumdist.pipeline.streaming import StreamingDataModule
+from enumdist.pipeline.recovery import fit_on_shards, heldout_batches, recovery_report
 
 SPEC = SyntheticSpec.of_sizes(
     4000, 200, 300, num_keys=12, hidden_dim=3, max_length=40, shard_size=500, seed=3
@@ -28,36 +23,14 @@ def root(synthetic_root):
 
 
 def train(root, hidden_dim, steps=200, seed=0, model_class=HMM):
-    """Minibatch SVI on the streamed shards: EnumELBO on the zoo's python-loop HMM."""
-    datamodule = StreamingDataModule(str(root), batch_size=64, seed=seed)
-    datamodule.setup()
+    """Minibatch SVI on the streamed shards (EnumELBO on the zoo's python-loop HMM by default)."""
     model = model_class(num_keys=SPEC.num_keys, hidden_dim=hidden_dim, seed=seed)
-    elbo = enumdist.EnumELBO(max_plate_nesting=model.max_plate_nesting)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    observations = datamodule.count_observations(model.num_observations)
-    done = 0
-    while done < steps:
-        for batch in datamodule.train_dataloader():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # VectorisedHMM enumerates nothing
-                loss = elbo.differentiable_loss(model.model, lambda batch: None, batch)
-            loss = loss / observations
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            done += 1
-            if done == steps:
-                break
-    return model
+    return fit_on_shards(root, model, steps, batch_size=64, seed=seed)
 
 
 @pytest.fixture(scope="module")
 def heldout(root):
-    datamodule = StreamingDataModule(str(root), eval_batch_size=100)
-    datamodule.setup()
-    batches = list(datamodule.test_dataloader())
-    items = np.concatenate([b["index"].numpy() for b in batches])
-    return batches, datamodule.splits["test"].true_states(items)
+    return heldout_batches(root, "test", batch_size=100)
 
 
 @pytest.fixture(scope="module")
