@@ -254,6 +254,7 @@ def run(args) -> tuple[list[tuple[str, str]], list[str]]:
     def row(what, value):
         rows.append((what, f"{value} ({load_average()})"))
         print(f"[scale] {what}: {rows[-1][1]}", flush=True)
+        write_section(rows, notes, args, Path(args.out))  # a long run keeps what it measured
 
     peak_rss = {}
     for n in sorted(args.sizes):
