@@ -16,7 +16,7 @@ peak RSS per rank (``VmHWM``), and the time per epoch *extrapolated* from the me
 (``N / (batch_size * ranks)`` steps).
 
 ``--recovery N`` trains the vectorised chain on N sequences from the known model (one process,
-``enumdist.pipeline.recovery.fit_on_shards``) and reports the recovery figures on the held-out test
+``enumdist.pipeline.recovery.fit_on_shards``, emissions seeded from distinct data frames) and reports the recovery figures on the held-out test
 split (``recovery_report``: Hungarian relabelling, parameter errors, exact held-out loss against the
 truth's, MAP agreement against the truth's). The learned weights are saved as a run directory
 (config + ``checkpoints/last.ckpt``, the python-loop ``HMM``: the model that decodes) under
@@ -183,9 +183,8 @@ def recovery_run(root: Path, steps: int, batch_size: int, run_dir: Path) -> dict
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    fitted = fit_on_shards(
-        root, VectorisedHMM(num_keys=88, hidden_dim=8, seed=0), steps, batch_size, progress=True
-    )
+    model = VectorisedHMM(num_keys=88, hidden_dim=8, seed=0)
+    fitted = fit_on_shards(root, model, steps, batch_size, progress=True, seed_emission=True)
     seconds = time.perf_counter() - start
     write_run_dir(run_dir, root, fitted.state_dict())
     learned = HMM(num_keys=88, hidden_dim=8)
@@ -294,8 +293,8 @@ def run(args) -> tuple[list[tuple[str, str]], list[str]]:
         root, _ = dataset(Path(args.data_dir), args.recovery)
         report = recovery_run(root, args.recovery_steps, args.recovery_batch_size, run_dir)
         what = (
-            f"N={args.recovery}, recovery: vectorised model, 1 process, {args.recovery_steps} "
-            f"steps of {args.recovery_batch_size} seq ({report['fit_seconds'] / 60:.1f} min); "
+            f"N={args.recovery}, recovery: vectorised model, 1 process, emissions seeded from "
+            f"data frames, {args.recovery_steps} steps of {args.recovery_batch_size} seq ({report['fit_seconds'] / 60:.1f} min); "
             f"held-out: the {report['heldout_items']} test items"
         )
         tv = [t for c in report["parameters"]["chains"].values() for t in c["row_tv"]]
