@@ -67,3 +67,28 @@ def test_a_wrong_model_is_rejected(root, heldout):
     assert not report["passed"]["parameters"], report
     assert not report["passed"]["loss"], report
     assert not report["passed"]["decoding"], report
+
+
+def test_emissions_seeded_from_frames_start_near_distinct_true_states(root):
+    from enumdist.pipeline.recovery import match_states, seed_emission_from_frames
+    from enumdist.pipeline.streaming import StreamingDataModule
+
+    datamodule = StreamingDataModule(str(root))
+    batch = datamodule.probe_batch("train", 64)
+    truth = true_model(root).emission.detach().numpy()
+
+    def distance(model):
+        rows = model.emission.detach().double().numpy()
+        relabel = match_states(truth, rows)
+        return np.abs(rows - truth[relabel]).sum(-1).mean()
+
+    seeded, random = [], []
+    for seed in range(4):
+        model = HMM(num_keys=SPEC.num_keys, hidden_dim=SPEC.hidden_dim, seed=seed)
+        random.append(distance(model))
+        seed_emission_from_frames(model, batch, seed)
+        seeded.append(distance(model))
+        emission = model.emission.detach()
+        assert ((emission >= 0.05 - 1e-6) & (emission <= 0.95 + 1e-6)).all()
+        assert len({tuple(row.tolist()) for row in emission}) == SPEC.hidden_dim  # distinct
+    assert np.mean(seeded) < 0.6 * np.mean(random), (seeded, random)
