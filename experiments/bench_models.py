@@ -1,76 +1,32 @@
-"""The chorale HMM of the benchmark, written three ways (shared by benchmark and tests).
+"""The chorale HMM of the benchmark, written three ways.
 
-* :func:`loop_model` -- Pyro examples/hmm.py ``model_1`` as a python loop under ``pyro.markov``
-  with a length mask: what ``TraceEnum_ELBO`` / ``EnumELBO`` / ``infer_discrete`` run.
-* :func:`chain_model` -- the same joint, with time as a tensor dim: the chain marginal enters
-  through ``enumdist.engine.chain.chain_factor`` (run it with ``Trace_ELBO``).
-* :func:`naive_forward_loss` -- a hand-written log-sum-exp forward loop under plain autograd.
-
-All three read the parameters ``probs_x [S, S]`` (simplex rows) and ``probs_y [S, K]`` from
-Pyro's param store, with the same initialisation, so their losses and gradients agree.
+:func:`~enumdist.reference_hmm.loop_model` and :func:`~enumdist.reference_hmm.chain_model` (and
+their parameters) live in ``enumdist/reference_hmm.py``, shared with the tests; here is the third
+way, :func:`naive_forward_loss`, a hand-written log-sum-exp forward loop under plain autograd,
+which only the benchmark runs.
 """
 
 from __future__ import annotations
 
-import pyro
-import pyro.distributions as dist
 import torch
-from pyro import poutine
 
-from enumdist.engine.chain import bernoulli_emission_log_probs, chain_factor
+from enumdist.reference_hmm import (
+    NUM_STATES,
+    chain_inputs,
+    chain_model,
+    loop_model,
+    params,
+)
 
-NUM_STATES = 16
-
-
-def params(num_keys: int, num_states: int = NUM_STATES):
-    probs_x = pyro.param(
-        "probs_x",
-        torch.full((num_states, num_states), 1.0 / num_states) + 0.1 * torch.eye(num_states),
-        constraint=dist.constraints.simplex,
-    )
-    generator = torch.Generator().manual_seed(0)
-    # drawn in float32 whatever the default dtype, so float64 runs start from the same values
-    uniform = torch.rand(
-        num_states, num_keys, generator=generator, dtype=torch.float32, device="cpu"
-    )  # the same draw on every device
-    probs_y = pyro.param(
-        "probs_y",
-        uniform.to(torch.get_default_dtype()).to(torch.get_default_device()) * 0.5 + 0.2,
-        constraint=dist.constraints.unit_interval,
-    )
-    return probs_x, probs_y
-
-
-def loop_model(sequences, lengths, num_states: int = NUM_STATES):
-    """``x_t ~ Cat(probs_x[x_{t-1}])`` from ``x_{-1} = 0``; ``y_{t,k} ~ Bernoulli(probs_y[x_t, k])``."""
-    num_sequences, max_length, num_keys = sequences.shape
-    probs_x, probs_y = params(num_keys, num_states)
-    keys = pyro.plate("keys", num_keys, dim=-1)
-    with pyro.plate("sequences", num_sequences, dim=-2):
-        x = 0
-        for t in pyro.markov(range(max_length)):
-            with poutine.mask(mask=(t < lengths).unsqueeze(-1)):
-                x = pyro.sample(
-                    f"x_{t}", dist.Categorical(probs_x[x]), infer={"enumerate": "parallel"}
-                )
-                with keys:
-                    pyro.sample(
-                        f"y_{t}", dist.Bernoulli(probs_y[x.squeeze(-1)]), obs=sequences[:, t]
-                    )
-
-
-def chain_inputs(sequences, num_states: int = NUM_STATES):
-    """``(init_logits [S], trans_logits [S, S], emission_log_probs [N, T, S])`` of the model."""
-    probs_x, probs_y = params(sequences.shape[-1], num_states)
-    log_trans = probs_x.log()
-    return log_trans[0], log_trans, bernoulli_emission_log_probs(sequences, probs_y)
-
-
-def chain_model(sequences, lengths, num_states: int = NUM_STATES, method: str = "sequential"):
-    """The same joint as :func:`loop_model`, marginalised by the fused chain path."""
-    init_logits, trans_logits, emissions = chain_inputs(sequences, num_states)
-    with pyro.plate("sequences", sequences.shape[0], dim=-1):
-        chain_factor("chain", init_logits, trans_logits, emissions, lengths, method)
+__all__ = [
+    "NUM_STATES",
+    "chain_inputs",
+    "chain_model",
+    "empty_guide",
+    "loop_model",
+    "naive_forward_loss",
+    "params",
+]
 
 
 def empty_guide(*args, **kwargs):

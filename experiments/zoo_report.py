@@ -36,6 +36,7 @@ from enumdist.data import (
     load_semisupervised,
     load_tabular,
 )
+from enumdist.pipeline.fold_in import fold_in
 from enumdist.pipeline.guides import auto
 
 HMMS = [
@@ -301,15 +302,10 @@ def fit_and_complete(
     guide = auto(model)
     guide(train_batch)
     fit(model, guide, train_batch, elbo, steps)
-    fold_in = auto(model)  # fresh per-document weights for the test documents
-    fold_in(first)
-    optimizer = torch.optim.Adam(fold_in.parameters(), lr=0.05)  # the guide only: model frozen
-    for _ in range(fold_in_steps):
-        optimizer.zero_grad()
-        elbo.differentiable_loss(model.model, fold_in, first).backward()
-        optimizer.step()
+    # fresh per-document weights for the test documents, fitted with the model frozen
+    folded = fold_in(model, auto, elbo, first, steps=fold_in_steps, lr=0.05)
     with torch.no_grad():
-        document_topics = fold_in.auto.median(first)["document_topics"]
+        document_topics = folded.auto.median(first)["document_topics"]
         return completion_nll(model, elbo, second, document_topics)
 
 

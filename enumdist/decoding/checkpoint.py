@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyro
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +21,11 @@ from enumdist.engine.errors import EnumdistError
 from enumdist.models.base import EnumModel
 from enumdist.pipeline import targets
 from enumdist.pipeline.checkpoint_files import load_checkpoint
+
+# as in training (enumdist.pipeline.module): rebuilt modules hold their own weights, and a second
+# guide built in this process (a held-out split's fold-in) never finds the first one's parameters
+# in Pyro's global param store
+pyro.settings.set(module_local_params=True)
 
 
 class CheckpointMismatchError(EnumdistError, ValueError):

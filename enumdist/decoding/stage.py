@@ -48,13 +48,13 @@ import pyro
 import torch
 import torch.distributed as dist
 from hydra.utils import instantiate
-from pyro import poutine
 from tqdm.auto import tqdm
 
 from enumdist.decoding import checkpoint as ckpt
 from enumdist.decoding import pictures
 from enumdist.decoding.decoder import decode_batch, to_table
 from enumdist.decoding.files import write_json, write_parquet, write_parquet_streamed
+from enumdist.decoding.held_out import decoding_guide
 from enumdist.decoding.items import DecodeItems, decode_items
 from enumdist.pipeline.batches import longest_sequence, plan_decode_steps
 
@@ -137,23 +137,6 @@ def write_chunk(path: Path, table: pa.Table) -> Path:
     return write_parquet(table, path)
 
 
-def check_no_local_guide_latents(model, guide, batch: dict, options: DecodeOptions) -> None:
-    """A guide's latents inside the data plate were fitted to the training items; replaying them
-    on another split would pair items with the wrong latents."""
-    trace = poutine.trace(guide).get_trace(batch)
-    local = [
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and any(frame.name == model.shard_plate for frame in site["cond_indep_stack"])
-    ]
-    if local:
-        raise ValueError(
-            f"the guide's latents {local} are per item of plate {model.shard_plate!r}, fitted to "
-            f"the training split; decode split=train, not split={options.split!r}"
-        )
-
-
 def _broadcast(obj, world_size: int):
     if world_size == 1:
         return obj
@@ -185,11 +168,18 @@ def load_trained_run(run_dir: Path, options: DecodeOptions) -> TrainedRun:
 
 
 def with_guide(run: TrainedRun, items: DecodeItems, options: DecodeOptions) -> TrainedRun:
-    """The trained guide (built on the split's first items), checked against ``options.split``."""
-    probe = items.batch(range(min(items.num_items, 2)))
-    guide = ckpt.build_guide(run.cfg, run.model, probe, run.state_dict, run.checkpoint)
-    if guide is not None and options.split != "train":
-        check_no_local_guide_latents(run.model, guide, probe, options)
+    """The guide ``options.split`` is decoded with (:func:`.held_out.decoding_guide`: the trained
+    one, or one folded in to a held-out split's items)."""
+    guide = decoding_guide(
+        run.cfg,
+        run.model,
+        items.batch,
+        items.num_items,
+        run.state_dict,
+        run.checkpoint,
+        options.split,
+        options.seed,
+    )
     return dataclasses.replace(run, guide=guide)
 
 

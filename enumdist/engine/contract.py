@@ -8,7 +8,7 @@ One routine, :func:`contract`, runs every plan. What it computes is set by two p
   plate dim on this process; the sharded back end also adds the partial sums of the other ranks
   (all-reduce), which makes a plate split across processes exact.
 
-A plan may also hold :class:`~enumdist.engine.plan.ChainStep` s -- runs of eliminations shaped
+A plan may also hold :class:`~enumdist.engine.steps.ChainStep` s -- runs of eliminations shaped
 like a first-order chain -- which execute in one call to the fused kernels of ``engine/chain/``
 (forward-backward with its own adjoint, Viterbi, forward-filtering backward-sampling) instead
 of one autograd node per time step; and same-shaped lazy emission factors are reduced over
@@ -27,8 +27,8 @@ import torch
 from enumdist.engine.chain.adapter import Row, chain_decisions, run_chain
 from enumdist.engine.factors import align, dense
 from enumdist.engine.lazy import LazyBernoulliLogProb, stack
-from enumdist.engine.plan import ChainStep, Plan, PlateStep, SumStep
 from enumdist.engine.plates import LOCAL
+from enumdist.engine.steps import ChainStep, Plan, PlateStep, SumStep
 from enumdist.engine.tape import ChainRecord, SumRecord
 
 

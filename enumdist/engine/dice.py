@@ -25,7 +25,7 @@ import torch
 
 from enumdist.engine.errors import MemoryBudgetError
 from enumdist.engine.factors import align
-from enumdist.engine.plan import format_bytes
+from enumdist.engine.memory import format_bytes
 
 
 def check_budget(dims, sizes, itemsize, memory_budget, what):

@@ -22,7 +22,8 @@ from enumdist.engine.contract import backtrack, contract
 from enumdist.engine.errors import EnumerationError
 from enumdist.engine.handlers import AsParallel, EnumRequests, FixValues
 from enumdist.engine.layout import to_pyro_layout
-from enumdist.engine.plan import DECODE, default_memory_budget, plan_for, problem_sizes
+from enumdist.engine.memory import DECODE, default_memory_budget
+from enumdist.engine.plan import plan_for, problem_sizes
 from enumdist.engine.plates import LOCAL, plates_for
 from enumdist.engine.semiring import LOG_SUM, for_temperature
 

@@ -23,8 +23,8 @@ from enumdist.engine import trace as trace_stage
 from enumdist.engine.arguments import check_distribution_arguments
 from enumdist.engine.errors import UnsupportedEnumerationError
 from enumdist.engine.handlers import AsParallel
+from enumdist.engine.memory import default_memory_budget
 from enumdist.engine.observations import forget_checked_observations
-from enumdist.engine.plan import default_memory_budget
 from enumdist.engine.plates import plates_for
 from enumdist.engine.sequential import sequential_elbo
 from enumdist.engine.site_checks import check_model_guide_match

@@ -49,7 +49,14 @@ class ModelStructureError(EnumerationError):
 
 
 class MemoryBudgetError(EnumerationError):
-    """The elimination would allocate a tensor larger than the memory budget."""
+    """The elimination would allocate a tensor larger than the memory budget.
+
+    Raised by the plan's preflight, it carries the estimate and the budget (bytes); the
+    per-site and Dice preflights raise it without them.
+    """
+
+    peak_bytes: int
+    memory_budget: int
 
 
 class ShardError(EnumdistError, RuntimeError):

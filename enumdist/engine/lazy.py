@@ -7,20 +7,20 @@ before anything else touches it. For a Bernoulli,
 parts (``sequences x keys`` data, ``states x keys`` logits) and the big tensor is never built.
 
 A lazy factor offers ``dims``, ``sizes`` and ``sum(dim=...)`` like a named tensor, and
-``tensor`` to materialise it when a step needs the full product. Rules are registered per
-distribution type in :data:`RULES`; a site whose distribution has no rule is evaluated eagerly.
+``tensor`` to materialise it when a step needs the full product. Which distribution becomes
+which lazy factor is decided in :mod:`enumdist.engine.distribution_rules`; a site whose
+distribution has no rule there is evaluated eagerly.
 """
 
 from __future__ import annotations
 
 import math
 
-import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch.distributions.utils import probs_to_logits
 
-from enumdist.engine.factors import Factor, align, compact, compact_shape, name_dims, named_shape
+from enumdist.engine.factors import Factor, align
 
 
 class LazyBernoulliLogProb:
@@ -179,27 +179,6 @@ def log_tables(tables, dims) -> torch.Tensor:
     return params if tables[0].is_logits else probs_to_logits(params)
 
 
-def enumerated_table(site, var_name, dim_names, describe, singleton_names, mask=None):
-    """A :class:`CategoricalTable` for an enumerated model site, or None (evaluate eagerly);
-    ``mask`` (a tensor in Pyro's layout) zeroes its log-prob where False."""
-    fn = site["fn"]
-    if type(fn) is not dist.Categorical or site["args"] or site["kwargs"]:
-        return None
-    num_values = fn._num_events
-    if site["value"].numel() != num_values:  # expanded support (infer={'expand': True})
-        return None
-    is_logits = fn.__dict__.get("logits") is fn._param
-    param = fn.logits if is_logits else fn.probs
-    names, sizes = named_shape(
-        compact_shape(param)[:-1], dim_names, describe=describe, singleton_names=singleton_names
-    )
-    if mask is not None:
-        mask = name_dims(mask, dim_names, describe=describe, singleton_names=singleton_names)
-    return CategoricalTable(
-        compact(param, [*sizes, num_values]), (*tuple(names), var_name), is_logits, mask
-    )
-
-
 STACK = "__stack__"
 
 
@@ -214,32 +193,3 @@ def stack(factors):
         return Factor(torch.stack([getattr(f, part).tensor for f in factors]), dims)
 
     return type(first)(stacked("param"), stacked("value"), stacked("mask"), first.is_logits)
-
-
-def _bernoulli(fn, value, mask, dim_names, describe, singleton_names):
-    if mask is False:
-        return None
-    is_logits = fn.__dict__.get("logits") is fn._param
-    param = fn.logits if is_logits else fn.probs
-    names, sizes = named_shape(
-        compact_shape(param), dim_names, describe=describe, singleton_names=singleton_names
-    )
-    param = Factor(compact(param, sizes), tuple(names))
-
-    def named(tensor):
-        return name_dims(tensor, dim_names, describe=describe, singleton_names=singleton_names)
-
-    mask_factor = None if mask is None or mask is True else named(mask)
-    return LazyBernoulliLogProb(param, named(value.to(param.tensor.dtype)), mask_factor, is_logits)
-
-
-#: distribution type -> rule(fn, value, mask, dim_names, describe, singleton_names) -> lazy|None
-RULES = {dist.Bernoulli: _bernoulli}
-
-
-def lazy_log_prob(site, dim_names, describe, singleton_names):
-    """A lazy masked log-prob for ``site`` if a rule applies, else None (evaluate eagerly)."""
-    rule = RULES.get(type(site["fn"]))
-    if rule is None or site["args"] or site["kwargs"] or not site["is_observed"]:
-        return None
-    return rule(site["fn"], site["value"], site["mask"], dim_names, describe, singleton_names)

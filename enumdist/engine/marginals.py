@@ -21,7 +21,8 @@ import torch
 from enumdist.engine.contract import contract, full_sum
 from enumdist.engine.factors import expand_plates
 from enumdist.engine.layout import to_pyro_layout
-from enumdist.engine.plan import MARGINALS, plan_for, problem_sizes
+from enumdist.engine.memory import MARGINALS
+from enumdist.engine.plan import plan_for, problem_sizes
 from enumdist.engine.semiring import LOG_SUM
 
 

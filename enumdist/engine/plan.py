@@ -2,7 +2,8 @@
 
 A plan is computed from the *structure* of a problem alone -- each factor's dim names and
 ordinal (the plates it lives in), the dims' sizes, and which variables are summed -- so it is
-cached and reused across SVI steps. Executing it (``contract.py``) needs only tensor ops.
+cached and reused across SVI steps. Executing it (``contract.py``) needs only tensor ops. The
+steps are defined in ``steps.py``; their memory estimate and the budget check in ``memory.py``.
 
 The algorithm processes plate levels from the deepest ordinal outwards. At each ordinal it
 eliminates the variables local to that ordinal one at a time (greedy: the variable whose
@@ -17,60 +18,13 @@ from __future__ import annotations
 
 import heapq
 import math
-import os
-from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
-from enumdist.engine.errors import MemoryBudgetError, NonTreePlatesError
-
-
-@dataclass(frozen=True)
-class SumStep:
-    """``out = semiring_sum over var of (sum of inputs broadcast to all_dims)``."""
-
-    inputs: tuple[int, ...]
-    input_dims: tuple[tuple[str, ...], ...]
-    all_dims: tuple[str, ...]
-    var: str
-    out_dims: tuple[str, ...]
-    out: int
-    ordinal: frozenset
-
-
-@dataclass(frozen=True)
-class PlateStep:
-    """``out = sum over the plates (a product in log space) of input``."""
-
-    input: int
-    input_dims: tuple[str, ...]
-    plates: tuple[str, ...]  # reduced plates present in input_dims
-    absent_count: int  # product of the sizes of reduced plates absent from the input (broadcast)
-    out_dims: tuple[str, ...]
-    out: int
-    ordinal: frozenset
-    target: frozenset
-
-
-@dataclass(frozen=True)
-class ChainStep:
-    """A run of :class:`SumStep` s that is a first-order chain ``v_0 - v_1 - ... - v_T``.
-
-    Step ``t`` adds unary factors over ``(v_t, plates)`` and one pairwise factor over
-    ``(v_t, v_{t+1})`` (shared, or per plate element) to the running message and eliminates
-    ``v_t``. Executed by
-    the fused forward-backward of ``chain.py`` instead of one autograd node per step.
-    """
-
-    vars: tuple[str, ...]
-    unary: tuple[tuple[tuple[int, tuple[str, ...]], ...], ...]  # per t: (slot, dims)
-    pairwise: tuple[tuple[int, tuple[str, ...]], ...]  # per t < T: (slot, dims)
-    plates: tuple[str, ...]  # the output's dims (plates only), in order
-    out: int
-    ordinal: frozenset
-    out_dims: tuple[str, ...] = ()
-
+from enumdist.engine.errors import NonTreePlatesError
+from enumdist.engine.memory import FORWARD, GRADIENT, check_budget, plan_memory
+from enumdist.engine.steps import ChainStep, Plan, PlateStep, SumStep
 
 MIN_CHAIN = 4  # shorter runs are cheaper step by step
 
@@ -145,17 +99,6 @@ def _chain_run(steps, start, sizes, plate_names):
     return None
 
 
-@dataclass(frozen=True)
-class Plan:
-    steps: tuple
-    outputs: tuple[tuple[int, tuple[str, ...], frozenset], ...]  # (slot, dims, ordinal)
-    num_slots: int
-    var_ordinal: dict
-    largest: tuple[tuple[str, ...], int]  # (dims, elements) of the largest product tensor
-    #: (elements kept by all steps, largest forward working set, largest backward working set)
-    memory: tuple[int, int, int] = (0, 0, 0)
-
-
 def var_ordinals(factors) -> dict[str, frozenset]:
     """Each variable lives in the plates common to all factors that mention it (as Pyro)."""
     result: dict[str, frozenset] = {}
@@ -166,46 +109,59 @@ def var_ordinals(factors) -> dict[str, frozenset]:
     return result
 
 
-def make_plan(structure, sizes, sum_vars, plate_names) -> Plan:
-    """Plan the elimination. ``structure`` is a tuple of ``(dims, ordinal)``, one per factor.
+class _Planner:
+    """The state of one :func:`make_plan`: slots' dims, the steps so far, the ordinals to do.
 
-    Pure and deterministic; :func:`cached_plan` memoises it by structure.
+    ``buckets`` maps an ordinal to the slots waiting there; :meth:`eliminate_local` and
+    :meth:`hand_outward` are the two halves of processing one ordinal.
     """
-    dims_of: list[tuple[str, ...]] = [tuple(d) for d, _ in structure]
-    var_ordinal = var_ordinals(structure)
-    buckets: dict[frozenset, list[int]] = {}
-    for slot, (_, ordinal) in enumerate(structure):
-        buckets.setdefault(ordinal, []).append(slot)
-    steps: list[SumStep | PlateStep] = []
-    outputs = []
-    largest = ((), 0)
 
-    def new_slot(dims):
-        dims_of.append(tuple(dims))
-        return len(dims_of) - 1
+    def __init__(self, structure, sizes, sum_vars, plate_names):
+        self.sizes, self.sum_vars, self.plate_names = sizes, sum_vars, plate_names
+        self.dims_of: list[tuple[str, ...]] = [tuple(d) for d, _ in structure]
+        self.var_ordinal = var_ordinals(structure)
+        self.buckets: dict[frozenset, list[int]] = {}
+        for slot, (_, ordinal) in enumerate(structure):
+            self.buckets.setdefault(ordinal, []).append(slot)
+        self.steps: list[SumStep | PlateStep] = []
+        self.outputs: list[tuple[int, tuple[str, ...], frozenset]] = []
+        self.largest: tuple[tuple[str, ...], int] = ((), 0)
 
-    def numel(dims):
-        return math.prod(sizes[d] for d in dims)
+    def new_slot(self, dims) -> int:
+        self.dims_of.append(tuple(dims))
+        return len(self.dims_of) - 1
 
-    while buckets:
-        leaf = max(buckets, key=lambda o: (len(o), sorted(o)))
-        pool = set(buckets.pop(leaf))
+    def numel(self, dims) -> int:
+        return math.prod(self.sizes[d] for d in dims)
+
+    def union_dims(self, slots) -> tuple[str, ...]:
+        """The dims of ``slots``, in order of first appearance (slots in increasing order)."""
+        seen: dict[str, None] = {}
+        for s in sorted(slots):
+            for d in self.dims_of[s]:
+                seen.setdefault(d, None)
+        return tuple(seen)
+
+    def next_ordinal(self) -> tuple[frozenset, set[int]]:
+        """The deepest ordinal left (ties broken by plate names) and its slots, taken out."""
+        leaf = max(self.buckets, key=lambda o: (len(o), sorted(o)))
+        return leaf, set(self.buckets.pop(leaf))
+
+    def eliminate_local(self, leaf: frozenset, pool: set[int]) -> set[int]:
+        """Sum out the variables that live exactly in ``leaf``, smallest product first.
+
+        Ties go to the variable that appears first (which turns a ``pyro.markov`` chain into a
+        forward recursion). A variable's cost is updated lazily: a heap entry whose version is
+        stale is skipped. Returns the pool of slots left at ``leaf``.
+        """
         order: dict[str, int] = {}  # first appearance, for deterministic tie breaking
         for slot in sorted(pool):
-            for d in dims_of[slot]:
+            for d in self.dims_of[slot]:
                 order.setdefault(d, len(order))
-        local = {d for d in order if d in sum_vars and var_ordinal[d] == leaf}
-        holders = {v: {s for s in pool if v in dims_of[s]} for v in local}
-
-        def union_dims(slots):
-            seen = {}
-            for s in sorted(slots):
-                for d in dims_of[s]:
-                    seen.setdefault(d, None)
-            return tuple(seen)
-
+        local = {d for d in order if d in self.sum_vars and self.var_ordinal[d] == leaf}
+        holders = {v: {s for s in pool if v in self.dims_of[s]} for v in local}
         version = {v: 0 for v in local}
-        heap = [(numel(union_dims(holders[v])), order[v], v, 0) for v in local]
+        heap = [(self.numel(self.union_dims(holders[v])), order[v], v, 0) for v in local]
         heapq.heapify(heap)
         while heap:
             cost, _, var, ver = heapq.heappop(heap)
@@ -213,32 +169,42 @@ def make_plan(structure, sizes, sum_vars, plate_names) -> Plan:
                 continue
             group = holders.pop(var)
             local.discard(var)
-            all_dims = union_dims(group)
-            if cost > largest[1]:
-                largest = (all_dims, cost)
-            out_dims = tuple(d for d in all_dims if d != var)
-            out = new_slot(out_dims)
-            inputs = tuple(sorted(group))
-            steps.append(
-                SumStep(
-                    inputs, tuple(dims_of[s] for s in inputs), all_dims, var, out_dims, out, leaf
-                )
-            )
+            out = self.sum_step(leaf, var, group, cost)
             pool -= group
             pool.add(out)
-            for v in out_dims:
+            for v in self.dims_of[out]:
                 if v in local:
                     holders[v] = (holders[v] - group) | {out}
                     version[v] += 1
-                    heapq.heappush(heap, (numel(union_dims(holders[v])), order[v], v, version[v]))
+                    cost_v = self.numel(self.union_dims(holders[v]))
+                    heapq.heappush(heap, (cost_v, order[v], v, version[v]))
+        return pool
 
+    def sum_step(self, leaf: frozenset, var: str, group: set[int], cost: int) -> int:
+        """Append the :class:`SumStep` eliminating ``var`` from ``group``; its output slot."""
+        all_dims = self.union_dims(group)
+        if cost > self.largest[1]:
+            self.largest = (all_dims, cost)
+        out_dims = tuple(d for d in all_dims if d != var)
+        out = self.new_slot(out_dims)
+        inputs = tuple(sorted(group))
+        input_dims = tuple(self.dims_of[s] for s in inputs)
+        self.steps.append(SumStep(inputs, input_dims, all_dims, var, out_dims, out, leaf))
+        return out
+
+    def hand_outward(self, leaf: frozenset, pool: set[int]) -> None:
+        """Each slot left at ``leaf``: an output if no summed variable remains in it, else its
+        product over the plates no remaining variable lives in, queued at the enclosing ordinal.
+
+        Raises :class:`NonTreePlatesError` when no plate can be reduced (the plates cross).
+        """
         for slot in sorted(pool):
-            dims = dims_of[slot]
-            remaining = [d for d in dims if d not in plate_names]
-            if not any(d in sum_vars for d in remaining):
-                outputs.append((slot, dims, leaf))
+            dims = self.dims_of[slot]
+            remaining = [d for d in dims if d not in self.plate_names]
+            if not any(d in self.sum_vars for d in remaining):
+                self.outputs.append((slot, dims, leaf))
                 continue
-            target = frozenset().union(*(var_ordinal[d] for d in remaining))
+            target = frozenset().union(*(self.var_ordinal[d] for d in remaining))
             if target == leaf:
                 raise NonTreePlatesError(
                     "Expected tree-structured plate nesting, but the plate structure is not a "
@@ -249,15 +215,32 @@ def make_plan(structure, sizes, sum_vars, plate_names) -> Plan:
                 )
             reduced = sorted(leaf - target)
             present = tuple(p for p in reduced if p in dims)
-            absent = math.prod(sizes[p] for p in reduced if p not in dims)
+            absent = math.prod(self.sizes[p] for p in reduced if p not in dims)
             out_dims = tuple(d for d in dims if d not in present)
-            out = new_slot(out_dims)
-            steps.append(PlateStep(slot, dims, present, absent, out_dims, out, leaf, target))
-            buckets.setdefault(target, []).append(out)
+            out = self.new_slot(out_dims)
+            self.steps.append(PlateStep(slot, dims, present, absent, out_dims, out, leaf, target))
+            self.buckets.setdefault(target, []).append(out)
 
-    steps = fuse_chains(steps, sizes, plate_names)
+
+def make_plan(structure, sizes, sum_vars, plate_names) -> Plan:
+    """Plan the elimination. ``structure`` is a tuple of ``(dims, ordinal)``, one per factor.
+
+    Ordinals are processed deepest first: eliminate what is local there, hand the rest outward;
+    then chain-shaped runs of steps are fused. Pure and deterministic; :func:`cached_plan`
+    memoises it by structure.
+    """
+    planner = _Planner(structure, sizes, sum_vars, plate_names)
+    while planner.buckets:
+        leaf, pool = planner.next_ordinal()
+        planner.hand_outward(leaf, planner.eliminate_local(leaf, pool))
+    steps = fuse_chains(planner.steps, sizes, plate_names)
     return Plan(
-        tuple(steps), tuple(outputs), len(dims_of), var_ordinal, largest, _memory_of(steps, sizes)
+        tuple(steps),
+        tuple(planner.outputs),
+        len(planner.dims_of),
+        planner.var_ordinal,
+        planner.largest,
+        plan_memory(steps, sizes),
     )
 
 
@@ -276,7 +259,7 @@ def cached_plan(structure, sizes, sum_vars, plate_names) -> Plan:
     )
 
 
-# -- problems: sizes, the cached plan, and the memory preflight --------------------------------
+# -- problems: sizes and the cached, budget-checked plan ------------------------------------
 
 
 def problem_sizes(problem) -> dict[str, int]:
@@ -286,88 +269,14 @@ def problem_sizes(problem) -> dict[str, int]:
     return sizes
 
 
-def default_memory_budget() -> int:
-    """Half of this machine's physical memory: a refusal beats an out-of-memory kill."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - exotic platforms
-        return 8 * 2**30
-
-
-#: How a plan is executed, which decides what stays alive at once (see :func:`peak_bytes`).
-FORWARD = "forward"  # a loss without a graph: intermediates are freed as soon as they are used
-GRADIENT = "gradient"  # a differentiable loss: product tensors are saved for the backward pass
-MARGINALS = "marginals"  # compute_marginals: plate-expanded leaves, saved products, leaf grads
-DECODE = "decode"  # infer_discrete / sample_posterior: products kept on a tape, walked back
-EXECUTIONS = (FORWARD, GRADIENT, MARGINALS, DECODE)
-
-# Working set of one elimination step, in product tensors: the sum of the inputs being built
-# (an addition makes a new tensor while the old one is alive) and log-sum-exp's shifted copy and
-# its exponential. Its backward pass (shifted copy, exponential, their product, and the
-# gradient passed on to the inputs) needs one more. Measured on a 31 MiB product: a loss peaks
-# at 2.1 products, a decoding at 2.1, marginals at 3.7, a loss with gradients at 4.1 (kept
-# product included); see tests/engine/test_memory_budget.py.
-_STEP_WORKING_SET = 3
-_BACKWARD_WORKING_SET = 4
-# A fused chain: stacked emissions, scaled forward and backward messages and their gradients,
-# each the size of the emissions [N, T, S].
-_CHAIN_WORKING_SET = 8
-
-
-def _step_cost(step, sizes, backward: bool) -> tuple[int, int]:
-    """``(kept, transient)`` elements of one step: what outlives it (saved for backward or
-    decoding) and its peak working set while it (or its backward pass) runs."""
-    if isinstance(step, SumStep):
-        product = math.prod(sizes[d] for d in step.all_dims)
-        return product, (_BACKWARD_WORKING_SET if backward else _STEP_WORKING_SET) * product
-    if isinstance(step, ChainStep):
-        elements = math.prod(sizes[p] for p in step.plates)
-        num_states = sizes[step.vars[0]]
-        emissions = elements * len(step.vars) * num_states
-        per_element = any(p in dims for _, dims in step.pairwise for p in step.plates)
-        transitions = len(step.vars) * num_states**2 * (elements if per_element else 1)
-        return 2 * emissions + transitions, _CHAIN_WORKING_SET * emissions + 2 * transitions
-    return 0, 0  # a plate step makes a smaller tensor out of a larger one
-
-
-def _memory_of(steps, sizes) -> tuple[int, int, int]:
-    """:attr:`Plan.memory`, computed once per plan (plans are cached by structure and sizes)."""
-    forward = [_step_cost(step, sizes, False) for step in steps]
-    backward = [_step_cost(step, sizes, True) for step in steps]
-    return (
-        sum(k for k, _ in forward),
-        max((t for _, t in forward), default=0),
-        max((t for _, t in backward), default=0),
-    )
-
-
-def peak_bytes(plan: Plan, itemsize: int, input_elements: int, execution: str) -> int:
-    """Estimated peak bytes of executing ``plan`` once (and its backward pass or decoding).
-
-    ``input_elements``: elements of the input factors, alive throughout. The estimate is the
-    inputs, plus everything kept for later (every product tensor when a backward pass or a
-    decoding walks back over them), plus the working set of the most expensive step; a
-    gradient pass adds the inputs' gradients. It is meant as an upper bound (the tests compare
-    it with the peak RSS of real runs).
-    """
-    if execution not in EXECUTIONS:
-        raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
-    backward = execution in (GRADIENT, MARGINALS)
-    kept, forward_set, backward_set = plan.memory
-    kept = kept if execution != FORWARD else 0
-    transient = backward_set if backward else forward_set
-    inputs = input_elements * (2 if backward else 1)
-    return itemsize * (inputs + kept + transient)
-
-
 def plan_for(problem, terms, memory_budget=None, execution=None, expanded_inputs=False):
     """The cached elimination plan for ``terms`` (model log-factors), checked against a budget.
 
-    ``execution`` (one of :data:`EXECUTIONS`; default: ``GRADIENT`` while autograd records,
+    ``execution`` (one of :data:`~enumdist.engine.memory.EXECUTIONS`; default: ``GRADIENT`` while autograd records,
     else ``FORWARD``) says what the caller keeps alive; ``expanded_inputs``: the caller
     materialises every input over all the plates of its site (``compute_marginals`` does).
-    Raises :class:`MemoryBudgetError` before anything is allocated when :func:`peak_bytes`
-    exceeds ``memory_budget``.
+    Raises :class:`~enumdist.engine.errors.MemoryBudgetError` before anything is allocated when
+    :func:`~enumdist.engine.memory.peak_bytes` exceeds ``memory_budget``.
     """
     structure = [(t.factor.dims, t.ordinal) for t in terms]
     sizes = problem_sizes(problem)
@@ -381,26 +290,5 @@ def plan_for(problem, terms, memory_budget=None, execution=None, expanded_inputs
         math.prod(sizes[d] for d in set(t.factor.dims) | (t.ordinal if expanded_inputs else set()))
         for t in terms
     )
-    peak = peak_bytes(plan, itemsize, inputs, execution)
-    if peak > memory_budget:
-        dims, numel = plan.largest
-        error = MemoryBudgetError(
-            f"the elimination would build a tensor over {list(dims)} of shape "
-            f"{tuple(sizes[d] for d in dims)} ({format_bytes(numel * itemsize)}) and, with its "
-            f"inputs and what the {execution} pass keeps alive, peak at about "
-            f"{format_bytes(peak)}, over memory_budget={format_bytes(memory_budget)}. Reduce "
-            "the number of variables that interact at once (pyro.markov history, fewer "
-            "states), enumerate a global variable with infer={'enumerate': 'sequential'}, "
-            "shard a plate over ranks, or raise memory_budget."
-        )
-        error.peak_bytes, error.memory_budget = peak, memory_budget
-        raise error
+    check_budget(plan, sizes, itemsize, inputs, execution, memory_budget)
     return plan
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover

@@ -125,11 +125,34 @@ class ShardedPlates(LocalPlates):
         The ranks exchange a small status -- did tracing fail, a hash of the structure, and
         the local size of every shard plate -- so that a failure, a different model or an
         empty shard on one rank makes every rank raise the same error instead of leaving the
-        others blocked in an all-reduce.
+        others blocked in an all-reduce. Every rank sees the same statuses, so every rank takes
+        the same branch below and makes the same collective calls.
         """
-        error, result, signature = None, None, ""
         shard = sorted(self.shard)
-        local_sizes = [-1] * len(shard)  # -1: the plate was not traced (tracing failed)
+        error, result, signature, local_sizes = self._traced(fn, shard)
+        status = torch.tensor(
+            [error is not None, zlib.crc32(signature.encode()), *local_sizes], dtype=torch.int64
+        )
+        statuses = [torch.zeros_like(status) for _ in range(self.world_size)]
+        tdist.all_gather(statuses, status, group=self.group)
+        self.bytes_reduced += status.numel() * status.element_size() * self.world_size
+        sizes = {(r, p): int(s[2 + i]) for r, s in enumerate(statuses) for i, p in enumerate(shard)}
+        _raise_on_empty_shards(sizes)
+        self._raise_on_failures(statuses, error)
+        if len({int(s[1]) for s in statuses}) > 1:
+            summaries = [None] * self.world_size
+            tdist.all_gather_object(summaries, signature, group=self.group)
+            raise ModelStructureError(describe_mismatch(summaries, self.rank))
+        if any(n == 1 for n in sizes.values()):
+            for problem in _problems_in(result):
+                self.canonicalise(problem)
+        return result
+
+    def _traced(self, fn, shard):
+        """``(error, result, structure signature, local size of each shard plate)`` of running
+        ``fn`` on this rank; a size is -1 where the plate was not traced (tracing failed)."""
+        error, result, signature = None, None, ""
+        local_sizes = [-1] * len(shard)
         try:
             result = fn()
             problems = _problems_in(result)
@@ -145,41 +168,22 @@ class ShardedPlates(LocalPlates):
             empty = _empty_plate(exc)
             if empty in shard:
                 local_sizes[shard.index(empty)] = 0
-        status = torch.tensor(
-            [error is not None, zlib.crc32(signature.encode()), *local_sizes], dtype=torch.int64
-        )
-        statuses = [torch.zeros_like(status) for _ in range(self.world_size)]
-        tdist.all_gather(statuses, status, group=self.group)
-        self.bytes_reduced += status.numel() * status.element_size() * self.world_size
-        sizes = {(r, p): int(s[2 + i]) for r, s in enumerate(statuses) for i, p in enumerate(shard)}
-        empty = sorted((r, p) for (r, p), n in sizes.items() if n == 0)
-        if empty:
-            raise ShardError(
-                "sharded enumeration stopped on every rank because "
-                + "; ".join(f"rank {r} holds no items of plate '{p}'" for r, p in empty)
-                + ". Give every rank at least one item of each shard plate (e.g. fewer ranks, "
-                "or a split that leaves no rank empty)."
-            )
+        return error, result, signature, local_sizes
+
+    def _raise_on_failures(self, statuses, error) -> None:
+        """Where some rank failed: every rank raises. The same error everywhere (a refusal)
+        keeps its own type; otherwise a :class:`ShardError` names each failed rank's error."""
         failed = [r for r, s in enumerate(statuses) if s[0]]
-        if failed:
-            messages = [None] * self.world_size
-            tdist.all_gather_object(
-                messages, None if error is None else repr(error), group=self.group
-            )
-            if len(failed) == self.world_size and len(set(messages)) == 1:
-                raise error  # the same error on every rank (a refusal): keep its own type
-            if error is not None and len(failed) == 1:
-                raise ShardError(f"rank {self.rank} failed: {error}") from error
-            detail = "; ".join(f"rank {r}: {messages[r]}" for r in failed)
-            raise ShardError(f"sharded enumeration stopped on every rank because {detail}")
-        if len({int(s[1]) for s in statuses}) > 1:
-            summaries = [None] * self.world_size
-            tdist.all_gather_object(summaries, signature, group=self.group)
-            raise ModelStructureError(describe_mismatch(summaries, self.rank))
-        if any(n == 1 for n in sizes.values()):
-            for problem in _problems_in(result):
-                self.canonicalise(problem)
-        return result
+        if not failed:
+            return
+        messages = [None] * self.world_size
+        tdist.all_gather_object(messages, None if error is None else repr(error), group=self.group)
+        if len(failed) == self.world_size and len(set(messages)) == 1:
+            raise error  # the same error on every rank (a refusal): keep its own type
+        if error is not None and len(failed) == 1:
+            raise ShardError(f"rank {self.rank} failed: {error}") from error
+        detail = "; ".join(f"rank {r}: {messages[r]}" for r in failed)
+        raise ShardError(f"sharded enumeration stopped on every rank because {detail}")
 
     def canonicalise(self, problem) -> None:
         """Give every term inside a shard plate that plate's dim, on every rank.
@@ -214,6 +218,18 @@ def _problems_in(result) -> list:
     sequentially enumerated guide site), or none yet (model-side sequential enumeration)."""
     results = result if isinstance(result, list) else [result]
     return [r for r in results if isinstance(r, EnumProblem)]
+
+
+def _raise_on_empty_shards(sizes) -> None:
+    """``sizes``: ``{(rank, plate): local size}`` over all ranks; refuse a rank with none."""
+    empty = sorted((r, p) for (r, p), n in sizes.items() if n == 0)
+    if empty:
+        raise ShardError(
+            "sharded enumeration stopped on every rank because "
+            + "; ".join(f"rank {r} holds no items of plate '{p}'" for r, p in empty)
+            + ". Give every rank at least one item of each shard plate (e.g. fewer ranks, "
+            "or a split that leaves no rank empty)."
+        )
 
 
 def _empty_plate(exc) -> str | None:

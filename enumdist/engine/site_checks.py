@@ -138,12 +138,26 @@ def check_model_guide_match(model_trace, guide_trace, max_plate_nesting, sequent
     guide_sites = {
         n: s for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not _is_subsample(s)
     }
-    aux = {n for n, s in guide_sites.items() if s["infer"].get("is_auxiliary")}
     model_sites = {
         n: s
         for n, s in model_trace.nodes.items()
         if s["type"] == "sample" and not s["is_observed"] and not _is_subsample(s)
     }
+    _warn_unmatched_sites(model_sites, guide_sites, sequential)
+    for name in sorted(model_sites.keys() & guide_sites.keys()):
+        _check_same_shape(name, model_sites[name], guide_sites[name], max_plate_nesting)
+    _warn_guide_only_plates(model_trace, guide_trace)
+    _check_guide_factors(guide_sites)
+
+
+# The helpers below warn with stacklevel=3: the warning points at check_model_guide_match's
+# caller, as Pyro's does.
+
+
+def _warn_unmatched_sites(model_sites, guide_sites, sequential) -> None:
+    """Auxiliary sites in the model, guide sites the model lacks, latent model sites that are
+    neither in the guide nor enumerated (in parallel, or sequentially: ``sequential``)."""
+    aux = {n for n, s in guide_sites.items() if s["infer"].get("is_auxiliary")}
     enumerated = {
         n
         for n, s in model_sites.items()
@@ -152,14 +166,14 @@ def check_model_guide_match(model_trace, guide_trace, max_plate_nesting, sequent
     }
     if aux & model_sites.keys():
         warnings.warn(
-            f"Found auxiliary vars in the model: {aux & model_sites.keys()}", stacklevel=2
+            f"Found auxiliary vars in the model: {aux & model_sites.keys()}", stacklevel=3
         )
     if not guide_sites.keys() <= model_sites.keys() | aux:
         warnings.warn(
             "Found non-auxiliary vars in guide but not model, consider marking these "
             "infer={'is_auxiliary': True}:\n"
             f"{guide_sites.keys() - aux - model_sites.keys()}",
-            stacklevel=2,
+            stacklevel=3,
         )
     uncovered = model_sites.keys() - guide_sites.keys() - enumerated
     if uncovered:
@@ -167,10 +181,12 @@ def check_model_guide_match(model_trace, guide_trace, max_plate_nesting, sequent
             f"Found vars in model but not guide: {uncovered}. They are sampled from "
             "the model's prior; sample them in the guide, or mark discrete ones "
             "infer={'enumerate': 'parallel'}.",
-            stacklevel=2,
+            stacklevel=3,
         )
-    for name in sorted(model_sites.keys() & guide_sites.keys()):
-        _check_same_shape(name, model_sites[name], guide_sites[name], max_plate_nesting)
+
+
+def _warn_guide_only_plates(model_trace, guide_trace) -> None:
+    """Subsampled plates of the guide that the model does not have."""
     model_plates = {
         n for n, s in model_trace.nodes.items() if s["type"] == "sample" and _is_subsample(s)
     }
@@ -180,8 +196,12 @@ def check_model_guide_match(model_trace, guide_trace, max_plate_nesting, sequent
     if not guide_plates <= model_plates:
         warnings.warn(
             f"Found plate statements in guide but not model: {guide_plates - model_plates}",
-            stacklevel=2,
+            stacklevel=3,
         )
+
+
+def _check_guide_factors(guide_sites) -> None:
+    """A guide ``pyro.factor`` must say whether it comes from reparameterised sampling."""
     for name, site in guide_sites.items():
         if (
             site["infer"].get("is_auxiliary")

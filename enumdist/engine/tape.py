@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from enumdist.engine.plan import ChainStep, SumStep
+from enumdist.engine.steps import ChainStep, SumStep
 
 
 @dataclass(frozen=True)

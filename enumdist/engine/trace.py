@@ -16,17 +16,20 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.subsample_messenger import _Subsample
 
+from enumdist.engine.distribution_rules import (
+    compact_distribution,
+    enumerated_table,
+    lazy_log_prob,
+)
 from enumdist.engine.errors import EnumerationError, MemoryBudgetError
-from enumdist.engine.factors import compact, name_dims
+from enumdist.engine.factors import name_dims
 from enumdist.engine.guide_enum import check_model_enumeration_not_more_global, dice_factor
 from enumdist.engine.handlers import EnumRequests
-from enumdist.engine.lazy import enumerated_table, lazy_log_prob
 from enumdist.engine.observations import check_observations, site_mask
 from enumdist.engine.problem import EnumProblem, EnumVar, ModelTerm, Plate
 from enumdist.engine.site_checks import check_markov_history, check_site_shape
@@ -66,37 +69,9 @@ def _plates_of(site) -> tuple[frozenset, dict[int, str], dict[str, Plate]]:
     return layout.ordinal, layout.plate_dims, layout.plates
 
 
-# Distributions whose parameters are their only state: rebuilding one from compact parameters
-# gives the same log-prob, elementwise.
-_COMPACTABLE = {
-    dist.Bernoulli: ("probs", "logits"),
-    dist.Categorical: ("probs", "logits"),
-    dist.Normal: ("loc", "scale"),
-    dist.Poisson: ("rate",),
-}
-
-
-def _compact_distribution(fn):
-    """``fn`` rebuilt from un-expanded parameters, or None when that is not known to be exact.
-
-    Plates expand a site's distribution to the full batch shape; evaluating e.g. Bernoulli
-    logits on that expanded view would compute ``log`` once per plate element instead of once
-    per distinct parameter. This is the hot spot of emission sites in plates.
-    """
-    names = _COMPACTABLE.get(type(fn))
-    if names is None:
-        return None
-    if hasattr(fn, "_param"):  # probs- or logits-parameterised: keep the one it was built with
-        names = tuple(n for n in names if fn.__dict__.get(n) is fn._param)
-    params = {n: fn.__dict__[n] for n in names if n in fn.__dict__}
-    if not params or all(0 not in p.stride() for p in params.values()):
-        return None
-    return type(fn)(**{n: compact(p) for n, p in params.items()}, validate_args=False)
-
-
 def _log_prob(site) -> torch.Tensor:
     fn = site["fn"]
-    compact = _compact_distribution(fn) if not site["args"] and not site["kwargs"] else None
+    compact = compact_distribution(fn) if not site["args"] and not site["kwargs"] else None
     return (compact or fn).log_prob(site["value"], *site["args"], **site["kwargs"])
 
 
@@ -179,10 +154,6 @@ def collect_vars(model_trace, guide_trace, max_plate_nesting: int):
     return plates, variables, id_to_var
 
 
-def _singleton_plates(site) -> frozenset:
-    return _layout(site).singletons
-
-
 def _dim_names(site, id_to_var, max_plate_nesting) -> dict[int, str]:
     names = dict(_layout(site).plate_dims)
     for dim, var_id in site["infer"].get("_dim_to_id", {}).items():
@@ -243,6 +214,7 @@ def build_problem(
     ``mask_enumerated=True`` applies masks to enumerated sites too, as ``infer_discrete`` does
     (``TraceEnum_ELBO`` ignores them there). ``validate`` runs :func:`check_sites` first
     (``remember_valid_data``: see :func:`~enumdist.engine.observations.check_observations`).
+    ``memory_budget`` (bytes) refuses a site whose log-prob tensor would exceed it.
     """
     plates, variables, id_to_var = collect_vars(model_trace, guide_trace, max_plate_nesting)
     problem = EnumProblem(plates, variables, model_trace=model_trace, guide_trace=guide_trace)
@@ -250,73 +222,83 @@ def build_problem(
     sum_vars = problem.sum_vars
     if validate:
         check_sites(model_trace, guide_trace, max_plate_nesting, remember_valid_data)
-
     for name, site in _sample_sites(model_trace):
-        layout = _layout(site)
-        ordinal, scale = layout.ordinal, site["scale"]
-        describe = f"model site '{name}'"
         _preflight(site, memory_budget, "model")
         dim_names = _dim_names(site, id_to_var, max_plate_nesting)
         if name in variables and not variables[name].in_guide:
-            # enumerated in the model: plain log-prob, no mask, no scale
-            table = (
-                None
-                if mask_enumerated and site["mask"] is False
-                else enumerated_table(
-                    site,
-                    name,
-                    dim_names,
-                    describe,
-                    layout.singletons,
-                    site_mask(site) if mask_enumerated else None,
-                )
-            )
-            if table is not None:
-                problem.log_factors.append(ModelTerm(name, table, ordinal, scale))
-                continue
-            log_p = _log_prob(site)
-            log_p = _mask(log_p, site["mask"]) if mask_enumerated else log_p
-            factor = name_dims(
-                log_p, dim_names, describe=describe, singleton_names=layout.singletons
-            )
-            problem.log_factors.append(ModelTerm(name, factor, ordinal, scale))
-            continue
-        lazy = lazy_log_prob(site, dim_names, describe, layout.singletons)
-        if lazy is not None and sum_vars.intersection(lazy.dims):
-            problem.log_factors.append(ModelTerm(name, lazy, ordinal, scale))
-            continue
-        masked = _mask(_log_prob(site), site["mask"])
-        factor = name_dims(masked, dim_names, describe=describe, singleton_names=layout.singletons)
-        if sum_vars.intersection(factor.dims):
-            problem.log_factors.append(ModelTerm(name, factor, ordinal, scale))
+            _add_enumerated_site(problem, name, site, dim_names, mask_enumerated)
         else:
-            problem.costs.append(ModelTerm(name, factor, ordinal, scale))
-
+            _add_model_site(problem, name, site, dim_names, sum_vars)
     for name, site in _sample_sites(guide_trace):
-        layout = _layout(site)
-        ordinal = layout.ordinal
-        dim_names = _dim_names(site, id_to_var, max_plate_nesting)
-
-        def named(tensor, name=name, dim_names=dim_names, layout=layout):
-            return name_dims(
-                tensor,
-                dim_names,
-                describe=f"guide site '{name}'",
-                singleton_names=layout.singletons,
-            )
-
         _preflight(site, memory_budget, "guide")
-        log_q = _log_prob(site)
-        masked_log_q = _mask(log_q, site["mask"])
-        problem.guide_costs.append(ModelTerm(name, named(masked_log_q), ordinal, site["scale"]))
-        weight, log_denominator = dice_factor(site, log_q, masked_log_q, name in variables)
-        if weight is not None:
-            problem.dice_factors.append(ModelTerm(name, named(weight), ordinal))
-        if log_denominator:
-            problem.dice_denominators[ordinal] = (
-                problem.dice_denominators.get(ordinal, 0.0) + log_denominator
-            )
+        dim_names = _dim_names(site, id_to_var, max_plate_nesting)
+        _add_guide_site(problem, name, site, dim_names, name in variables)
     return problem
+
+
+def _add_enumerated_site(problem, name, site, dim_names, mask_enumerated):
+    """A model-enumerated site: its plain log-prob (no scale; masked only for decoding), as a
+    table where a distribution rule gives one (see ``distribution_rules.py``)."""
+    layout = _layout(site)
+    describe = f"model site '{name}'"
+    table = (
+        None
+        if mask_enumerated and site["mask"] is False
+        else enumerated_table(
+            site,
+            name,
+            dim_names,
+            describe,
+            layout.singletons,
+            site_mask(site) if mask_enumerated else None,
+        )
+    )
+    if table is None:
+        log_p = _log_prob(site)
+        log_p = _mask(log_p, site["mask"]) if mask_enumerated else log_p
+        table = name_dims(log_p, dim_names, describe=describe, singleton_names=layout.singletons)
+    problem.log_factors.append(ModelTerm(name, table, layout.ordinal, site["scale"]))
+
+
+def _add_model_site(problem, name, site, dim_names, sum_vars):
+    """Any other model site: its masked log-prob, a log-factor if it mentions an enumerated
+    variable (lazy where a distribution rule allows), else a cost."""
+    layout = _layout(site)
+    ordinal, scale = layout.ordinal, site["scale"]
+    describe = f"model site '{name}'"
+    lazy = lazy_log_prob(site, dim_names, describe, layout.singletons)
+    if lazy is not None and sum_vars.intersection(lazy.dims):
+        problem.log_factors.append(ModelTerm(name, lazy, ordinal, scale))
+        return
+    masked = _mask(_log_prob(site), site["mask"])
+    factor = name_dims(masked, dim_names, describe=describe, singleton_names=layout.singletons)
+    if sum_vars.intersection(factor.dims):
+        problem.log_factors.append(ModelTerm(name, factor, ordinal, scale))
+    else:
+        problem.costs.append(ModelTerm(name, factor, ordinal, scale))
+
+
+def _add_guide_site(problem, name, site, dim_names, enumerated):
+    """A guide site: its masked ``log q`` as a guide cost, and its Dice weight and
+    denominator (see ``guide_enum.dice_factor``)."""
+    layout = _layout(site)
+    ordinal = layout.ordinal
+
+    def named(tensor):
+        return name_dims(
+            tensor, dim_names, describe=f"guide site '{name}'", singleton_names=layout.singletons
+        )
+
+    log_q = _log_prob(site)
+    masked_log_q = _mask(log_q, site["mask"])
+    problem.guide_costs.append(ModelTerm(name, named(masked_log_q), ordinal, site["scale"]))
+    weight, log_denominator = dice_factor(site, log_q, masked_log_q, enumerated)
+    if weight is not None:
+        problem.dice_factors.append(ModelTerm(name, named(weight), ordinal))
+    if log_denominator:
+        problem.dice_denominators[ordinal] = (
+            problem.dice_denominators.get(ordinal, 0.0) + log_denominator
+        )
 
 
 def check_sites(model_trace, guide_trace, max_plate_nesting: int, remember_valid_data=False):

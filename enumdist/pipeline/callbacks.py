@@ -188,7 +188,8 @@ class ClassAccuracy(pl.Callback):
 
 
 class SaveRankParameters(pl.Callback):
-    """Every rank writes its final ``state_dict`` to ``<dirpath>/rank<r>.pt`` (multi-process checks)."""
+    """Every rank writes its final ``state_dict`` to ``<dirpath>/rank<r>.pt`` (multi-process
+    checks), with the step and where it ran: ``world_size``, ``node_rank``, ``local_rank``."""
 
     def __init__(self, dirpath: str):
         self.dirpath = dirpath
@@ -197,5 +198,15 @@ class SaveRankParameters(pl.Callback):
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         path = Path(self.dirpath) / f"rank{trainer.global_rank}.pt"
         atomic_write(
-            path, lambda f: torch.save({"step": trainer.global_step, "state_dict": state}, f)
+            path,
+            lambda f: torch.save(
+                {
+                    "step": trainer.global_step,
+                    "world_size": trainer.world_size,
+                    "node_rank": trainer.node_rank,
+                    "local_rank": trainer.local_rank,
+                    "state_dict": state,
+                },
+                f,
+            ),
         )

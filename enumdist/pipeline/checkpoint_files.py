@@ -35,6 +35,15 @@ from enumdist.engine.errors import EnumdistError
 
 SIDECAR_SUFFIX = ".sha256"
 TEMPORARY_GLOB = ".*.tmp"  # what atomic_write leaves behind when killed
+# SLURM requeue checkpoints: <run_dir>/requeue/requeue-<step>.ckpt. Never ``hpc_ckpt_*`` in the
+# trainer's root dir: under SLURM, Lightning's ``ckpt_path=None`` resumes from the highest number
+# it finds in any name there containing ``hpc_ckpt_`` (it read ``hpc_ckpt_1.ckpt.sha256`` as 1256)
+REQUEUE_DIR = "requeue"
+
+
+def requeue_checkpoint(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where the SLURM requeue checkpoint of ``step`` goes (``ckpt_path=last`` finds it)."""
+    return Path(run_dir) / REQUEUE_DIR / f"requeue-{step}.ckpt"
 
 
 class CheckpointError(EnumdistError, ValueError):
@@ -260,15 +269,18 @@ def tidy_run_dir(
         if model_checkpoint
         else run_dir / "checkpoints"
     )
-    removed = tidy_checkpoints(folder, top_k, keep=(Path(resume_from),), extra_folders=(run_dir,))
+    removed = tidy_checkpoints(
+        folder, top_k, keep=(Path(resume_from),), extra_folders=(run_dir, run_dir / REQUEUE_DIR)
+    )
     for path in removed:
         print(f"resume: removed {path}, left behind by an interrupted run", flush=True)
     return removed
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | os.PathLike) -> str | None:
-    """``"last"``: the checkpoint with the highest recorded step among ``<run_dir>/checkpoints/*.ckpt``
-    and SLURM's ``<run_dir>/hpc_ckpt_*.ckpt`` whose bytes verify (corrupt ones are skipped with a
+    """``"last"``: the checkpoint with the highest recorded step among
+    ``<run_dir>/checkpoints/*.ckpt``, the SLURM requeue checkpoints ``<run_dir>/requeue/*.ckpt`` (and ``<run_dir>/hpc_ckpt_*.ckpt``
+    of runs requeued by older versions) whose bytes verify (corrupt ones are skipped with a
     warning; see :mod:`enumdist.pipeline.checkpoint_files`), or ``None`` (fresh start) when there is
     none. A given path must exist and verify."""
     from enumdist.pipeline.checks import ConfigError  # checks re-exports this function
@@ -276,7 +288,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | os.PathLike) -> str 
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        found = newest_intact(run_dir, Path(run_dir) / "checkpoints")
+        found = newest_intact(run_dir, Path(run_dir) / "checkpoints", Path(run_dir) / REQUEUE_DIR)
         legacy = Path(run_dir) / "checkpoints" / "last.ckpt"
         if found is None and legacy.is_file() and read_record(legacy) is None:
             # a run from before checksums: loaded weights-only, unverified (with a warning)

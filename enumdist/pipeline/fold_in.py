@@ -19,6 +19,9 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+#: ``fold_in`` config defaults (``conf/train.yaml`` states the same): Adam steps and learning rate
+DEFAULTS = {"steps": 50, "lr": 0.05}
+
 
 def guide_latents(model, guide, batch: dict) -> tuple[list[str], list[str]]:
     """``(per-item latents, global latents)`` the guide samples: per item means inside the
@@ -69,6 +72,12 @@ def fold_in(
         with poutine.block():
             guide(batch)  # autoguides create their parameters on the first call
         params = [p for p in guide.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(
+                f"fold-in: a fresh {type(guide).__name__} has no parameters of its own to fit "
+                "to held-out items (a model's own guide keeps them in the model, which fold-in "
+                "leaves frozen); use an autoguide (guide=auto_delta) or evaluate the training split"
+            )
         optimizer = torch.optim.Adam(params, lr=lr)
         for _ in range(steps):
             loss = elbo.differentiable_loss(model.model, guide, batch)

@@ -26,6 +26,7 @@ from pyro import poutine
 
 import enumdist.process_group  # noqa: F401 - imports torch._dynamo before any process group (no SIGABRT at exit)
 from enumdist.models.base import EnumModel
+from enumdist.pipeline.fold_in import DEFAULTS as FOLD_IN_DEFAULTS
 from enumdist.pipeline.fold_in import check_fold_in, fold_in
 from enumdist.pipeline.guides import GuideFactory, empty
 
@@ -126,7 +127,7 @@ class EnumModule(pl.LightningModule):
         self.model = model
         self.guide = guide(model)
         self.guide_factory = guide
-        self.fold_in = {"steps": 50, "lr": 0.05, **(fold_in or {})}
+        self.fold_in = {**FOLD_IN_DEFAULTS, **(fold_in or {})}
         self.local_latents: list[str] = []  # the guide's per-item latents (set in setup)
         self.elbo_factory, self.optimizer_factory = elbo, optimizer
         self.scheduler_factory, self.scheduler_interval = scheduler, scheduler_interval

@@ -3,16 +3,20 @@
 - :class:`SlurmRequeue` (a callback) takes over SIGUSR1 and SIGUSR2 in every SLURM job, sbatch
   (``--signal=SIGUSR1@90``) and the submitit launcher (whose timeout signal is USR2) alike. The
   handler only sets a flag; after each optimiser step the ranks agree on it (one all-reduce), all
-  save ``<root>/hpc_ckpt_<n>.ckpt`` and training stops. ``train.py`` then closes the loggers
-  (wandb flushes the segment) and calls :meth:`SlurmRequeue.requeue`: ``scontrol requeue`` under
-  sbatch; under submitit, submitit's own handler, which pickles the resubmission, requeues and
-  exits. The restarted job resumes with ``ckpt_path=last``.
+  save ``<root>/requeue/requeue-<step>.ckpt`` and training stops. ``train.py`` then closes the
+  loggers (wandb flushes the segment) and calls :meth:`SlurmRequeue.requeue`: ``scontrol
+  requeue`` under sbatch; under submitit, submitit's own handler, which pickles the resubmission,
+  requeues and exits. The restarted job resumes with ``ckpt_path=last``.
   Lightning's own SIGUSR1 handler would save a checkpoint *inside* the signal handler and enter a
   barrier while another rank sits in a collective: with DDP it deadlocks. :func:`slurm_plugins`
   turns it off wherever Lightning detects SLURM.
+  The name is never Lightning's ``hpc_ckpt_<n>``: under SLURM, Lightning's ``ckpt_path=None``
+  restores the highest-numbered ``hpc_ckpt_*`` of the root dir (and took the sidecar
+  ``hpc_ckpt_1.ckpt.sha256`` for number 1256).
 - :func:`trained_checkpoint`: the checkpoint that holds the weights ``fit`` ended with. Under
   SLURM, ``trainer.test(ckpt_path=None)`` restores the newest ``hpc_ckpt_*.ckpt`` (Lightning's
-  checkpoint connector), i.e. the weights at the last requeue, not the trained ones.
+  checkpoint connector), i.e. stale weights where one exists (a run of an older version, or
+  Lightning's own auto-requeue), not the trained ones.
 - :class:`PrintJobResults` (a Hydra callback, ``launcher=slurm``): after a sweep, one line per job
   with its metrics and run directory, read from ``<run_dir>/metrics.json``.
 """
@@ -30,6 +34,8 @@ import pytorch_lightning as pl
 import torch
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
+
+from enumdist.pipeline.checkpoint_files import requeue_checkpoint
 
 METRICS_FILE = "metrics.json"  # <run_dir>/metrics.json, written by train.py on rank 0
 
@@ -92,8 +98,7 @@ class SlurmRequeue(pl.Callback):
             flag = trainer.strategy.reduce(flag, reduce_op="sum")
         if flag.item() == 0:
             return
-        number = int(os.environ.get("SLURM_RESTART_COUNT", "0")) + 1
-        self.checkpoint = os.path.join(trainer.default_root_dir, f"hpc_ckpt_{number}.ckpt")
+        self.checkpoint = str(requeue_checkpoint(trainer.default_root_dir, trainer.global_step))
         trainer.save_checkpoint(self.checkpoint)
         self.requested, trainer.should_stop = True, True
         if trainer.is_global_zero:
@@ -101,7 +106,7 @@ class SlurmRequeue(pl.Callback):
                 signal.Signals(self.received).name if self.received else "a signal on another rank"
             )
             print(
-                f"SlurmRequeue: {name}: saved hpc_ckpt_{number}.ckpt at step {trainer.global_step}",
+                f"SlurmRequeue: {name}: saved {self.checkpoint} at step {trainer.global_step}",
                 flush=True,
             )
 

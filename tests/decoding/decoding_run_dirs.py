@@ -168,3 +168,53 @@ def load_saved_copy(split, path):
     from enumdist.pipeline.data import load_saved_split
 
     return load_saved_split(split, path)
+
+
+#: a tiny python_docs topic run: vocabulary, words per document, topics, fold-in settings
+TOPIC_DATA = {"max_vocab": 40, "max_words": 12}
+NUM_TOPICS, TOPIC_FOLD_IN = 3, {"steps": 15, "lr": 0.1}
+
+
+def make_topic_run_dir(root):
+    """A TopicModel run on the pydoc texts with an AutoDelta guide whose per-document topic
+    weights belong to the 56 *training* documents (perturbed away from their init)."""
+    from enumdist.data import load_python_docs
+    from enumdist.pipeline.guides import auto
+
+    model = enumdist.models.TopicModel(TOPIC_DATA["max_vocab"], NUM_TOPICS, seed=3)
+    train = load_python_docs("train", **TOPIC_DATA)
+    guide = auto(model)
+    batch = {
+        "documents": train.documents,
+        "lengths": train.lengths,
+        "index": torch.arange(len(train.lengths)),
+        "num_total": len(train.lengths),
+    }
+    guide(batch)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(torch.randn(p.shape, generator=g))
+    cfg = {
+        "seed": 0,
+        "model": {
+            "_target_": "enumdist.models.TopicModel",
+            "vocab_size": TOPIC_DATA["max_vocab"],
+            "num_topics": NUM_TOPICS,
+            "seed": 3,
+        },
+        "data": {
+            "_target_": "enumdist.pipeline.data.ShardedDataModule",
+            "load": {"_target_": "enumdist.data.load_python_docs", "_partial_": True, **TOPIC_DATA},
+        },
+        "guide": {"_target_": "enumdist.pipeline.guides.auto", "_partial_": True},
+        "fold_in": TOPIC_FOLD_IN,
+    }
+    run_dir = root / "run"
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state.update({f"guide.{k}": v for k, v in guide.state_dict().items()})
+    torch.save({"state_dict": state}, run_dir / "checkpoints" / "last.ckpt")
+    return run_dir, model

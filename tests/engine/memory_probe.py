@@ -19,6 +19,7 @@ from pyro.ops.indexing import Vindex
 
 import enumdist
 from enumdist.engine.errors import MemoryBudgetError
+from tests.engine.zoo import empty_guide
 
 ENUM = {"enumerate": "parallel"}
 STATES = 172  # products of 39 MiB: above glibc's largest mmap threshold (32 MiB), so RSS sees them
@@ -40,10 +41,6 @@ def cycle(num_states):
         return a, b, c
 
     return model
-
-
-def empty_guide():
-    pass
 
 
 def run(entry, num_states, budget):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import traceback
 
 import pyro
@@ -12,10 +11,10 @@ import torch.distributed as tdist
 from pyro import poutine
 
 import enumdist
-from enumdist.engine.errors import ModelStructureError, ShardError
 from enumdist.process_group import init_process_group
 from tests.engine import shard_cases, zoo
 from tests.engine.shard_cases import SHARD_CASES, record_run
+from tests.engine.spawn import expect_failure
 
 
 def sharded_run(case, rank, world):
@@ -53,19 +52,6 @@ def sharded_decode(rank, world):
     )
     sample = poutine.trace(sampler).get_trace(*args).nodes["regime"]["value"]
     return {"map": values, "sampled_regime": sample}
-
-
-def expect_failure(fn, errors=(ShardError, ModelStructureError)):
-    start = time.monotonic()
-    try:
-        fn()
-    except errors as exc:
-        return {
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "seconds": time.monotonic() - start,
-        }
-    return {"type": None, "message": "no error", "seconds": time.monotonic() - start}
 
 
 def latent_values(trace):

@@ -2,7 +2,8 @@
 
 Each worker is ``main(rank, world, port, outdir)`` and writes ``outdir/rank<r>.pt`` (a dict,
 with ``"error"`` if it failed). A rank still running at the deadline is killed, never left
-blocking the others, and the test fails naming the deadline.
+blocking the others, and the test fails naming the deadline. Inside a worker,
+:func:`expect_failure` records how a call that every rank must refuse was refused.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+
+from enumdist.engine.errors import ModelStructureError, ShardError
 
 
 def free_port() -> int:
@@ -37,3 +40,18 @@ def run_ranks(worker_main, world: int, outdir: Path, deadline_s: float = 600) ->
     for result in results:
         assert "error" not in result, result["error"]
     return results
+
+
+def expect_failure(fn, errors=(ShardError, ModelStructureError)) -> dict:
+    """Call ``fn`` on this rank; -> the ``type`` and ``message`` of the error among ``errors``
+    it raised (``type`` None if it returned) and the ``seconds`` it took to fail."""
+    start = time.monotonic()
+    try:
+        fn()
+    except errors as exc:
+        return {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "seconds": time.monotonic() - start,
+        }
+    return {"type": None, "message": "no error", "seconds": time.monotonic() - start}

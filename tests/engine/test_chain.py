@@ -20,7 +20,8 @@ from enumdist.engine.chain import (
     chain_map,
     chain_sample,
 )
-from experiments.bench_models import chain_inputs, chain_model, empty_guide, loop_model
+from enumdist.reference_hmm import chain_inputs, chain_model, loop_model
+from tests.engine.zoo import empty_guide
 
 NUM_STATES = 3
 

@@ -5,8 +5,9 @@ import itertools
 import torch
 
 from enumdist.engine.contract import backtrack, contract
-from enumdist.engine.plan import ChainStep, make_plan
+from enumdist.engine.plan import make_plan
 from enumdist.engine.semiring import LOG_SUM, MAX_SUM
+from enumdist.engine.steps import ChainStep
 from enumdist.engine.tape import ChainRecord, SumRecord
 from tests.engine.test_plan import chain_structure
 

@@ -1,6 +1,6 @@
 """The memory preflight bounds the whole call's peak, for every entry point (issue 11, item 10).
 
-``plan.peak_bytes`` estimates inputs + what the call keeps alive (products saved for the
+``memory.peak_bytes`` estimates inputs + what the call keeps alive (products saved for the
 backward pass or a decoding tape) + the largest step's working set. A run it admits must stay
 within the budget -- measured as peak RSS growth in a fresh process -- and a run over the budget
 must be refused before anything large is allocated.

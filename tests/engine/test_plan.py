@@ -3,7 +3,8 @@
 import pytest
 
 from enumdist.engine.errors import EnumerationError
-from enumdist.engine.plan import MIN_CHAIN, ChainStep, PlateStep, SumStep, make_plan
+from enumdist.engine.plan import MIN_CHAIN, make_plan
+from enumdist.engine.steps import ChainStep, PlateStep, SumStep
 
 NONE = frozenset()
 

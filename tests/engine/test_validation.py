@@ -601,19 +601,26 @@ def test_batch_dim_outside_every_plate_raises_as_pyro():
         ours_loss(model, no_guide, data)
 
 
-def test_compute_marginals_warns_about_uncovered_sites_as_pyro():
-    def model(data):
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", len(data)):
-            c = pyro.sample("c", dist.Bernoulli(0.3), infer=ENUM)
-            pyro.sample("x", dist.Normal(z + c, 1.0), obs=data)
+def uncovered_global_model(data):
+    """A continuous global ``z`` that no guide samples, above enumerated local ``c``."""
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(data)):
+        c = pyro.sample("c", dist.Bernoulli(0.3), infer=ENUM)
+        pyro.sample("x", dist.Normal(z + c, 1.0), obs=data)
 
+
+def warns_uncovered(entry_point, data) -> bool:
+    """Whether ``entry_point(uncovered_global_model, no_guide, data)`` warns about ``z``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        entry_point(uncovered_global_model, no_guide, data)
+    return any("Found vars in model but not guide" in m for m in messages(caught))
+
+
+def test_compute_marginals_warns_about_uncovered_sites_as_pyro():
     data = torch.randn(4)
     for elbo in (TraceEnum_ELBO(max_plate_nesting=1), enumdist.EnumELBO(max_plate_nesting=1)):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            elbo.compute_marginals(model, no_guide, data)
-        assert any("Found vars in model but not guide" in m for m in messages(caught)), elbo
+        assert warns_uncovered(elbo.compute_marginals, data), elbo
 
 
 def test_enumerated_sites_under_different_scales_raise_as_pyro():
@@ -658,15 +665,6 @@ def test_crossing_plates_raise_not_implemented_as_pyro():
 
 
 def test_sample_posterior_does_not_warn_about_uncovered_sites_as_pyro():
-    def model(data):
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", len(data)):
-            c = pyro.sample("c", dist.Bernoulli(0.3), infer=ENUM)
-            pyro.sample("x", dist.Normal(z + c, 1.0), obs=data)
-
     data = torch.randn(4)
     for elbo in (TraceEnum_ELBO(max_plate_nesting=1), enumdist.EnumELBO(max_plate_nesting=1)):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            elbo.sample_posterior(model, no_guide, data)
-        assert not any("Found vars in model but not guide" in m for m in messages(caught)), elbo
+        assert not warns_uncovered(elbo.sample_posterior, data), elbo

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import traceback
 from datetime import timedelta
 
@@ -11,8 +10,8 @@ import torch
 import torch._dynamo  # imported before init_process_group: avoids gloo's exit-time abort
 import torch.distributed as tdist
 
-from enumdist.engine.errors import ModelStructureError, ShardError
 from enumdist.engine.time_sharding import TimeShardedChain, average_gradients
+from tests.engine.spawn import expect_failure
 from tests.engine.time_shard_cases import CASES, ChainCase, block_inputs, parameters
 
 SAMPLE_CASE = ChainCase("samples", 1, 4, 2, (2, 2), False, False)
@@ -70,19 +69,6 @@ def comm_bytes(rank, steps):
     sharded = TimeShardedChain()
     sharded.log_likelihood(*block_inputs(case, params, y, rank)).sum().backward()
     return sharded.bytes_communicated
-
-
-def expect_failure(fn):
-    start = time.monotonic()
-    try:
-        fn()
-    except (ShardError, ModelStructureError) as exc:
-        return {
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "seconds": time.monotonic() - start,
-        }
-    return {"type": None, "message": "no error", "seconds": time.monotonic() - start}
 
 
 def faults(rank):

@@ -6,10 +6,11 @@ import pyro
 import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO
-from zoo_cases import (
+
+from tests.engine.zoo import empty_guide
+from tests.engine.zoo.models import (
     CASE_NAMES,
     HMM_CLASSES,
-    empty_guide,
     make_case,
     parameters_of,
     piano_roll_batch,

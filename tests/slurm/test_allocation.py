@@ -1,7 +1,6 @@
 """``slurm/allocation.sh``: what train.sbatch derives from an allocation, checked in the environment
-SLURM gives a batch script. slurm-wlm 22.05 from Debian runs one slurmd per host (no
-``--enable-multiple-slurmd``), so the local cluster has one node; a 2-node job is checked here
-through the environment SLURM would give it, and in slurm/README.md's recipe on a real cluster.
+SLURM gives a batch script, for allocations the local clusters do not have (4 tasks per node, 3
+nodes). A real 2-node job on the local machine: ``tests/slurm/test_two_nodes.py``.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ TRAINING = [
     "decode.pictures=false",
     "decode.progress=false",
 ]
+REQUEUE_CHECKPOINT = r"\S+/requeue/requeue-\d+\.ckpt"  # where SlurmRequeue saves (checkpoint_files)
 ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
@@ -232,7 +233,7 @@ def test_sigusr1_checkpoints_requeues_and_the_restart_tests_the_trained_weights(
     uninterrupted, tmp_path, cancel_on_failure
 ):
     """What ``--signal=SIGUSR1@90`` does near the time limit, sent now. The restart resumes from
-    ``hpc_ckpt_1.ckpt``; its test loss must come from the trained weights, not from that
+    ``requeue/requeue-<step>.ckpt``; its test loss must come from the trained weights, not from that
     checkpoint (Lightning's ``test(ckpt_path=None)`` under SLURM would restore it)."""
     run_dir = tmp_path / "run"
     job_id = sbatch(run_dir)
@@ -241,8 +242,9 @@ def test_sigusr1_checkpoints_requeues_and_the_restart_tests_the_trained_weights(
     state = wait_for_job(job_id)
     text = logs(tmp_path)
     assert state in ("COMPLETED", "GONE"), f"job {job_id}: {state}\n{text}"
-    assert "SlurmRequeue: SIGUSR1: saved hpc_ckpt_1.ckpt" in text and "restart 1" in text, text
-    assert "Restoring states from the checkpoint path at " in text, text
+    saved = re.search(rf"SlurmRequeue: SIGUSR1: saved ({REQUEUE_CHECKPOINT})", text)
+    assert saved and "restart 1" in text, text
+    assert f"Restoring states from the checkpoint path at {saved.group(1)}" in text, text
     assert_same_results(run_dir, uninterrupted)
     assert_one_wandb_run_on_one_step_axis(run_dir, segments=2)
 
@@ -285,8 +287,10 @@ def test_submitit_job_requeues_on_usr1_and_usr2_and_prints_its_result(uninterrup
             subprocess.run(["scancel", job_id], timeout=30)
     job_logs = logs(sweep, "*_0_log.out") + logs(sweep, "*_0_log.err")
     assert launcher.returncode == 0, f"{output[-3000:]}\n{job_logs[-5000:]}"
-    assert "SlurmRequeue: SIGUSR1: saved hpc_ckpt_1.ckpt" in job_logs, job_logs[-5000:]
-    assert "SlurmRequeue: SIGUSR2: saved hpc_ckpt_2.ckpt" in job_logs, job_logs[-5000:]
+    for name in ("SIGUSR1", "SIGUSR2"):
+        saved = re.search(rf"SlurmRequeue: {name}: saved ({REQUEUE_CHECKPOINT})", job_logs)
+        assert saved, job_logs[-5000:]
+        assert f"Restoring states from the checkpoint path at {saved.group(1)}" in job_logs
     assert not re.search(
         r"SLURM auto-requeueing enabled", job_logs
     )  # Lightning's handler stays off

@@ -1,4 +1,4 @@
-"""From a plan's :class:`~enumdist.engine.plan.ChainStep` to the chain kernels.
+"""From a plan's :class:`~enumdist.engine.steps.ChainStep` to the chain kernels.
 
 A chain step names its factors by slot; this module stacks them into the kernels' inputs
 (emissions ``[N, T, S]``, transitions ``[T, S, S]``, per-sequence ``[N, T, S, S]`` or

@@ -1,4 +1,5 @@
-"""Tiny synthetic (model, guide, batch) cases for every zoo model, shared by the model tests."""
+"""Tiny synthetic (model, guide, batch) cases for every model of ``enumdist.models``, shared by
+the model tests (``tests/models``); the engine's own cases are in the package above."""
 
 from __future__ import annotations
 
@@ -6,19 +7,21 @@ import torch
 from pyro.infer.autoguide import AutoDelta
 
 from enumdist import models
+from enumdist.models import hmm
+from tests.engine.zoo import empty_guide
 
+#: every HMM class defined in ``enumdist/models/hmm.py``, in the order of the file
 HMM_CLASSES = [
-    models.HMM,
-    models.AutoregressiveHMM,
-    models.FactorialHMM,
-    models.PartiallyFactorialHMM,
-    models.NeuralEmissionHMM,
-    models.SecondOrderHMM,
+    c
+    for c in vars(hmm).values()
+    if isinstance(c, type) and issubclass(c, models.EnumModel) and c.__module__ == hmm.__name__
 ]
 
 
-def empty_guide(batch):
-    pass
+def _as_batch(fields: dict) -> dict:
+    """``fields`` plus what a zoo model's batch also carries: item ``index`` and ``num_total``."""
+    n = next(iter(fields.values())).shape[0]
+    return dict(fields, index=torch.arange(n), num_total=n)
 
 
 def piano_roll_batch(num_sequences=4, num_steps=6, num_keys=5, seed=0, dtype=torch.float32):
@@ -32,12 +35,7 @@ def piano_roll_batch(num_sequences=4, num_steps=6, num_keys=5, seed=0, dtype=tor
     noise = torch.rand(sequences.shape, generator=g) < 0.1
     sequences = (sequences != noise.to(dtype)).to(dtype)
     sequences[torch.arange(num_steps) >= lengths.unsqueeze(-1)] = 0
-    return {
-        "sequences": sequences,
-        "lengths": lengths,
-        "index": torch.arange(num_sequences),
-        "num_total": num_sequences,
-    }
+    return _as_batch({"sequences": sequences, "lengths": lengths})
 
 
 def mixture_batch(num_points=12, seed=0, dtype=torch.float32):
@@ -46,7 +44,7 @@ def mixture_batch(num_points=12, seed=0, dtype=torch.float32):
     features = centers[torch.arange(num_points) % 3] + 0.5 * torch.randn(
         num_points, 2, generator=g, dtype=dtype
     )
-    return {"features": features, "index": torch.arange(num_points), "num_total": num_points}
+    return _as_batch({"features": features})
 
 
 def topic_batch(num_documents=4, max_words=7, vocab_size=12, seed=0):
@@ -54,12 +52,7 @@ def topic_batch(num_documents=4, max_words=7, vocab_size=12, seed=0):
     lengths = torch.randint(1, max_words + 1, (num_documents,), generator=g)
     words = torch.randint(0, vocab_size, (num_documents, max_words), generator=g)
     words[torch.arange(max_words) >= lengths.unsqueeze(-1)] = 0
-    return {
-        "documents": words,
-        "lengths": lengths,
-        "index": torch.arange(num_documents),
-        "num_total": num_documents,
-    }
+    return _as_batch({"documents": words, "lengths": lengths})
 
 
 def classifier_batch(num_points=12, seed=0, dtype=torch.float32):

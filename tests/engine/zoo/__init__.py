@@ -4,6 +4,9 @@ Each :class:`Case` carries a model, a guide factory (guides with parameters are 
 engine so both start from the same seed), the model's arguments, and ``max_plate_nesting``.
 Parameters are created with deterministic initial values, so Pyro and enumdist see the same
 numbers. Everything is float64 (tests set the default dtype).
+
+This package is the tests' one zoo: :func:`empty_guide` here is the one every test uses, and
+``zoo/models.py`` holds the cases of ``enumdist.models``.
 """
 
 from __future__ import annotations
