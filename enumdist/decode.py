@@ -26,6 +26,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from enumdist.decoding import DecodeOptions, run_decoding
 from enumdist.process_group import init_process_group
+from enumdist.rank_zero import get_logger
+
+log = get_logger(__name__)
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
@@ -64,18 +67,17 @@ def decode(cfg: DictConfig | dict) -> dict[str, Path]:
             "run_dir=outputs/chorale_hmm/<date>_<time>"
         )
     torch.set_num_threads(int(os.environ.get("ENUMDIST_NUM_THREADS", torch.get_num_threads())))
-    started, rank = False, 0
+    started = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         init_process_group()  # the project's one way: no gloo SIGABRT at exit, a bounded timeout
-        started, rank = True, dist.get_rank()
+        started = True
     try:
         outputs = run_decoding(run_dir, options)
     finally:
         if started:
             dist.destroy_process_group()
-    if rank == 0:
-        for name, path in outputs.items():
-            print(f"{name}: {path}")
+    for name, path in outputs.items():  # rank 0 only (the environment's RANK, torchrun's)
+        log.info(f"{name}: {path}")
     return outputs
 
 

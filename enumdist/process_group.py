@@ -31,6 +31,8 @@ import torch
 import torch._dynamo  # before any init_process_group: see the module docstring
 import torch.distributed as dist
 
+from enumdist.rank_zero import global_rank
+
 DEFAULT_TIMEOUT_S = 300.0
 RENDEZVOUS_MIN_S = 300.0
 TIMEOUT_KEY = "trainer.process_group_timeout_s"
@@ -131,7 +133,8 @@ def naming_timeouts(
 
 
 def rank_and_world() -> tuple[int, int]:
-    """This process's (rank, world size): from the group when it exists, else from the environment."""
+    """This process's (rank, world size): from the group when it exists, else from the environment
+    (the rank as :func:`enumdist.rank_zero.global_rank` reads it)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    return global_rank(), int(os.environ.get("WORLD_SIZE", "1"))

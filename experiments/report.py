@@ -2,13 +2,15 @@
 
 A section lies between ``<!-- name:begin -->`` and ``<!-- name:end -->``; writing it replaces
 that block and leaves every other section alone (a section not there yet is appended), so the
-scripts can be rerun in any order. The file is replaced atomically.
+scripts can be rerun in any order. The file is replaced atomically (:mod:`enumdist.atomic`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from enumdist.atomic import atomic_path
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -26,6 +28,5 @@ def write_section(path: str | os.PathLike, name: str, lines: list[str]) -> None:
         text = before + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)

@@ -2,20 +2,21 @@
 
 Parsed data sets (the chorales take about a minute to build) are stored as ``.npz`` files in
 ``cache_dir`` (an explicit argument), else ``$ENUMDIST_CACHE``, else ``~/.cache/enumdist``.
-Files are written atomically: to a temporary file in the same directory, then ``os.replace``d
-over the final name, so a reader never sees a half-written cache even if the writer is killed,
-and concurrent builders (DDP ranks, parallel tests) simply let the last complete write win.
+Files are written atomically (:mod:`enumdist.atomic`: a temporary file in the same directory,
+fsync'ed, then ``os.replace``d over the final name), so a reader never sees a half-written cache
+even if the writer is killed, and concurrent builders (DDP ranks, parallel tests) simply let the
+last complete write win.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from enumdist.atomic import atomic_write
 from enumdist.engine.errors import EnumdistError
 
 CACHE_ENV = "ENUMDIST_CACHE"
@@ -36,19 +37,8 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
     """Write ``arrays`` to ``path`` (compressed npz) so that ``path`` is either absent/old or complete."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the cache is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    return Path(path)
 
 
 def load_npz(path: str | os.PathLike, required: tuple[str, ...]) -> dict[str, np.ndarray]:

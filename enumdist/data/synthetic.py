@@ -36,8 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from enumdist.atomic import atomic_path
 from enumdist.data.cache import load_npz, save_npz_atomic
-from enumdist.decoding.files import atomic_path
 
 MODELS = {"hmm": ("x",), "factorial_hmm": ("w", "x")}
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
@@ -190,10 +190,8 @@ def shard_path(root: str | os.PathLike, split: str, shard: int) -> Path:
 
 def write_parquet_durably(table: pa.Table, path: Path) -> None:
     """Temporary file next to ``path``, fsync, rename: ``path`` is absent or complete."""
-    with atomic_path(path) as temporary, open(temporary, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
-        f.flush()
-        os.fsync(f.fileno())
+    with atomic_path(path) as temporary:
+        pq.write_table(table, temporary, compression="zstd")
 
 
 def generate(root: str | os.PathLike, spec: SyntheticSpec, progress: bool = True) -> Path:

@@ -11,25 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyro
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pyro import poutine
 
-from enumdist.engine.errors import EnumdistError
 from enumdist.models.base import EnumModel
 from enumdist.pipeline import targets
 from enumdist.pipeline.checkpoint_files import load_checkpoint
-
-# as in training (enumdist.pipeline.module): rebuilt modules hold their own weights, and a second
-# guide built in this process (a held-out split's fold-in) never finds the first one's parameters
-# in Pyro's global param store
-pyro.settings.set(module_local_params=True)
-
-
-class CheckpointMismatchError(EnumdistError, ValueError):
-    """The checkpoint's parameters do not fit the model the run's config builds."""
+from enumdist.pipeline.pyro_settings import use_module_local_params
+from enumdist.pipeline.state_dicts import CheckpointMismatchError, check_state_dict
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:
@@ -71,25 +62,23 @@ def select_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str,
 def load_weights(
     module: torch.nn.Module, weights: dict[str, torch.Tensor], *, what: str, source: Path
 ) -> None:
-    """``module.load_state_dict(weights)`` with a message naming every key that does not fit."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    reshaped = sorted(
-        f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in weights and weights[k].shape != v.shape
+    """``module.load_state_dict(weights)``, refused (:func:`~enumdist.pipeline.state_dicts.
+    check_state_dict`) with a message naming every key that does not fit."""
+    check_state_dict(
+        module.state_dict(),
+        weights,
+        subject=f"checkpoint {source} is not from this {what}",
+        fix="Decode with the run's own checkpoint, or fix the model config to the one it was "
+        "trained with.",
     )
-    if missing or unexpected or reshaped:
-        raise CheckpointMismatchError(
-            f"checkpoint {source} is not from this {what}: missing keys {missing}, unexpected "
-            f"keys {unexpected}, shape mismatches {reshaped}. Decode with the run's own "
-            "checkpoint, or fix the model config to the one it was trained with."
-        )
     module.load_state_dict(weights)
 
 
 def build_model(cfg: DictConfig, state_dict: dict[str, torch.Tensor], source: Path) -> EnumModel:
+    """The run's zoo model with its trained weights. As in training, PyroModules built from here on
+    hold their own parameters: a second guide built in this process (a held-out split's fold-in)
+    never finds the first one's in Pyro's global param store."""
+    use_module_local_params()
     model = instantiate(cfg.model)
     if not isinstance(model, EnumModel):
         raise TypeError(f"model._target_={cfg.model.get('_target_')} is not an EnumModel")

@@ -1,29 +1,17 @@
-"""Atomic file writes: a file either exists complete or not at all, even after a crash."""
+"""The decoding stage's file formats (Parquet tables, JSON), each written through
+:func:`enumdist.atomic.atomic_path`: a file exists complete or not at all, even after a crash."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it over ``path`` (``os.replace``
-    is atomic on one file system), on failure delete it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+from enumdist.atomic import atomic_path
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike) -> Path:
@@ -36,8 +24,8 @@ def write_parquet_streamed(
     tables: Iterable[pa.Table], path: str | os.PathLike, row_group_rows: int = 8192
 ) -> int:
     """Append ``tables`` (same columns) to one Parquet file without holding them all: at most
-    ``row_group_rows`` rows are buffered, each flush is one row group. Atomic and durable (temp
-    file, fsync, rename): ``path`` is the old file or the complete new one. Every table is cast to
+    ``row_group_rows`` rows are buffered, each flush is one row group. Atomic and durable
+    (:func:`~enumdist.atomic.atomic_path`): ``path`` is the old file or the complete new one. Every table is cast to
     the first one's schema, so that a chunk whose values all happen to be null or empty cannot
     change a column's type. Deterministic: the same tables give the same bytes. -> rows written.
     """
@@ -57,9 +45,7 @@ def write_parquet_streamed(
         if pending:
             writer.write_table(pa.concat_tables(pending), row_group_size=buffered)
             rows += buffered
-        writer.close()
-        sink.flush()
-        os.fsync(sink.fileno())
+        writer.close()  # atomic_path fsyncs the file and renames it once it is closed
     return rows
 
 

@@ -19,8 +19,8 @@ import torch
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.patches import Patch
 
+from enumdist.atomic import atomic_path
 from enumdist.data.piano_roll import LOWEST_MIDI_PITCH, NUM_PIANO_KEYS
-from enumdist.decoding.files import atomic_path
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 #: up to this many states get a legend entry each; more get a colour bar
@@ -69,6 +69,15 @@ def _integer_ticks(axis, which: str, count: int) -> None:
     (axis.set_xticks if which == "x" else axis.set_yticks)(ticks)
 
 
+def played_keys(roll: torch.Tensor) -> tuple[int, int]:
+    """``(low, high)``: the key columns of ``roll`` ``[T, K]`` ever played, plus one on each side
+    (all of them for a silent roll)."""
+    played = roll.sum(0).nonzero().flatten()
+    if not len(played):
+        return 0, roll.shape[1] - 1
+    return max(int(played.min()) - 1, 0), min(int(played.max()) + 1, roll.shape[1] - 1)
+
+
 def piano_roll_figure(
     roll: torch.Tensor, states: dict[str, torch.Tensor], num_states: dict[str, int], title: str = ""
 ):
@@ -79,13 +88,6 @@ def piano_roll_figure(
     many states) of its state colours.
     """
     roll = roll.detach().cpu().float()
-    labels = key_labels(roll.shape[1])
-    played = roll.sum(0).nonzero().flatten()
-    low, high = (
-        (max(int(played.min()) - 1, 0), min(int(played.max()) + 1, roll.shape[1] - 1))
-        if len(played)
-        else (0, roll.shape[1] - 1)
-    )
     figure, axes = plt.subplots(
         1 + len(states),
         1,
@@ -95,7 +97,18 @@ def piano_roll_figure(
         gridspec_kw={"height_ratios": [6] + [1] * len(states)},
     )
     axes = axes[:, 0]
-    axes[0].imshow(
+    _draw_roll(axes[0], roll, title)
+    for axis, (name, chain) in zip(axes[1:], states.items()):
+        _draw_state_strip(figure, axis, name, chain, num_states[name])
+    axes[-1].set_xlabel("time step")
+    return figure
+
+
+def _draw_roll(axis, roll: torch.Tensor, title: str) -> None:
+    """The played keys of ``roll`` ``[T, K]`` in black, on pitch-name (or key-number) ticks."""
+    labels = key_labels(roll.shape[1])
+    low, high = played_keys(roll)
+    axis.imshow(
         roll[:, low : high + 1].T,
         aspect="auto",
         origin="lower",
@@ -108,35 +121,36 @@ def piano_roll_figure(
     ticks = [k for k in range(low, high + 1) if "#" not in labels[k]]
     if len(ticks) > 30:  # many keys: octaves only
         ticks = [k for k in ticks if labels[k].startswith("C")] or ticks[:: len(ticks) // 10]
-    axes[0].set_yticks(ticks, [labels[k] for k in ticks], fontsize=7)
-    axes[0].set_ylabel("pitch" if roll.shape[1] == NUM_PIANO_KEYS else "key")
-    axes[0].set_title(title)
-    for axis, (name, chain) in zip(axes[1:], states.items()):
-        count = num_states[name]
-        colours = state_colours(count)
-        image = axis.imshow(
-            chain.reshape(1, -1).cpu(),
-            aspect="auto",
-            cmap=colours,
-            norm=_state_norm(count),
-            interpolation="none",
+    axis.set_yticks(ticks, [labels[k] for k in ticks], fontsize=7)
+    axis.set_ylabel("pitch" if roll.shape[1] == NUM_PIANO_KEYS else "key")
+    axis.set_title(title)
+
+
+def _draw_state_strip(figure, axis, name: str, chain: torch.Tensor, count: int) -> None:
+    """Chain ``name``'s states ``[T]`` as one coloured strip, with a legend of its ``count``
+    state colours (a colour bar beyond :data:`MAX_LEGEND_STATES`)."""
+    colours = state_colours(count)
+    image = axis.imshow(
+        chain.reshape(1, -1).cpu(),
+        aspect="auto",
+        cmap=colours,
+        norm=_state_norm(count),
+        interpolation="none",
+    )
+    axis.set_yticks([0], [name])
+    if count <= MAX_LEGEND_STATES:
+        axis.legend(
+            handles=[Patch(color=colours(s), label=f"{name}={s}") for s in range(count)],
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=6,
+            ncol=math.ceil(count / 8),
+            title=f"state {name}",
+            title_fontsize=7,
+            borderaxespad=0,
         )
-        axis.set_yticks([0], [name])
-        if count <= MAX_LEGEND_STATES:
-            axis.legend(
-                handles=[Patch(color=colours(s), label=f"{name}={s}") for s in range(count)],
-                loc="upper left",
-                bbox_to_anchor=(1.01, 1.0),
-                fontsize=6,
-                ncol=math.ceil(count / 8),
-                title=f"state {name}",
-                title_fontsize=7,
-                borderaxespad=0,
-            )
-        else:
-            figure.colorbar(image, ax=axis, label=f"state {name}", pad=0.01)
-    axes[-1].set_xlabel("time step")
-    return figure
+    else:
+        figure.colorbar(image, ax=axis, label=f"state {name}", pad=0.01)
 
 
 def marginals_figure(

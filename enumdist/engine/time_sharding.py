@@ -122,6 +122,33 @@ def _max_transfer(block, first):
     return x
 
 
+def _vector_pass_inputs(block, emissions):
+    trans = block.trans if block.trans.dim() == 3 else block.trans.unsqueeze(0)
+    probs, shift = chain._transition_probs(trans)
+    valid = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
+    return (probs, shift, *chain._scaled(emissions), valid)
+
+
+@torch.no_grad()
+def _forward_vector(block, entering):
+    """``log`` of the forward message at the block's last state ``[N, S]``, given the
+    log-weights ``entering [N|1, S]`` of its first state: one vector pass, ``O(T_r·S²)``."""
+    e = block.emissions
+    e = torch.cat([e[:, :1] + entering.unsqueeze(1), e[:, 1:]], 1)
+    h, c = chain._sequential_forward(e.new_zeros(e.shape[-1]), *_vector_pass_inputs(block, e))
+    return torch.log(h[:, -1]) + c[:, -1, None]
+
+
+@torch.no_grad()
+def _backward_vector(block, first):
+    """``log sum_j M[i, j]`` ``[N, S]``: the block's evidence given the state ``i`` before it
+    (``first [N|1, S, S]`` leads into its first state); one backward vector pass."""
+    e = block.emissions
+    h, c = chain._sequential_backward(*_vector_pass_inputs(block, e))
+    into_first = e[:, 0] + torch.log(h[:, 0]) + c[:, 0, None]  # [N, S] over the first state
+    return torch.logsumexp(first + into_first.unsqueeze(-2), -1)
+
+
 def _fold(block, entering, leaving):
     """The block's emissions with the entering log-weights ``[N, S]`` (over its first state) and
     the leaving backward message ``[N, S]`` (over its last state) folded in."""
@@ -213,13 +240,30 @@ class TimeShardedChain:
         """All ranks' transfer matrices ``[W, N, S, S]`` (no gradient)."""
         return torch.stack(self._all_gather(transfer(block, self._entering_first(block).detach())))
 
+    def _likelihood_transfer(self, block, first):
+        """What ``log_likelihood`` needs of this block, as an ``[N, S, S]`` matrix. The first
+        block's rows are all its forward message and the last block is only ever summed over
+        its end state, so where the block runs sequentially (``chain.auto_method``: many states)
+        those two send vector passes, ``O(T_r·S²)``, instead of the ``O(T_r·S³)`` matrix
+        product: with two ranks no rank multiplies matrices. The last block's vector sits in
+        column 0 (the other columns ``-inf``), so summing over the end state reads it."""
+        n, t, s = block.emissions.shape
+        first_rank, last_rank = self.rank == 0, self.rank == self.world_size - 1
+        if chain.auto_method(n, t, s) == "scan" or not (first_rank or last_rank):
+            return _sum_transfer(block, first)
+        if first_rank:
+            return _forward_vector(block, first[:, 0]).unsqueeze(-2).expand(n, s, s)
+        out = block.emissions.new_full((n, s, s), -float("inf"))
+        out[..., 0] = _backward_vector(block, first)
+        return out
+
     # -- log-likelihood -----------------------------------------------------------------------
 
     def log_likelihood(self, initial_logits, transition_logits, emission_log_probs):
         """``log p(y)`` of every whole sequence ``[N]`` (the same on every rank); its backward
         pass gives ``W`` x this block's share of the gradient (average over ranks)."""
         block = self._agree("log_likelihood", initial_logits, transition_logits, emission_log_probs)
-        m = self._boundaries(block, _sum_transfer)
+        m = self._boundaries(block, self._likelihood_transfer)
         forward = m[0, :, 0]  # [N, S] over rank 0's last state
         for q in range(1, self.rank):
             forward = torch.logsumexp(forward.unsqueeze(-1) + m[q], -2)

@@ -28,7 +28,7 @@ live on the module, so that Lightning, DDP, optimisers and checkpoints see them.
 
 Every other attribute the pipeline or the decoding stage reads is declared on
 :class:`EnumModel` with a default that fits a model without it (no ``hasattr`` probing
-elsewhere): ``global_latents``, ``guide_model``, ``init_loc_fn``, ``create_parameters``,
+elsewhere): ``global_latents``, ``decodable``, ``guide_model``, ``init_loc_fn``, ``create_parameters``,
 ``validate_items``, ``transition_matrices`` / ``transition_conditions`` and ``decoded_figures``.
 See docs/own_model.md.
 """
@@ -68,6 +68,9 @@ class EnumModel(PyroModule):
     chains: tuple[str, ...] = ()
     #: ``init_loc_fn(site)`` an autoguide starts from; ``None``: the autoguide's own default
     init_loc_fn = None
+    #: whether the decoding stage applies (it decodes enumerated sites); ``False`` for models
+    #: that sum their chain out inside one factor (``decode.enabled=true`` is then refused)
+    decodable: bool = True
 
     def guide_model(self, batch: dict[str, torch.Tensor]) -> None:
         """What an autoguide traces: :meth:`model` with enumerated and observed sites hidden."""

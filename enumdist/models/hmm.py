@@ -69,19 +69,20 @@ class AutoregressiveHMM(ChainModel):
             previous = notes.long()
 
 
-class FactorialHMM(ChainModel):
-    """Two independent chains w and x; the emission depends on both."""
+class TwoChainHMM(ChainModel):
+    """Two hidden chains: w evolves alone, x as :meth:`x_probs` says; each step's notes depend
+    on both (``emission[w_t, x_t, key]``). Subclasses choose the parameters' shapes
+    (:meth:`init_parameters`) and how x depends on w (:meth:`x_probs`)."""
 
     chains = ("w", "x")
 
-    def init_parameters(self):
-        D, K = self.hidden_dim, self.num_keys
-        self.initial_w, self.initial_x = random_simplex(D), random_simplex(D)
-        self.transition_w, self.transition_x = random_transition(D, D), random_transition(D, D)
-        self.emission = random_key_probs(D, D, K)
-
     def transition_matrices(self):
         return {"w": self.transition_w.detach(), "x": self.transition_x.detach()}
+
+    def x_probs(self, initial_x, transition_x, w, x):
+        """The probabilities of ``x_t`` given ``w_t`` and ``x_{t-1}`` (``None`` at the first step);
+        ``initial_x``, ``transition_x``: the parameters, read once per call of :meth:`model`."""
+        raise NotImplementedError  # pragma: no cover - abstract
 
     def model(self, batch):
         initial_w, initial_x = self.initial_w, self.initial_x
@@ -92,17 +93,28 @@ class FactorialHMM(ChainModel):
         w = x = None
         for t, notes, keys in self.time_steps(batch):
             probs_w = initial_w if w is None else Vindex(transition_w)[w]
-            probs_x = initial_x if x is None else Vindex(transition_x)[x]
             w = pyro.sample(f"w_{t}", dist.Categorical(probs_w), infer=ENUM)
+            probs_x = self.x_probs(initial_x, transition_x, w, x)
             x = pyro.sample(f"x_{t}", dist.Categorical(probs_x), infer=ENUM)
             with keys as k:
                 pyro.sample(f"notes_{t}", dist.Bernoulli(Vindex(emission)[w, x, k]), obs=notes)
 
 
-class PartiallyFactorialHMM(ChainModel):
-    """Chain w evolves alone; chain x's transition depends on the current w; emission on both."""
+class FactorialHMM(TwoChainHMM):
+    """Two independent chains w and x; the emission depends on both."""
 
-    chains = ("w", "x")
+    def init_parameters(self):
+        D, K = self.hidden_dim, self.num_keys
+        self.initial_w, self.initial_x = random_simplex(D), random_simplex(D)
+        self.transition_w, self.transition_x = random_transition(D, D), random_transition(D, D)
+        self.emission = random_key_probs(D, D, K)
+
+    def x_probs(self, initial_x, transition_x, w, x):
+        return initial_x if x is None else Vindex(transition_x)[x]
+
+
+class PartiallyFactorialHMM(TwoChainHMM):
+    """Chain w evolves alone; chain x's transition depends on the current w; emission on both."""
 
     def init_parameters(self):
         D, K = self.hidden_dim, self.num_keys
@@ -112,26 +124,11 @@ class PartiallyFactorialHMM(ChainModel):
         self.transition_x = random_transition(D, D, D)  # [w_t, x_{t-1}, x_t]
         self.emission = random_key_probs(D, D, K)
 
-    def transition_matrices(self):
-        return {"w": self.transition_w.detach(), "x": self.transition_x.detach()}
-
     def transition_conditions(self):
         return {"x": ("w_t",)}
 
-    def model(self, batch):
-        initial_w, initial_x = self.initial_w, self.initial_x
-        transition_w, transition_x, emission = self.transition_w, self.transition_x, self.emission
-        self.parameter_prior(
-            initial_w, initial_x, transition_w, transition_x, key_probs=(emission,)
-        )
-        w = x = None
-        for t, notes, keys in self.time_steps(batch):
-            probs_w = initial_w if w is None else Vindex(transition_w)[w]
-            w = pyro.sample(f"w_{t}", dist.Categorical(probs_w), infer=ENUM)
-            probs_x = Vindex(initial_x)[w] if x is None else Vindex(transition_x)[w, x]
-            x = pyro.sample(f"x_{t}", dist.Categorical(probs_x), infer=ENUM)
-            with keys as k:
-                pyro.sample(f"notes_{t}", dist.Bernoulli(Vindex(emission)[w, x, k]), obs=notes)
+    def x_probs(self, initial_x, transition_x, w, x):
+        return Vindex(initial_x)[w] if x is None else Vindex(transition_x)[w, x]
 
 
 class NeuralEmissionHMM(ChainModel):

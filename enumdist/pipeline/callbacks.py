@@ -18,7 +18,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from enumdist.pipeline.checkpoint_files import AtomicCheckpointIO, atomic_write  # noqa: F401 - re-exported
+from enumdist.atomic import atomic_write
+from enumdist.pipeline.checkpoint_files import AtomicCheckpointIO  # noqa: F401 - re-exported
 
 
 class TrainHistory(pl.Callback):

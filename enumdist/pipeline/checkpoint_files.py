@@ -20,10 +20,8 @@ that file then reads as corrupt and resume falls back to the previous intact one
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,10 +29,13 @@ from typing import Any
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
+from enumdist.atomic import TEMPORARY_GLOB, atomic_write, file_sha256
 from enumdist.engine.errors import EnumdistError
+from enumdist.rank_zero import get_logger
+
+log = get_logger(__name__)
 
 SIDECAR_SUFFIX = ".sha256"
-TEMPORARY_GLOB = ".*.tmp"  # what atomic_write leaves behind when killed
 # SLURM requeue checkpoints: <run_dir>/requeue/requeue-<step>.ckpt. Never ``hpc_ckpt_*`` in the
 # trainer's root dir: under SLURM, Lightning's ``ckpt_path=None`` resumes from the highest number
 # it finds in any name there containing ``hpc_ckpt_`` (it read ``hpc_ckpt_1.ckpt.sha256`` as 1256)
@@ -50,41 +51,8 @@ class CheckpointError(EnumdistError, ValueError):
     """A checkpoint file that cannot be used (corrupt, truncated, not a checkpoint); names the file."""
 
 
-def atomic_write(path: str | os.PathLike, write, checksum: bool = False) -> str | None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over ``path``.
-
-    With ``checksum``, returns the sha256 hex digest of the file's bytes (read back from the
-    temporary before the rename, so the digest is of exactly what lands at ``path``).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = file_sha256(tmp) if checksum else None
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return digest
-
-
 def sidecar_of(path: str | os.PathLike) -> Path:
     return Path(str(path) + SIDECAR_SUFFIX)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
@@ -273,7 +241,7 @@ def tidy_run_dir(
         folder, top_k, keep=(Path(resume_from),), extra_folders=(run_dir, run_dir / REQUEUE_DIR)
     )
     for path in removed:
-        print(f"resume: removed {path}, left behind by an interrupted run", flush=True)
+        log.info(f"resume: removed {path}, left behind by an interrupted run")
     return removed
 
 
@@ -294,7 +262,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | os.PathLike) -> str 
             # a run from before checksums: loaded weights-only, unverified (with a warning)
             found = legacy
         if found is not None:
-            print(f"ckpt_path=last: resuming from {found}", flush=True)
+            log.info(f"ckpt_path=last: resuming from {found}")
         return None if found is None else str(found)
     if not Path(ckpt_path).is_file():
         raise ConfigError(

@@ -191,6 +191,17 @@ def check_decoding(cfg: DictConfig) -> None:
                 "decode.enabled=true but enumdist.decoding.run_decoding is not available "
                 f"({error}); run with decode.enabled=false"
             ) from error
+        from hydra._internal.utils import _locate
+
+        from enumdist.models.base import EnumModel
+
+        model = _locate(cfg.model._target_)
+        if isinstance(model, type) and issubclass(model, EnumModel) and not model.decodable:
+            raise ConfigError(
+                f"decode.enabled=true, but model._target_={cfg.model._target_} enumerates no "
+                "sites, so the decoding stage does not apply: run with decode.enabled=false "
+                f"(its MAP path: {model.__name__}.map_path)"
+            )
 
 
 def __getattr__(name: str) -> Any:

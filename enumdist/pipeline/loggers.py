@@ -33,9 +33,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
+from enumdist.atomic import atomic_write
 from enumdist.pipeline.checks import ConfigError
+from enumdist.rank_zero import get_logger, is_rank_zero
+
+log = get_logger(__name__)
 
 RUN_ID_FILE = "run-id"  # under <run_dir>/wandb/
 ONLINE_MODES = {
@@ -106,8 +109,6 @@ def persistent_run_id(run_dir: str | os.PathLike, rank_zero: bool = True) -> str
         return path.read_text().strip()
     run_id = uuid.uuid4().hex[:12]
     if rank_zero:
-        from enumdist.pipeline.checkpoint_files import atomic_write
-
         atomic_write(path, lambda f: f.write(run_id.encode()))
     return run_id
 
@@ -136,7 +137,7 @@ def wandb_options(
         options["id"] = persistent_run_id(run_dir, rank_zero)
     options["resume"] = "allow"
     if options.get("log_model") and mode != "online":
-        rank_zero_info(
+        log.info(
             f"logger.wandb.log_model={options['log_model']} needs an online run (wandb is "
             f"{mode}); checkpoints stay in {run_dir}/checkpoints"
         )
@@ -206,7 +207,7 @@ def build_loggers(
 ) -> list[Logger]:
     """Instantiate ``cfg.logger.*`` and give each the flattened config as hyper-parameters."""
     run_dir = Path(run_dir if run_dir is not None else cfg.paths.run_dir)
-    rank_zero = getattr(rank_zero_only, "rank", 0) == 0  # from RANK / LOCAL_RANK / SLURM_PROCID
+    rank_zero = is_rank_zero()
     job = hydra_job(cfg)
     hyper_parameters = flat_config(cfg)
     loggers: list[Logger] = []

@@ -8,8 +8,10 @@ all-reduce sums gradients over ranks and DDP's averaging then leaves exactly the
 full-data gradient. (With ``pyro.infer.TraceEnum_ELBO``, an oracle, use one process.)
 
 Pyro state: parameters live on the modules (``pyro.settings.module_local_params``), never in the
-global param store, so checkpoints, optimisers and DDP see all of them. Settings are applied in
-``setup()`` because that also runs in processes started by ``ddp_spawn``.
+global param store, so checkpoints, optimisers and DDP see all of them. Settings are applied by
+:func:`~enumdist.pipeline.pyro_settings.apply_pyro_settings`, never on import: by the training
+entry point before it builds the model, and in ``setup()`` because that also runs in processes
+started by ``ddp_spawn``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import pyro
 import pytorch_lightning as pl
 import torch
 from pyro import poutine
@@ -29,17 +30,8 @@ from enumdist.models.base import EnumModel
 from enumdist.pipeline.fold_in import DEFAULTS as FOLD_IN_DEFAULTS
 from enumdist.pipeline.fold_in import check_fold_in, fold_in
 from enumdist.pipeline.guides import GuideFactory, empty
-
-# PyroModules read this when they are *constructed*, so it is set on import: before any zoo model
-# is built here, and in every process that unpickles this module (ddp_spawn, submitit).
-pyro.settings.set(module_local_params=True)
-
-
-def apply_pyro_settings(validate: bool) -> None:
-    """Process-wide Pyro settings every training process needs (idempotent)."""
-    pyro.settings.set(module_local_params=True)
-    pyro.enable_validation(validate)
-    pyro.clear_param_store()
+from enumdist.pipeline.pyro_settings import apply_pyro_settings
+from enumdist.pipeline.state_dicts import CheckpointMismatchError, check_state_dict
 
 
 def build_elbo(elbo_factory: Callable[..., Any], model: EnumModel) -> Any:
@@ -187,15 +179,18 @@ class EnumModule(pl.LightningModule):
         per_observation = loss.detach() * items / (observations * batch["num_total"])
         return loss, per_observation
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, per_observation = self._loss(batch)
+    def _log_loss(self, split: str, per_observation: torch.Tensor, batch: dict, prog_bar: bool):
         self.log(
-            "train/loss_per_obs",
+            f"{split}/loss_per_obs",
             per_observation,
-            prog_bar=True,
+            prog_bar=prog_bar,
             rank_zero_only=True,
             batch_size=len(batch["index"]),
         )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, per_observation = self._loss(batch)
+        self._log_loss("train", per_observation, batch, prog_bar=True)
         return loss / self.train_observations
 
     def held_out_guide(self, batch: dict):
@@ -205,24 +200,15 @@ class EnumModule(pl.LightningModule):
             return self.guide
         return fold_in(self.model, self.guide_factory, self.elbo, batch, **self.fold_in)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def _evaluate(self, split: str, batch: dict, prog_bar: bool) -> None:
         _, per_observation = self._loss(batch, self.held_out_guide(batch))
-        self.log(
-            "valid/loss_per_obs",
-            per_observation,
-            prog_bar=True,
-            rank_zero_only=True,
-            batch_size=len(batch["index"]),
-        )
+        self._log_loss(split, per_observation, batch, prog_bar)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate("valid", batch, prog_bar=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        _, per_observation = self._loss(batch, self.held_out_guide(batch))
-        self.log(
-            "test/loss_per_obs",
-            per_observation,
-            rank_zero_only=True,
-            batch_size=len(batch["index"]),
-        )
+        self._evaluate("test", batch, prog_bar=False)
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
@@ -241,18 +227,14 @@ class EnumModule(pl.LightningModule):
         saved_target = (checkpoint.get("hyper_parameters") or {}).get("model", {}).get("_target_")
         target = (self.hparams.get("model") or {}).get("_target_")
         if saved_target and target and saved_target != target:
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"ckpt_path: the checkpoint holds model._target_={saved_target!r}, "
                 f"but this run's model._target_ is {target!r}"
             )
-        own = {k: tuple(v.shape) for k, v in self.state_dict().items()}
-        saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
-        if own != saved:
-            missing = sorted(set(own) - set(saved))
-            unexpected = sorted(set(saved) - set(own))
-            reshaped = sorted(k for k in set(own) & set(saved) if own[k] != saved[k])
-            raise ValueError(
-                "ckpt_path: the checkpoint is from a different model "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                f"different shapes {[(k, saved[k], own[k]) for k in reshaped[:5]]})"
-            )
+        check_state_dict(
+            self.state_dict(),
+            checkpoint["state_dict"],
+            subject="ckpt_path: the checkpoint is from a different model",
+            fix="Resume from a checkpoint of this experiment, or set the model and guide config "
+            "to the ones it was trained with.",
+        )

@@ -35,7 +35,11 @@ import torch
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
+from enumdist.atomic import atomic_write
 from enumdist.pipeline.checkpoint_files import requeue_checkpoint
+from enumdist.rank_zero import get_logger
+
+log = get_logger(__name__)
 
 METRICS_FILE = "metrics.json"  # <run_dir>/metrics.json, written by train.py on rank 0
 
@@ -105,9 +109,8 @@ class SlurmRequeue(pl.Callback):
             name = (
                 signal.Signals(self.received).name if self.received else "a signal on another rank"
             )
-            print(
+            log.info(
                 f"SlurmRequeue: {name}: saved {self.checkpoint} at step {trainer.global_step}",
-                flush=True,
             )
 
     def requeue(self, trainer) -> None:
@@ -116,9 +119,8 @@ class SlurmRequeue(pl.Callback):
             return
         submitit_handler = self.previous.get(signal.SIGUSR2)
         if under_submitit() and callable(submitit_handler):
-            print(
+            log.info(
                 "SlurmRequeue: handing over to submitit (resubmission, scontrol requeue, exit)",
-                flush=True,
             )
             submitit_handler(signal.SIGUSR2, None)  # requeues, then raises SystemExit
             return
@@ -128,10 +130,9 @@ class SlurmRequeue(pl.Callback):
         result = subprocess.run(
             ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
         )
-        print(
+        log.info(
             f"SlurmRequeue: scontrol requeue {job}: "
             f"{'ok' if result.returncode == 0 else result.stderr.strip()}",
-            flush=True,
         )
 
 
@@ -156,8 +157,6 @@ def trained_checkpoint(trainer: pl.Trainer, run_dir: str | os.PathLike) -> str:
 
 
 def write_metrics(metrics: dict[str, float], run_dir: str | os.PathLike) -> Path:
-    from enumdist.pipeline.checkpoint_files import atomic_write
-
     path = Path(run_dir) / METRICS_FILE
     atomic_write(path, lambda f: f.write(json.dumps(metrics, indent=1, sort_keys=True).encode()))
     return path
@@ -186,19 +185,17 @@ class PrintJobResults(HydraCallback):
             if sweep.is_dir()
             else []
         )
-        print(f"sweep directory: {sweep.resolve()}  ({len(jobs)} job(s))", flush=True)
+        log.info(f"sweep directory: {sweep.resolve()}  ({len(jobs)} job(s))")
         for job in jobs:
             path = job / METRICS_FILE
             if not path.is_file():
-                print(
+                log.info(
                     f"  job {job.name}: no {METRICS_FILE} (requeued, failed or not finished); "
                     f"run directory {job.resolve()}",
-                    flush=True,
                 )
                 continue
             metrics = json.loads(path.read_text())
             shown = ", ".join(f"{k} {metrics[k]:.5f}" for k in self.keys if k in metrics)
-            print(
+            log.info(
                 f"  job {job.name}: {shown or 'no metrics'}; run directory {job.resolve()}",
-                flush=True,
             )

@@ -34,6 +34,7 @@ PACKAGE_MODULES = (
     "enumdist.pipeline.data",
     "enumdist.pipeline.streaming",  # data=synthetic_shards (experiment=hmm_1m)
     "enumdist.pipeline.guides",
+    "enumdist.pipeline.time_split",
 )
 INSTANTIATED_GROUPS = ("model", "data", "guide")
 ALLOW_ENV = "ENUMDIST_ALLOW_TARGETS"

@@ -53,6 +53,18 @@ def piano_rolls(num_sequences, num_steps=7, num_keys=NUM_KEYS, seed=0):
     return {"sequences": sequences, "lengths": lengths}
 
 
+def saved_splits_data(data_dir):
+    """The ``data`` config of splits saved as ``<data_dir>/<split>.pt``."""
+    return {
+        "_target_": "enumdist.pipeline.data.ShardedDataModule",
+        "load": {
+            "_target_": "enumdist.pipeline.data.load_saved_split",
+            "_partial_": True,
+            "path": str(data_dir),
+        },
+    }
+
+
 def make_run_dir(root, *, model_cls="HMM", test_split=None, seed=0, num_test=9):
     """Write config, data, checkpoint and history of a small HMM run under ``root``."""
     model_cfg = {
@@ -73,14 +85,7 @@ def make_run_dir(root, *, model_cls="HMM", test_split=None, seed=0, num_test=9):
     cfg = {
         "seed": 0,
         "model": model_cfg,
-        "data": {
-            "_target_": "enumdist.pipeline.data.ShardedDataModule",
-            "load": {
-                "_target_": "enumdist.pipeline.data.load_saved_split",
-                "_partial_": True,
-                "path": str(data_dir),
-            },
-        },
+        "data": saved_splits_data(data_dir),
         "guide": {"_target_": "enumdist.pipeline.guides.empty", "_partial_": True},
     }
     model = getattr(enumdist.models, model_cls)(NUM_KEYS, HIDDEN_DIM, seed=seed + 7)
@@ -145,14 +150,7 @@ def make_mixture_run_dir(root):
             "num_components": 3,
             "seed": 0,
         },
-        "data": {
-            "_target_": "enumdist.pipeline.data.ShardedDataModule",
-            "load": {
-                "_target_": "enumdist.pipeline.data.load_saved_split",
-                "_partial_": True,
-                "path": str(data_dir),
-            },
-        },
+        "data": saved_splits_data(data_dir),
         "guide": {
             "_target_": "enumdist.pipeline.guides.auto",
             "_partial_": True,

@@ -7,9 +7,9 @@ import torch
 def float64_and_clean_store():
     """Engine tests compare against Pyro in float64, each from an empty param store.
 
-    Pyro's process-wide settings are pinned to their defaults as well: importing the training
-    pipeline sets ``module_local_params=True`` (``enumdist.pipeline.module``), and a test that
-    ran earlier in the same session would otherwise leak it in -- autoguides then refuse the
+    Pyro's process-wide settings are pinned to their defaults as well: training sets
+    ``module_local_params=True`` (``enumdist.pipeline.pyro_settings``), and a test
+    that trained earlier in the same session would otherwise leak it in -- autoguides then refuse the
     zoo's global ``pyro.param`` statements (the order-dependent failure of the
     ``bayesian_mixture_*`` cases after ``tests/pipeline``).
     """

@@ -23,6 +23,8 @@ CASES = [
     ChainCase("time_varying", 2, 8, 4, (3, 5), True, True),
     ChainCase("one_step_block", 2, 3, 3, (2, 1), False, False),
     ChainCase("long_scan", 2, 600, 3, (300, 300), True, False),
+    # blocks of >= 1024 steps and few states: the blocked scan's transfer matrices
+    ChainCase("scan_blocks", 2, 2200, 3, (1100, 1100), False, False),
 ]
 
 
