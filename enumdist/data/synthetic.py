@@ -69,6 +69,15 @@ class SyntheticSpec:
         if self.hidden_dim > 255 or self.num_keys > 256:
             raise ValueError("hidden_dim <= 255 and num_keys <= 256 (stored as uint8)")
 
+    @classmethod
+    def of_sizes(
+        cls, num_train: int, num_eval: int, num_test: int | None = None, **fields
+    ) -> SyntheticSpec:
+        """The spec with ``num_train`` training items and ``num_eval`` in valid and in test
+        (``num_test`` if given); the other fields as :class:`SyntheticSpec`'s."""
+        sizes = (("train", num_train), ("valid", num_eval), ("test", num_test or num_eval))
+        return cls(num_items=tuple((split, int(n)) for split, n in sizes), **fields)
+
     def to_json(self) -> dict:
         data = asdict(self)
         data["num_items"] = dict(self.num_items)
@@ -265,11 +274,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard-size", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    spec = SyntheticSpec(
+    spec = SyntheticSpec.of_sizes(
+        args.num_train,
+        args.num_eval,
         model=args.model,
         num_keys=args.num_keys,
         hidden_dim=args.hidden_dim,
-        num_items=(("train", args.num_train), ("valid", args.num_eval), ("test", args.num_eval)),
         min_length=args.min_length,
         max_length=args.max_length,
         shard_size=args.shard_size,

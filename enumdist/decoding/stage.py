@@ -6,11 +6,21 @@ Layout under ``<run_dir>/decoded/<split>-temperature<t>/``:
     step; it exists complete or not at all (temp file + ``os.replace``), so a rerun skips exactly
     the finished chunks. The fingerprint names the checkpoint file and the options that change
     the output (marginals, seed): a retrained run or other options never reuse stale chunks;
-``decoded.parquet``                       all chunks in item order (written last, by rank 0);
+``decoded.parquet``                       all chunks in item order (written last, by rank 0,
+    one chunk at a time into row groups of ~8k rows, temp file + fsync + rename);
 ``manifest.json``                         options, chunk list and outputs (written last).
 
-``decoded.parquet`` has one row per item: ``index`` (position in the split), ``name`` (the
-item's own name, e.g. a chorale's file name; null where the data names none), ``length``, one
+Items come from :mod:`.items`: a split held in memory, or -- for a
+:class:`~enumdist.pipeline.streaming.StreamingDataModule` -- read straight from its Parquet
+shards, each rank only its own items of each step; with the chunks on disk and the merge streamed,
+memory does not grow with the split (10^6 synthetic sequences: see BENCHMARKS.md ``scale``).
+``max_items`` decodes the split's first items only. The steps and their sharing among ranks are
+:func:`enumdist.pipeline.batches.plan_decode_steps`, the batches
+:func:`~enumdist.pipeline.batches.make_batch`: the layout training uses.
+
+``decoded.parquet`` has one row per item: ``index`` (position in the split; for synthetic shards
+the item's global id, shard ``index // shard_size``), ``name`` (the item's own name, e.g. a
+chorale's file name; null where the data names none), ``length``, one
 list column per hidden state (``x``, ...) and, with ``probabilities`` (default), ``log_joint``
 (``log p(z, x)`` of the decoded path), ``log_evidence`` (``log p(x)``) and ``path_posterior``
 (``p(z | x)``), see :mod:`.scores`; with ``marginals``, ``<state>_marginals`` (``[length, D]``
@@ -28,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,8 +53,10 @@ from tqdm.auto import tqdm
 from enumdist.decoding import checkpoint as ckpt
 from enumdist.decoding import pictures
 from enumdist.decoding.decoder import decode_batch, to_table
-from enumdist.decoding.files import write_json, write_parquet
+from enumdist.decoding.files import write_json, write_parquet, write_parquet_streamed
 from enumdist.decoding.held_out import decoding_guide
+from enumdist.decoding.items import DecodeItems, decode_items
+from enumdist.pipeline.batches import longest_sequence, plan_decode_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +66,7 @@ class DecodeOptions:
     marginals: bool = False
     probabilities: bool = True  # per item: log p(z, x), log p(x), p(z | x)
     decode_batch_size: int = 32
+    max_items: int | None = None  # decode the split's first max_items items only (null: all)
     checkpoint: str | None = None  # default <run_dir>/checkpoints/last.ckpt
     seed: int = 0  # temperature=1: step s samples under seed + s
     pictures: bool = True
@@ -94,35 +106,6 @@ def distributed_layout(use_distributed: bool = True) -> tuple[int, int]:
     return 0, 1
 
 
-def plan_steps(num_items: int, decode_batch_size: int, world_size: int) -> list[list[range]]:
-    """Global steps, each a list of ``world_size`` contiguous, non-empty item ranges."""
-    if num_items < world_size:
-        raise ValueError(f"the split has {num_items} item(s), fewer than the {world_size} ranks")
-    num_steps = math.ceil(num_items / (decode_batch_size * world_size))
-    steps = []
-    for step_items in torch.arange(num_items).tensor_split(num_steps):
-        shards = step_items.tensor_split(world_size)
-        steps.append([range(int(s[0]), int(s[-1]) + 1) for s in shards])
-    return steps
-
-
-def longest(table: dict[str, torch.Tensor], items: range) -> int | None:
-    return int(table["lengths"][items.start : items.stop].max()) if "lengths" in table else None
-
-
-def batch_of(table: dict[str, torch.Tensor], items: range, num_steps: int | None = None) -> dict:
-    """The batch of a contiguous item range, in the pipeline's layout (``index``, ``num_total``);
-    sequence fields are cut to ``num_steps`` (default: the range's longest item)."""
-    num_total = next(iter(table.values())).shape[0]
-    batch = {k: t[items.start : items.stop] for k, t in table.items()}
-    if "lengths" in batch:
-        num_steps = max(num_steps or int(batch["lengths"].max()), 1)
-        batch.update(
-            {k: v[:, :num_steps] for k, v in batch.items() if k != "lengths" and v.dim() >= 2}
-        )
-    return dict(batch, index=torch.arange(items.start, items.stop), num_total=num_total)
-
-
 #: bumped when a chunk's columns change, so that chunks of an older layout are never merged
 OUTPUT_FORMAT = 2
 
@@ -140,6 +123,8 @@ def fingerprint(checkpoint: Path, options: DecodeOptions) -> str:
         options.probabilities,
         options.seed,
     )
+    if options.max_items is not None:  # another plan: a step's seed may belong to other items
+        key += (options.max_items,)
     return hashlib.sha256(repr(key).encode()).hexdigest()[:12]
 
 
@@ -160,6 +145,159 @@ def _broadcast(obj, world_size: int):
     return box[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """What decoding needs of a training run: its config, checkpoint, model and guide."""
+
+    run_dir: Path
+    cfg: Any
+    checkpoint: Path
+    state_dict: dict
+    model: Any
+    guide: Any = None  # None: the model has no non-enumerated latents (or not built yet)
+
+
+def load_trained_run(run_dir: Path, options: DecodeOptions) -> TrainedRun:
+    """The run's config, checkpoint and model (its weights from the checkpoint)."""
+    cfg = ckpt.load_run_config(run_dir)
+    checkpoint = ckpt.find_checkpoint(run_dir, options.checkpoint)
+    state_dict = ckpt.load_state_dict(checkpoint)
+    return TrainedRun(
+        run_dir, cfg, checkpoint, state_dict, ckpt.build_model(cfg, state_dict, checkpoint)
+    )
+
+
+def with_guide(run: TrainedRun, items: DecodeItems, options: DecodeOptions) -> TrainedRun:
+    """The guide ``options.split`` is decoded with (:func:`.held_out.decoding_guide`: the trained
+    one, or one folded in to a held-out split's items)."""
+    guide = decoding_guide(
+        run.cfg,
+        run.model,
+        items.batch,
+        items.num_items,
+        run.state_dict,
+        run.checkpoint,
+        options.split,
+        options.seed,
+    )
+    return dataclasses.replace(run, guide=guide)
+
+
+def pending_steps(steps: list[list[range]], chunk_dir: Path, world_size: int) -> list[int]:
+    """Steps with a chunk still missing, decided by rank 0 and broadcast, so that every rank
+    walks the same steps (each step is a collective call)."""
+    pending = None
+    if not dist.is_initialized() or world_size == 1 or dist.get_rank() == 0:
+        pending = [
+            s
+            for s, shards in enumerate(steps)
+            if not all(chunk_path(chunk_dir, r).exists() for r in shards)
+        ]
+    return _broadcast(pending, world_size)
+
+
+def decode_steps(
+    run: TrainedRun,
+    items: DecodeItems,
+    steps: list[list[range]],
+    pending: list[int],
+    chunk_dir: Path,
+    options: DecodeOptions,
+    rank: int,
+    world_size: int,
+) -> None:
+    """Decode this rank's share of every pending step into its chunk file (progress on rank 0)."""
+    shard_plates = [run.model.shard_plate] if world_size > 1 else None
+    todo = sum(steps[s][-1].stop - steps[s][0].start for s in pending)
+    with tqdm(
+        total=todo,
+        desc=f"decoding {options.split}",
+        unit="item",
+        disable=rank != 0 or not options.progress,
+    ) as bar:
+        for step in pending:
+            shares = steps[step]
+            mine, whole = shares[rank], range(shares[0].start, shares[-1].stop)
+            # every rank cuts to the global step's longest item: the same sites on every rank
+            batch = items.batch(
+                mine, longest_sequence(items.lengths, slice(whole.start, whole.stop))
+            )
+            pyro.set_rng_seed(options.seed + step)
+            decoded = decode_batch(
+                run.model,
+                run.guide,
+                batch,
+                temperature=options.temperature,
+                marginals=options.marginals,
+                probabilities=options.probabilities,
+                shard_plates=shard_plates,
+                items_in_step=len(whole),
+            )
+            write_chunk(chunk_path(chunk_dir, mine), to_table(batch, decoded, items.names(mine)))
+            bar.update(len(whole))
+
+
+def output_paths(run: TrainedRun, out_dir: Path, options: DecodeOptions) -> dict[str, Path]:
+    outputs = {"decoded": out_dir / "decoded.parquet", "manifest": out_dir / "manifest.json"}
+    if options.pictures:
+        if run.model.transition_matrices():
+            outputs.update(
+                transitions=run.run_dir / "transitions.png",
+                piano_roll=run.run_dir / "piano_roll_states.png",
+            )
+        if options.marginals:
+            outputs.update(marginals=run.run_dir / "marginals.png")
+    return outputs
+
+
+def merge_chunks(chunks: list[Path], path: Path, head_rows: int) -> pa.Table:
+    """All chunks, in order, into ``path`` one chunk at a time (bounded memory, atomic); returns
+    the first ``head_rows`` rows (for the pictures)."""
+    head: list[pa.Table] = []
+
+    def tables():
+        kept = 0
+        for chunk in chunks:
+            table = pq.read_table(chunk)
+            if kept < head_rows:
+                head.append(table.slice(0, head_rows - kept))
+                kept += head[-1].num_rows
+            yield table
+
+    write_parquet_streamed(tables(), path)
+    return pa.concat_tables(head)
+
+
+def write_outputs(
+    run: TrainedRun,
+    items: DecodeItems,
+    steps: list[list[range]],
+    chunk_dir: Path,
+    outputs: dict[str, Path],
+    options: DecodeOptions,
+    world_size: int,
+) -> None:
+    """Rank 0: the merged Parquet file, the pictures, and last the manifest."""
+    out_dir = outputs["manifest"].parent
+    chunks = [chunk_path(chunk_dir, r) for shares in steps for r in shares]
+    head = merge_chunks(chunks, outputs["decoded"], MAX_ITEMS_PICTURED)
+    if options.pictures:
+        _draw(run.model, items.batch(range(1)), head, outputs, options.split)
+    write_json(
+        {
+            "options": dataclasses.asdict(options),
+            "run_dir": str(run.run_dir),
+            "checkpoint": str(run.checkpoint),
+            "model": run.cfg.model.get("_target_"),
+            "num_items": items.num_items,
+            "world_size": world_size,
+            "chunks": [str(p.relative_to(out_dir)) for p in chunks],
+            "outputs": {k: str(v) for k, v in outputs.items()},
+        },
+        outputs["manifest"],
+    )
+
+
 def run_decoding(
     run_dir: str | Path, options: Mapping[str, Any] | DecodeOptions | None = None
 ) -> dict[str, Path]:
@@ -171,88 +309,21 @@ def run_decoding(
     options = DecodeOptions.from_mapping(options)
     run_dir = Path(run_dir)
     rank, world_size = distributed_layout(options.distributed)
-    cfg = ckpt.load_run_config(run_dir)
-    checkpoint = ckpt.find_checkpoint(run_dir, options.checkpoint)
-    state_dict = ckpt.load_state_dict(checkpoint)
-    model = ckpt.build_model(cfg, state_dict, checkpoint)
-
-    datamodule = instantiate(cfg.data)
-    items = datamodule.load_split(options.split)  # raises on empty splits and NaN fields
-    table, names = items.table, getattr(items, "names", None)
-    num_items = next(iter(table.values())).shape[0]
-    items_of = lambda r, steps=None: batch_of(table, r, steps)  # noqa: E731
-    model.validate_items(items_of(range(num_items)), f"split {options.split!r}")
-    guide = decoding_guide(  # held-out items of per-item guide latents: folded in first
-        cfg, model, items_of, num_items, state_dict, checkpoint, options.split, options.seed
-    )
+    run = load_trained_run(run_dir, options)
+    items = decode_items(instantiate(run.cfg.data), options.split, options.max_items)
+    items.validate(run.model, f"split {options.split!r}")
+    run = with_guide(run, items, options)
 
     out_dir = run_dir / "decoded" / f"{options.split}-temperature{options.temperature}"
-    chunk_dir = out_dir / f"chunks-{fingerprint(checkpoint, options)}"
-    steps = plan_steps(num_items, options.decode_batch_size, world_size)
-    pending = _broadcast(
-        [
-            s
-            for s, shards in enumerate(steps)
-            if not all(chunk_path(chunk_dir, r).exists() for r in shards)
-        ]
-        if rank == 0
-        else None,
-        world_size,
-    )
-    shard_plates = [model.shard_plate] if world_size > 1 else None
-    for step in tqdm(
-        pending,
-        desc=f"decoding {options.split}",
-        unit="chunk",
-        disable=rank != 0 or not options.progress,
-    ):
-        items = steps[step][rank]
-        # every rank cuts to the global step's longest item: the same sites on every rank
-        batch = items_of(items, longest(table, range(steps[step][0].start, steps[step][-1].stop)))
-        pyro.set_rng_seed(options.seed + step)
-        decoded = decode_batch(
-            model,
-            guide,
-            batch,
-            temperature=options.temperature,
-            marginals=options.marginals,
-            probabilities=options.probabilities,
-            shard_plates=shard_plates,
-            items_in_step=steps[step][-1].stop - steps[step][0].start,
-        )
-        item_names = names[items.start : items.stop] if names is not None else None
-        write_chunk(chunk_path(chunk_dir, items), to_table(batch, decoded, item_names))
+    chunk_dir = out_dir / f"chunks-{fingerprint(run.checkpoint, options)}"
+    steps = plan_decode_steps(items.num_items, options.decode_batch_size, world_size)
+    pending = pending_steps(steps, chunk_dir, world_size)
+    decode_steps(run, items, steps, pending, chunk_dir, options, rank, world_size)
     if world_size > 1:
         dist.barrier()
-
-    outputs = {"decoded": out_dir / "decoded.parquet", "manifest": out_dir / "manifest.json"}
-    if options.pictures:
-        if model.transition_matrices():
-            outputs.update(
-                transitions=run_dir / "transitions.png",
-                piano_roll=run_dir / "piano_roll_states.png",
-            )
-        if options.marginals:
-            outputs.update(marginals=run_dir / "marginals.png")
+    outputs = output_paths(run, out_dir, options)
     if rank == 0:
-        chunks = [chunk_path(chunk_dir, r) for shards in steps for r in shards]
-        merged = pa.concat_tables([pq.read_table(p) for p in chunks])
-        write_parquet(merged, outputs["decoded"])
-        if options.pictures:
-            _draw(model, table, merged, outputs, options.split)
-        write_json(
-            {
-                "options": dataclasses.asdict(options),
-                "run_dir": str(run_dir),
-                "checkpoint": str(checkpoint),
-                "model": cfg.model.get("_target_"),
-                "num_items": num_items,
-                "world_size": world_size,
-                "chunks": [str(p.relative_to(out_dir)) for p in chunks],
-                "outputs": {k: str(v) for k, v in outputs.items()},
-            },
-            outputs["manifest"],
-        )
+        write_outputs(run, items, steps, chunk_dir, outputs, options, world_size)
     if world_size > 1:
         dist.barrier()
     return outputs
@@ -264,7 +335,8 @@ MAX_ITEMS_PICTURED = 100
 
 def _draw(model, table: dict, merged: pa.Table, outputs: dict, split: str) -> None:
     """The pictures of ``outputs`` (rank 0): the split's first item, or, for states with one
-    position per item (a mixture's assignment), the split's first items side by side."""
+    position per item (a mixture's assignment), the split's first items side by side.
+    ``table``: the first item's batch; ``merged``: the first decoded rows."""
     first = merged.slice(0, 1).to_pylist()[0]
     title = (
         f"{first['name']} ({split} item {first['index']})"

@@ -1,16 +1,14 @@
 """DataModules that give every rank its own shard of the data plate.
 
 A split is loaded once as a table of per-item tensors (every tensor's first dim is the item).
-A batch is a dict ``{"index": LongTensor[B], "num_total": int, <field>: Tensor[B, ...]}``:
-``index`` are the items' positions in the full split and ``num_total`` the split's size, which
-is exactly what a zoo model's ``pyro.plate(shard_plate, num_total, subsample=index)`` needs.
-Variable-length data (a ``lengths`` field) is stored zero-padded and cut to the longest sequence
-of the *global* batch, so that every rank runs the same number of time steps (a sharded ELBO
-needs the same model structure on every rank).
+Batches have the layout of :mod:`enumdist.pipeline.batches` (``index``, ``num_total``, fields cut
+to the *global* batch's longest sequence); variable-length data (a ``lengths`` field) is stored
+zero-padded.
 
 Sharding: each step draws one *global* batch (the whole split, or a minibatch of
 ``batch_size * world_size`` items from a seeded permutation) and splits it into ``world_size``
-disjoint, nearly equal shards; rank ``r`` gets shard ``r``. Unlike ``DistributedSampler`` no item
+disjoint, nearly equal shards (:func:`~enumdist.pipeline.batches.rank_shares`); rank ``r`` gets
+shard ``r``. Unlike ``DistributedSampler`` no item
 is ever repeated to even the shards out, so the union of the shards is the global batch and a
 sharded exact ELBO equals the single-process one. Every rank sees the same number of steps.
 
@@ -30,6 +28,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from enumdist.pipeline.batches import longest_sequence, make_batch, rank_shares
 
 SPLITS = ("train", "valid", "test")
 
@@ -109,20 +109,12 @@ class ItemTable(Dataset):
 def collate_items(
     items: list[tuple[int, dict[str, torch.Tensor], int | None]], num_total: int
 ) -> dict[str, Any]:
-    """Stack items into a batch; if a ``lengths`` field exists, sequence fields (dim >= 2 per
-    batch) are cut to ``steps`` (given by the sampler: the global batch's longest sequence) or,
-    without it, to the longest sequence in ``items``."""
+    """Stack items into a batch (:func:`~enumdist.pipeline.batches.make_batch`): sequence fields
+    are cut to ``steps`` (given by the sampler: the global batch's longest sequence) or, without
+    it, to the longest sequence in ``items``."""
     index = torch.tensor([i for i, _, _ in items], dtype=torch.long)
-    batch: dict[str, Any] = {k: torch.stack([item[k] for _, item, _ in items]) for k in items[0][1]}
-    if "lengths" in batch:
-        steps = items[0][2]
-        max_length = max(int(batch["lengths"].max()) if steps is None else steps, 1)
-        for key, value in batch.items():
-            if key != "lengths" and value.dim() >= 2:
-                batch[key] = value[:, :max_length]
-    batch["index"] = index
-    batch["num_total"] = num_total
-    return batch
+    stacked = {k: torch.stack([item[k] for _, item, _ in items]) for k in items[0][1]}
+    return make_batch(stacked, index, num_total, items[0][2])
 
 
 class ShardSampler(Sampler[list[int]]):
@@ -176,11 +168,11 @@ class ShardSampler(Sampler[list[int]]):
             if epoch == self.epoch and skip < len(batches):
                 batches = batches[skip:]
         for global_batch in batches:
-            shard = global_batch.tensor_split(self.world_size)[self.rank].tolist()
+            shard = rank_shares(global_batch, self.world_size)[self.rank].tolist()
             if self.lengths is None:
                 yield shard
             else:  # every rank pads to the same number of steps
-                steps = int(self.lengths[global_batch].max())
+                steps = longest_sequence(self.lengths, global_batch)
                 yield [(i, steps) for i in shard]
 
     def __len__(self) -> int:

@@ -17,7 +17,8 @@ batch of the sharded ELBO. All ranks take ``min_r(items_r // batch_size)`` steps
 epoch are dropped; they differ from epoch to epoch). Everything is a function of
 ``(seed, epoch, step)``: :meth:`StreamSampler.state_dict` is ``{"epoch", "step"}`` and a resumed
 run continues with the same items in the same order. Evaluation walks the split in order, each
-global batch split across ranks as :class:`~enumdist.pipeline.data.ShardSampler` does.
+global batch split across ranks as :class:`~enumdist.pipeline.data.ShardSampler` does; decoding
+reads each step's items straight from the shards (:meth:`StreamingDataModule.streamed_split`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from enumdist.data.synthetic import read_manifest
+from enumdist.pipeline.batches import make_batch
 from enumdist.pipeline.data import SPLITS, ShardSampler
 
 
@@ -107,12 +109,13 @@ class ShardedSplit:
             b, t, k = self._sounding(shard, items[where] - self.offsets[shard])
             inside = t < num_steps
             sequences[where[b[inside]], t[inside], k[inside]] = 1.0
-        return {
-            "sequences": sequences,
-            "lengths": torch.from_numpy(self.lengths[items].astype(np.int64)),
-            "index": torch.from_numpy(items),
-            "num_total": self.num_items,
-        }
+        lengths = torch.from_numpy(self.lengths[items].astype(np.int64))
+        return make_batch(
+            {"sequences": sequences, "lengths": lengths},
+            torch.from_numpy(items),
+            self.num_items,
+            num_steps,
+        )
 
     def _sounding(self, shard: int, rows: np.ndarray):
         """``(row position, step, key)`` of every sounding key of ``rows`` of ``shard`` (vectorised)."""
@@ -301,12 +304,7 @@ class StreamingDataModule(pl.LightningDataModule):
         fields = dict(self.generate)
         cap = self.max_items or float("inf")
         num_train, num_eval = fields.pop("num_train"), fields.pop("num_eval")
-        sizes = (
-            ("train", min(num_train, cap)),
-            ("valid", min(num_eval, cap)),
-            ("test", min(num_eval, cap)),
-        )
-        return SyntheticSpec(num_items=tuple((k, int(v)) for k, v in sizes), **fields)
+        return SyntheticSpec.of_sizes(min(num_train, cap), min(num_eval, cap), **fields)
 
     def prepare_data(self) -> None:
         if self.generate is not None and not (Path(self.root) / "manifest.json").exists():
@@ -323,18 +321,11 @@ class StreamingDataModule(pl.LightningDataModule):
                     self.root, split, cache_shards=2 * self.shuffle_shards + 1
                 )
 
-    def load_split(self, split: str):
-        """The first ``max_eval_items`` (or all) items of ``split`` in memory, as an
-        :class:`~enumdist.pipeline.data.ItemTable`: for the decoding stage, which is in memory."""
-        from enumdist.pipeline.data import ItemTable
-
+    def streamed_split(self, split: str) -> ShardedSplit:
+        """``split``'s shards, read a batch at a time: the decoding stage decodes the whole split
+        from them in bounded memory (:class:`enumdist.decoding.items.StreamedItems`)."""
         self.setup()
-        data = self.splits[split]
-        items = np.arange(
-            len(data) if self.max_eval_items is None else min(self.max_eval_items, len(data))
-        )
-        batch = data.dense_batch(items, int(data.lengths[items].max()))
-        return ItemTable({"sequences": batch["sequences"], "lengths": batch["lengths"]})
+        return self.splits[split]
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -32,6 +32,7 @@ PACKAGE_MODULES = (
     "enumdist.models",
     "enumdist.data",
     "enumdist.pipeline.data",
+    "enumdist.pipeline.streaming",  # data=synthetic_shards (experiment=hmm_1m)
     "enumdist.pipeline.guides",
     "enumdist.pipeline.time_split",
 )

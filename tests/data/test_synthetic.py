@@ -8,21 +8,14 @@ import pytest
 
 from enumdist.data.synthetic import SyntheticSpec, generate, load_truth, shard_path, true_model
 
-SPEC = SyntheticSpec(
-    model="hmm",
-    num_keys=10,
-    hidden_dim=3,
-    num_items=(("train", 600), ("valid", 50), ("test", 50)),
-    min_length=20,
-    max_length=60,
-    shard_size=200,
-    seed=1,
+SPEC = SyntheticSpec.of_sizes(
+    600, 50, num_keys=10, hidden_dim=3, max_length=60, shard_size=200, seed=1
 )
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("synthetic") / "hmm", SPEC, progress=False)
+def root(synthetic_root):
+    return synthetic_root(SPEC)
 
 
 def test_layout_and_columns(root):
@@ -78,12 +71,8 @@ def test_another_spec_in_the_same_directory_is_refused(root):
 
 
 def test_factorial_truth_loads_into_the_zoo_model(tmp_path):
-    spec = SyntheticSpec(
-        model="factorial_hmm",
-        num_keys=8,
-        hidden_dim=2,
-        num_items=(("train", 20), ("valid", 5), ("test", 5)),
-        shard_size=10,
+    spec = SyntheticSpec.of_sizes(
+        20, 5, model="factorial_hmm", num_keys=8, hidden_dim=2, shard_size=10
     )
     root = generate(tmp_path / "fhmm", spec, progress=False)
     model = true_model(root)

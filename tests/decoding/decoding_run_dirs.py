@@ -88,17 +88,42 @@ def make_run_dir(root, *, model_cls="HMM", test_split=None, seed=0, num_test=9):
         "data": saved_splits_data(data_dir),
         "guide": {"_target_": "enumdist.pipeline.guides.empty", "_partial_": True},
     }
-    run_dir = root / "run"
-    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
     model = getattr(enumdist.models, model_cls)(NUM_KEYS, HIDDEN_DIM, seed=seed + 7)
+    return write_run_dir(root / "run", cfg, model.state_dict()), model
+
+
+def write_run_dir(run_dir, cfg, state_dict, guide_state=None):
+    """A run directory as training leaves it: ``.hydra/config.yaml``, ``checkpoints/last.ckpt``
+    (the LightningModule's ``model.*`` and ``guide.*`` weights) and a loss history."""
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    torch.save(
-        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "epoch": 0},
-        run_dir / "checkpoints" / "last.ckpt",
-    )
+    OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
+    state = {f"model.{k}": v for k, v in state_dict.items()}
+    state.update({f"guide.{k}": v for k, v in (guide_state or {}).items()})
+    torch.save({"state_dict": state, "epoch": 0}, run_dir / "checkpoints" / "last.ckpt")
     (run_dir / "train_history.csv").write_text("step,loss_per_obs\n0,3.5\n1,3.1\n2,2.9\n")
-    return run_dir, model
+    return run_dir
+
+
+def make_streamed_run_dir(root, data_root, num_keys, hidden_dim, seed=7):
+    """An HMM run over synthetic Parquet shards (``data=synthetic_shards``, already generated)."""
+    cfg = {
+        "seed": 0,
+        "model": {
+            "_target_": "enumdist.models.HMM",
+            "num_keys": num_keys,
+            "hidden_dim": hidden_dim,
+            "seed": seed,
+        },
+        "data": {
+            "_target_": "enumdist.pipeline.streaming.StreamingDataModule",
+            "root": str(data_root),
+            "generate": None,
+        },
+        "guide": {"_target_": "enumdist.pipeline.guides.empty", "_partial_": True},
+    }
+    model = enumdist.models.HMM(num_keys, hidden_dim, seed=seed)
+    return write_run_dir(root / "run", cfg, model.state_dict()), model
 
 
 def make_mixture_run_dir(root):
@@ -132,13 +157,7 @@ def make_mixture_run_dir(root):
             "kind": "AutoDelta",
         },
     }
-    run_dir = root / "run"
-    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    state.update({f"guide.{k}": v for k, v in guide.state_dict().items()})
-    torch.save({"state_dict": state}, run_dir / "checkpoints" / "last.ckpt")
+    run_dir = write_run_dir(root / "run", cfg, model.state_dict(), guide.state_dict())
     return run_dir, model, guide
 
 

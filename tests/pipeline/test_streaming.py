@@ -4,24 +4,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from enumdist.data.synthetic import SyntheticSpec, generate
+from enumdist.data.synthetic import SyntheticSpec
 from enumdist.pipeline.streaming import ShardedSplit, StreamingDataModule, StreamSampler
 
-SPEC = SyntheticSpec(
-    model="hmm",
-    num_keys=10,
-    hidden_dim=3,
-    num_items=(("train", 800), ("valid", 50), ("test", 70)),
-    min_length=20,
-    max_length=60,
-    shard_size=100,
-    seed=2,
+SPEC = SyntheticSpec.of_sizes(
+    800, 50, 70, num_keys=10, hidden_dim=3, max_length=60, shard_size=100, seed=2
 )
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("synthetic") / "hmm", SPEC, progress=False)
+def root(synthetic_root):
+    return synthetic_root(SPEC)
 
 
 def order(split, rank, world_size, epoch=0, seed=0):
