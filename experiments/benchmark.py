@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
 import os
 import platform
 import statistics
@@ -41,6 +40,7 @@ from experiments.bench_models import (  # noqa: E402
     loop_model,
     naive_forward_loss,
 )
+from experiments.processes import json_results  # noqa: E402
 from experiments.report import write_section  # noqa: E402
 
 MEDIANS: dict = {}  # fn name -> median seconds of the last timed() call, for the report
@@ -131,12 +131,7 @@ def subprocess_json(args, timeout, copies=1):
         )
         for _ in range(copies)
     ]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=timeout)
-        if proc.returncode:
-            raise RuntimeError(err[-2000:])
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    results = json_results(procs, timeout, error_tail=2000)
     return results[0] if copies == 1 else results
 
 

@@ -29,6 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from experiments.processes import json_results  # noqa: E402
 
 SECTION = "## DiscreteHMM: one chain split by time"
 
@@ -146,12 +147,7 @@ def launch(world, states, steps, repeats, method, timeout, block_of=1):
         )
         for r in range(world)
     ]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=timeout)
-        if proc.returncode:
-            raise RuntimeError(err[-3000:])
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    results = json_results(procs, timeout)
     return results
 
 
