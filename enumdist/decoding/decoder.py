@@ -96,39 +96,56 @@ def decode_batch(
     sites = model.state_sites(batch)
     out = {k: v.long() for k, v in gather_states(sites, values, batch_size).items()}
     if probabilities:
-        states = {
-            name
-            for name, site in trace.nodes.items()
-            if site["type"] == "sample"
-            and not site["is_observed"]
-            and site["infer"].get("enumerate")
-        }
-        out["log_joint"] = scores.log_joint(
-            trace, states, model.shard_plate, batch_size, model.max_plate_nesting
-        )
-        out["log_evidence"] = scores.log_evidence(
-            model_fn, batch, model.shard_plate, model.max_plate_nesting
-        )
-        out["path_posterior"] = (out["log_joint"] - out["log_evidence"]).exp()
+        out.update(_path_probabilities(model, model_fn, trace, batch))
     if marginals:
-        elbo = enumdist.EnumELBO(
-            max_plate_nesting=model.max_plate_nesting,
-            **({"shard_plates": shard_plates} if shard_plates else {}),
+        out.update(_marginal_columns(model, guide, batch, out, sites, shard_plates, items_in_step))
+    return out
+
+
+def _path_probabilities(model, model_fn, trace, batch: dict) -> dict[str, torch.Tensor]:
+    """``log_joint``, ``log_evidence`` and ``path_posterior`` of each item's decoded path."""
+    batch_size = len(batch["index"])
+    states = {
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and site["infer"].get("enumerate")
+    }
+    log_joint = scores.log_joint(
+        trace, states, model.shard_plate, batch_size, model.max_plate_nesting
+    )
+    log_evidence = scores.log_evidence(model_fn, batch, model.shard_plate, model.max_plate_nesting)
+    return {
+        "log_joint": log_joint,
+        "log_evidence": log_evidence,
+        "path_posterior": (log_joint - log_evidence).exp(),
+    }
+
+
+def _marginal_columns(
+    model, guide, batch: dict, decoded: dict, sites: dict, shard_plates, items_in_step
+) -> dict[str, torch.Tensor]:
+    """``{state}_marginals`` and ``{state}_confidence`` (the decoded state's marginal) per
+    state, from the posterior of this step's items alone (subsample scale 1)."""
+    batch_size = len(batch["index"])
+    elbo = enumdist.EnumELBO(
+        max_plate_nesting=model.max_plate_nesting,
+        **({"shard_plates": shard_plates} if shard_plates else {}),
+    )
+    unscaled = dict(batch, num_total=items_in_step or batch_size)
+    probs = {
+        k: _probs(v)
+        for k, v in elbo.compute_marginals(
+            model.model, guide or (lambda batch: None), unscaled
+        ).items()
+    }
+    out = {}
+    for state, names in sites.items():
+        event_size = probs[names[0]].shape[-1]
+        state_marginals = gather_states({state: names}, probs, batch_size, event_size)[state]
+        out[f"{state}_marginals"] = state_marginals.float()
+        out[f"{state}_confidence"] = (
+            state_marginals.gather(-1, decoded[state].unsqueeze(-1)).squeeze(-1).float()
         )
-        unscaled = dict(batch, num_total=items_in_step or batch_size)
-        probs = {
-            k: _probs(v)
-            for k, v in elbo.compute_marginals(
-                model.model, guide or (lambda batch: None), unscaled
-            ).items()
-        }
-        for state, names in sites.items():
-            event_size = probs[names[0]].shape[-1]
-            state_marginals = gather_states({state: names}, probs, batch_size, event_size)[state]
-            out[f"{state}_marginals"] = state_marginals.float()
-            out[f"{state}_confidence"] = (
-                state_marginals.gather(-1, out[state].unsqueeze(-1)).squeeze(-1).float()
-            )
     return out
 
 
