@@ -10,11 +10,15 @@ from enumdist import models
 from enumdist.models import hmm
 from tests.engine.zoo import empty_guide
 
-#: every HMM class defined in ``enumdist/models/hmm.py``, in the order of the file
+#: every HMM a user can pick (exported by ``enumdist.models``) defined in
+#: ``enumdist/models/hmm.py``, in the order of the file; shared bases such as TwoChainHMM are not
 HMM_CLASSES = [
     c
     for c in vars(hmm).values()
-    if isinstance(c, type) and issubclass(c, models.EnumModel) and c.__module__ == hmm.__name__
+    if isinstance(c, type)
+    and issubclass(c, models.EnumModel)
+    and c.__module__ == hmm.__name__
+    and getattr(models, c.__name__, None) is c
 ]
 
 
