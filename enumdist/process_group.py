@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -120,16 +121,20 @@ def naming_timeouts(
     except Exception as error:
         if world_size <= 1 or not is_timeout(error):
             raise
-        if on_timeout is not None:
-            on_timeout()
         others = [r for r in range(world_size) if r != rank]
         waited = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others}"
-        raise ProcessGroupTimeout(
+        timeout = ProcessGroupTimeout(
             f"rank {rank} of {world_size}: a collective waited longer than {key}={timeout_s:g} s for "
             f"{waited}, which is stopped (SIGSTOP), stuck or dead. Find that rank's process; raise "
             f"{key} if its steps are legitimately that slow. Backend said: "
             f"{str(error).strip().splitlines()[-1][:300]}"
-        ) from error
+        )
+        # said at once, on stderr: the teardown that follows (killing the launched ranks,
+        # Lightning's and Hydra's handlers) must not be able to lose the reason
+        print(f"{type(timeout).__name__}: {timeout}", file=sys.stderr, flush=True)
+        if on_timeout is not None:
+            on_timeout()
+        raise timeout from error
 
 
 def rank_and_world() -> tuple[int, int]:
